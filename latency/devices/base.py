@@ -1,0 +1,76 @@
+"""What every device (local CPU, SSH Raspberry Pi, ...) offers to the table builder.
+
+A device times batches of single-layer `.tflite` models. The builder owns the queue, the
+passes and the store; a device only measures what it is handed and says how it measured.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """The thesis's method: warm-up, then the mean of `runs` invocations of one image."""
+
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 1
+    cooldown_s: float = 0.0  # pause between calls (a Pi heats up; the local CPU needs none)
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One model to time: `cell_id` is opaque to the device and comes back in the Timing."""
+
+    cell_id: int
+    model: bytes
+
+
+@dataclass(frozen=True)
+class Timing:
+    cell_id: int
+    seconds: float  # mean latency of one invocation
+    measured_at: float  # unix time when the timing finished
+    temperature_c: float | None = None
+    throttled: bool | None = None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Provenance stored with every run in the table file."""
+
+    name: str  # e.g. "local", "rpi3b-a"
+    kind: str  # e.g. "local", "ssh"
+    runtime: str  # e.g. "ai-edge-litert", "tflite-runtime", "benchmark_model"
+    runtime_version: str
+    host: str
+    threads: int
+    settings: dict = field(default_factory=dict)
+
+
+class DeviceError(RuntimeError):
+    """A device failed to measure; the message says which device and why."""
+
+
+class Device(abc.ABC):
+    """Async so that several SSH devices can work through one queue concurrently."""
+
+    name: str
+    #: how many batches the builder may have in flight on this device at once
+    concurrency: int = 1
+
+    @abc.abstractmethod
+    async def start(self) -> DeviceInfo:
+        """Connect / spawn workers; return the provenance of this device."""
+
+    @abc.abstractmethod
+    async def measure(self, batch: list[ModelJob]) -> list[Timing]:
+        """Time every model of the batch once (one pass); one Timing per job, same order.
+
+        Raises DeviceError when the device cannot measure (never returns a made-up value).
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and worker processes."""

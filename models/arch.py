@@ -1,0 +1,245 @@
+"""The one architecture description that every other part derives from.
+
+An `Arch` is an ordered list of layers (a DAG in topological order) and the width groups that
+tie their channel counts together. The layers are the units the device runs: a convolution
+carries the batch-norm and activation that the TFLite converter folds into it, a batch-norm
+the converter cannot fold (after a residual addition) is its own layer. So the table key of a
+layer, the Keras model that is timed and the PyTorch module that is trained all come from the
+same `Layer` values.
+
+A width assignment is plain data, `{group_name: channels}`, for the prunable groups only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
+
+#: ops a layer may have, with the number of channel axes of its latency table
+OPS = {
+    "conv": 2,  # Conv2D (no bias) [+ folded BN] [+ activation]
+    "dwconv": 1,  # DepthwiseConv2D [+ folded BN] [+ activation]; c_in and c_out are one group
+    "bn_act": 1,  # BatchNorm that cannot be folded (+ activation): MUL, ADD in TFLite
+    "add": 1,  # residual addition of two inputs
+    "se": 2,  # squeeze-excite: mean, dense c->h, relu, dense h->c, sigmoid, multiply
+    "head": 1,  # global average pool + [dropout] + dense to the classes
+}
+ACTIVATIONS = (None, "relu", "relu6")
+INPUT = "input"  # the name by which the first layer refers to the image
+
+
+class WidthError(ValueError):
+    """A width assignment that does not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class WidthGroup:
+    name: str
+    full: int
+    prunable: bool = True  # False for the image channels and the classes
+    may_be_zero: bool = False  # an inner block width: the block then disappears
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    c_in: str  # width group of the input channels
+    c_out: str  # width group of the output channels (== c_in for dwconv, bn_act, add)
+    in_size: int  # input map height == width
+    kernel: int = 1
+    stride: int = 1
+    bn: bool = False  # a batch-norm folded after the conv
+    act: str | None = None
+    dropout: float = 0.0  # head only
+
+    @property
+    def out_size(self) -> int:
+        return -(-self.in_size // self.stride)  # 'same' padding
+
+    def groups(self) -> tuple[str, ...]:
+        return (self.c_in,) if self.c_in == self.c_out else (self.c_in, self.c_out)
+
+
+@dataclass(frozen=True)
+class ActiveLayer:
+    """A layer that exists under a given width assignment, with concrete channel counts."""
+
+    layer: Layer
+    inputs: tuple[str, ...]  # resolved through removed blocks
+    c_in: int
+    c_out: int
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    groups: tuple[WidthGroup, ...]
+    layers: tuple[Layer, ...]
+    input_size: int = 32
+    family: str = ""
+    params: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate width group names")
+        seen = {INPUT}
+        for layer in self.layers:
+            if layer.op not in OPS:
+                raise ValueError(f"{self.name}: layer {layer.name} has unknown op {layer.op!r}")
+            if layer.act not in ACTIVATIONS:
+                raise ValueError(f"{self.name}: layer {layer.name} has unknown act {layer.act!r}")
+            for g in (layer.c_in, layer.c_out):
+                if g not in names:
+                    raise ValueError(f"{self.name}: layer {layer.name} uses unknown group {g!r}")
+            for src in layer.inputs:
+                if src not in seen:
+                    raise ValueError(f"{self.name}: layer {layer.name} reads {src!r} before it exists")
+            if layer.name in seen:
+                raise ValueError(f"{self.name}: duplicate layer name {layer.name}")
+            seen.add(layer.name)
+
+    # -- groups and widths -------------------------------------------------------------------
+    @cached_property
+    def group_by_name(self) -> dict[str, WidthGroup]:
+        return {g.name: g for g in self.groups}
+
+    @property
+    def prunable_groups(self) -> tuple[WidthGroup, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+    def full_widths(self) -> dict[str, int]:
+        return {g.name: g.full for g in self.prunable_groups}
+
+    def validate(self, widths: Mapping[str, object]) -> dict[str, int]:
+        """Checks a width assignment; returns it complete (missing groups at full width)."""
+        if not isinstance(widths, Mapping):
+            raise WidthError(f"{self.name}: a width assignment is a mapping group -> channels, got {type(widths).__name__}")
+        out = self.full_widths()
+        for name, value in widths.items():
+            group = self.group_by_name.get(name)
+            if group is None:
+                known = ", ".join(g.name for g in self.prunable_groups)
+                raise WidthError(f"{self.name}: unknown width group {name!r} (known groups: {known})")
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise WidthError(f"{self.name}: group {name!r} must be a whole number of channels, got {value!r}")
+            if not group.prunable:
+                if value != group.full:
+                    raise WidthError(f"{self.name}: group {name!r} is fixed at {group.full} channels, got {value}")
+                continue
+            if value > group.full:
+                raise WidthError(f"{self.name}: group {name!r} has {value} channels, above its full width {group.full}")
+            if value < 0:
+                raise WidthError(f"{self.name}: group {name!r} has a negative width {value}")
+            if value == 0 and not group.may_be_zero:
+                raise WidthError(f"{self.name}: group {name!r} may not be pruned to zero (it is not a removable block width); keep at least 1 channel")
+            out[name] = value
+        return out
+
+    def channels(self, widths: Mapping[str, int]) -> dict[str, int]:
+        """Every group's channel count, fixed groups included (widths already validated)."""
+        out = {g.name: g.full for g in self.groups}
+        out.update(widths)
+        return out
+
+    # -- layers under an assignment ----------------------------------------------------------
+    def active_layers(self, widths: Mapping[str, int] | None = None) -> list[ActiveLayer]:
+        """The layers that exist under `widths`: a zero group removes its layers, an addition
+        that lost a branch passes the other one through, and layers nobody reads vanish."""
+        ch = self.channels(self.validate(widths or {}))
+        return self._active_for_zero_set(frozenset(n for n, c in ch.items() if c == 0), ch)
+
+    def _active_for_zero_set(self, zero: frozenset[str], ch: Mapping[str, int]) -> list[ActiveLayer]:
+        plan = self.plan(zero)
+        return [ActiveLayer(self.layers[i], inputs, ch[self.layers[i].c_in], ch[self.layers[i].c_out]) for i, inputs in plan]
+
+    def plan(self, zero: frozenset[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+        """(layer index, resolved inputs) of the layers alive when the groups in `zero` are 0.
+
+        Depends only on which groups are zero, so callers (prediction) cache it."""
+        alias: dict[str, str | None] = {INPUT: INPUT}
+        alive: list[tuple[int, tuple[str, ...]]] = []
+        for i, layer in enumerate(self.layers):
+            srcs = [alias[s] for s in layer.inputs]
+            live_srcs = tuple(s for s in srcs if s is not None)
+            if layer.c_in in zero or layer.c_out in zero or not live_srcs:
+                alias[layer.name] = None
+            elif layer.op == "add" and len(live_srcs) == 1:
+                alias[layer.name] = live_srcs[0]  # the block is gone: identity
+            elif len(live_srcs) != len(srcs):
+                raise WidthError(f"{self.name}: layer {layer.name} lost an input to a zero width")
+            else:
+                alias[layer.name] = layer.name
+                alive.append((i, live_srcs))
+        output = alias[self.layers[-1].name]
+        if output is None:
+            raise WidthError(f"{self.name}: the width assignment removes the network's output")
+        # dead-code elimination: a pre-activation whose block vanished is not run
+        needed = {output}
+        kept = []
+        for i, srcs in reversed(alive):
+            if self.layers[i].name in needed:
+                kept.append((i, srcs))
+                needed.update(srcs)
+        return tuple(reversed(kept))
+
+    def output_name(self, widths: Mapping[str, int] | None = None) -> str:
+        return self.active_layers(widths)[-1].layer.name
+
+    def layers_of_group(self, group: str) -> list[Layer]:
+        return [l for l in self.layers if group in (l.c_in, l.c_out)]
+
+    @cached_property
+    def layer_by_name(self) -> dict[str, Layer]:
+        return {l.name: l for l in self.layers}
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: {len(self.layers)} layers, {len(self.prunable_groups)} prunable width groups"]
+        lines.append("width groups:")
+        for g in self.groups:
+            kind = "fixed" if not g.prunable else ("may be zero" if g.may_be_zero else "at least 1")
+            lines.append(f"  {g.name:<14} {g.full:>5}  {kind}")
+        lines.append("layers:")
+        for l in self.layers:
+            extra = f"k{l.kernel} s{l.stride}" if l.op in ("conv", "dwconv") else ""
+            fused = "+".join(x for x in (("bn" if l.bn else ""), l.act or "") if x)
+            lines.append(
+                f"  {l.name:<18} {l.op:<7} {extra:<6} {l.in_size:>3}x{l.in_size:<3} {l.c_in}->{l.c_out} {fused}".rstrip()
+            )
+        return "\n".join(lines)
+
+
+# -- width assignments as files ----------------------------------------------------------------
+def widths_to_json(widths: Mapping[str, int]) -> str:
+    return json.dumps({k: int(v) for k, v in widths.items()}, indent=1, sort_keys=True)
+
+
+def widths_from_json(arch: Arch, text: str, source: str = "widths") -> dict[str, int]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WidthError(f"{source}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and "widths" in data and isinstance(data["widths"], dict):
+        data = data["widths"]  # a run's widths.json: {"widths": {...}, ...}
+    if not isinstance(data, dict):
+        raise WidthError(f"{source}: expected a JSON object {{group: channels}}")
+    try:
+        return arch.validate(data)
+    except WidthError as exc:
+        raise WidthError(f"{source}: {exc}") from exc
+
+
+def load_widths(arch: Arch, path: str | Path) -> dict[str, int]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise WidthError(f"cannot read widths file {path}: {exc.strerror}") from exc
+    return widths_from_json(arch, text, source=str(path))

@@ -1,0 +1,134 @@
+"""Keras models built from an `Arch`: the models that are converted to TFLite and timed.
+
+Layer for layer the same structure as `torch_builder.ArchNet` ('same' padding, BN epsilon,
+block removal), so that weights copied from PyTorch give the same outputs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from .arch import INPUT, ActiveLayer, Arch  # noqa: E402
+from .torch_builder import BN_EPS, ArchNet, torch_key  # noqa: E402
+
+
+def _keras():
+    import keras  # deferred: tensorflow takes seconds to import
+
+    return keras
+
+
+def _act(keras, name: str | None, layer_name: str):
+    if name is None:
+        return None
+    return keras.layers.ReLU(max_value=6.0 if name == "relu6" else None, name=f"{layer_name}.{name}")
+
+
+def keras_layer(a: ActiveLayer, inputs: list):
+    """Applies one architecture layer to Keras tensors; the single-layer models timed for the
+    latency tables are built with this same function."""
+    keras = _keras()
+    L = keras.layers
+    layer, name = a.layer, a.layer.name
+    if layer.op in ("conv", "dwconv"):
+        if layer.op == "conv":
+            x = L.Conv2D(a.c_out, layer.kernel, strides=layer.stride, padding="same", use_bias=False, name=name)(inputs[0])
+        else:
+            x = L.DepthwiseConv2D(layer.kernel, strides=layer.stride, padding="same", use_bias=False, name=name)(inputs[0])
+        if layer.bn:
+            x = L.BatchNormalization(epsilon=BN_EPS, name=f"{name}.bn")(x)
+        act = _act(keras, layer.act, name)
+        return act(x) if act is not None else x
+    if layer.op == "bn_act":
+        x = L.BatchNormalization(epsilon=BN_EPS, name=f"{name}.bn")(inputs[0])
+        act = _act(keras, layer.act, name)
+        return act(x) if act is not None else x
+    if layer.op == "add":
+        return L.Add(name=name)(inputs)
+    if layer.op == "se":
+        s = L.GlobalAveragePooling2D(keepdims=True, name=f"{name}.pool")(inputs[0])
+        s = L.Dense(a.c_out, activation="relu", name=f"{name}.fc1")(s)
+        s = L.Dense(a.c_in, activation="sigmoid", name=f"{name}.fc2")(s)
+        return L.Multiply(name=name)([inputs[0], s])
+    if layer.op == "head":
+        x = L.GlobalAveragePooling2D(name=f"{name}.pool")(inputs[0])
+        if layer.dropout:
+            x = L.Dropout(layer.dropout, name=f"{name}.dropout")(x)
+        return L.Dense(a.c_out, name=f"{name}.fc")(x)
+    raise ValueError(f"no Keras layer for op {layer.op!r}")
+
+
+def layer_input_shapes(a: ActiveLayer, arch: Arch, channels_of: Mapping[str, int]) -> list[tuple[int, int, int]]:
+    """HWC shapes of the inputs of one layer (for single-layer models)."""
+    return [(a.layer.in_size, a.layer.in_size, channels_of[s]) for s in a.inputs]
+
+
+def build_keras(arch: Arch, widths: Mapping[str, int] | None = None):
+    """The Keras functional model of `arch` at `widths`, batch 1, NHWC."""
+    keras = _keras()
+    active = arch.active_layers(widths)
+    image = keras.Input((arch.input_size, arch.input_size, 3), batch_size=1, name="image")
+    outs = {INPUT: image}
+    for a in active:
+        outs[a.layer.name] = keras_layer(a, [outs[s] for s in a.inputs])
+    return keras.Model(image, outs[active[-1].layer.name], name=arch.name)
+
+
+def copy_torch_to_keras(net: ArchNet, model) -> None:
+    """Copies every weight of the PyTorch network into the Keras model of the same widths."""
+    for a in net.active:
+        unit = net.units[torch_key(a.layer.name)]
+        name = a.layer.name
+        sd = {k: v.detach().cpu().numpy() for k, v in unit.state_dict().items()}
+
+        def bn(keras_name: str, prefix: str = "bn.") -> None:
+            model.get_layer(keras_name).set_weights(
+                [sd[prefix + "weight"], sd[prefix + "bias"], sd[prefix + "running_mean"], sd[prefix + "running_var"]]
+            )
+
+        op = a.layer.op
+        if op == "conv":
+            model.get_layer(name).set_weights([sd["conv.weight"].transpose(2, 3, 1, 0)])
+        elif op == "dwconv":
+            model.get_layer(name).set_weights([sd["conv.weight"].transpose(2, 3, 0, 1)])
+        if op in ("conv", "dwconv") and a.layer.bn or op == "bn_act":
+            bn(f"{name}.bn")
+        elif op == "se":
+            model.get_layer(f"{name}.fc1").set_weights([sd["fc1.weight"].T, sd["fc1.bias"]])
+            model.get_layer(f"{name}.fc2").set_weights([sd["fc2.weight"].T, sd["fc2.bias"]])
+        elif op == "head":
+            model.get_layer(f"{name}.fc").set_weights([sd["fc.weight"].T, sd["fc.bias"]])
+
+
+def keras_from_torch(net: ArchNet):
+    model = build_keras(net.arch, net.widths)
+    copy_torch_to_keras(net, model)
+    return model
+
+
+def convert_keras(model) -> bytes:
+    """Float32 TFLite flatbuffer of a Keras model (batch 1)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return converter.convert()
+
+
+def to_tflite(arch: Arch, widths: Mapping[str, int] | None = None, net: ArchNet | None = None) -> bytes:
+    """The network as a `.tflite` flatbuffer; with `net`, its trained weights."""
+    if net is not None:
+        if net.arch.name != arch.name or net.widths != arch.validate(widths or net.widths):
+            raise ValueError("the PyTorch network does not match the requested architecture and widths")
+        model = keras_from_torch(net)
+    else:
+        model = build_keras(arch, widths)
+    return convert_keras(model)
+
+
+def random_input(arch: Arch, batch: int = 1, seed: int = 0) -> np.ndarray:
+    """NCHW float32 images."""
+    return np.random.default_rng(seed).standard_normal((batch, 3, arch.input_size, arch.input_size)).astype(np.float32)
