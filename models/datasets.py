@@ -284,7 +284,7 @@ def _synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     stripes = np.sin(2 * np.pi * f * (xx * np.cos(a) + yy * np.sin(a)) + phase)  # (n, 32, 32)
     gain = rng.uniform(0.8, 1.2, size=(n, 1, 1, 1))
     img = palette[labels][:, :, None, None] * gain * (0.65 + 0.35 * stripes[:, None])
-    img += rng.normal(0.0, 25.0, size=img.shape)
+    img += 25.0 * rng.standard_normal(size=img.shape, dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -401,7 +401,8 @@ def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray,
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW -> float32 NCHW, (x/255 - mean) / std per channel."""
-    return x.to(torch.float32).div_(255.0).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    # Out-of-place first op: never mutate the caller's tensor even if it is already float.
+    return x.to(torch.float32).div(255.0).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
@@ -425,9 +426,10 @@ def crop_flip(
     rows = _reflect(top.view(-1, 1) - padding + ar_h, h)                      # (N, H)
     cols_fwd = left.view(-1, 1) - padding + ar_w
     cols = _reflect(torch.where(flip.view(-1, 1), cols_fwd.flip(1), cols_fwd), w)  # (N, W)
-    b = torch.arange(n).view(-1, 1, 1, 1)
-    ch = torch.arange(c).view(1, -1, 1, 1)
-    return x[b, ch, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    # Flat indices into the contiguous batch: ~2x faster than 4-way advanced indexing.
+    plane = torch.arange(n * c).view(n, c, 1, 1) * (h * w)
+    flat = plane + rows.view(n, 1, h, 1) * w + cols.view(n, 1, 1, w)
+    return x.contiguous().view(-1)[flat]
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

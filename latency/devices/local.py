@@ -1,0 +1,173 @@
+"""This machine's CPU as a timing device: ai-edge-litert in spawned worker processes.
+
+Workers are started with the 'spawn' context: forking a parent that has imported TensorFlow or
+PyTorch can deadlock or inherit their thread pools. Each batch goes to one worker in one call
+(models travel as bytes; the interpreter reads them from memory, no temp files), and the worker
+times every model with `tools.tflite_runner.time_model`, the same code the Pi runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import multiprocessing
+import socket
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Optional
+
+from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
+
+__all__ = ["LocalDevice"]
+
+# (seconds, measured_at, temperature_c, throttled) per timed model
+_Row = tuple[float, float, Optional[float], Optional[bool]]
+
+
+def _worker_init() -> None:
+    # import the runtime when the process starts, not inside the first timed batch
+    from tools import tflite_runner
+
+    tflite_runner.interpreter_class()
+
+
+def _worker_info() -> dict:
+    from tools import tflite_runner
+
+    return tflite_runner.runtime_info()
+
+
+def _worker_time_batch(
+    jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float
+) -> tuple[list[_Row], tuple[int, str] | None]:
+    """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why))."""
+    from tools.tflite_runner import read_sensors, time_model
+
+    rows: list[_Row] = []
+    for position, (cell_id, model) in enumerate(jobs):
+        if position and cooldown_s > 0:
+            time.sleep(cooldown_s)
+        try:
+            seconds = time_model(model, runs=runs, warmup=warmup, threads=threads)
+        except Exception as exc:  # reported to the parent as a DeviceError naming the cell
+            return rows, (cell_id, f"{type(exc).__name__}: {exc}")
+        measured_at = time.time()
+        temperature, throttled = read_sensors()
+        rows.append((seconds, measured_at, temperature, throttled))
+    return rows, None
+
+
+class LocalDevice(Device):
+    """Times models on this machine's CPU.
+
+    `workers` processes time batches concurrently; keep the default 1 on a small machine, since
+    concurrent timings compete for cores and memory bandwidth and disturb each other.
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        settings: TimingSettings | None = None,
+        name: str = "local",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.name = name
+        self.workers = workers
+        self.concurrency = workers
+        self.settings = settings if settings is not None else TimingSettings()
+        if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1:
+            raise ValueError(f"invalid timing settings {self.settings}")
+        self._pool: ProcessPoolExecutor | None = None
+        self._info: DeviceInfo | None = None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
+
+    async def start(self) -> DeviceInfo:
+        if self._info is not None:
+            return self._info
+        self._pool = self._new_pool()
+        loop = asyncio.get_running_loop()
+        try:
+            # also proves the worker can import a runtime before the builder queues work here
+            runtime = await loop.run_in_executor(self._pool, _worker_info)
+        except BrokenProcessPool as exc:
+            await self._discard_pool()
+            raise DeviceError(f"{self.name}: worker process failed to start: {exc}") from exc
+        except ImportError as exc:
+            await self._discard_pool()
+            raise DeviceError(f"{self.name}: {exc}") from exc
+        settings = dataclasses.asdict(self.settings)
+        settings.update(
+            workers=self.workers,
+            method="random input set once; warm-up; perf_counter around runs invocations / runs",
+            python=runtime["python"],
+            numpy=runtime["numpy"],
+            machine=runtime["machine"],
+        )
+        self._info = DeviceInfo(
+            name=self.name,
+            kind="local",
+            runtime=runtime["runtime"],
+            runtime_version=runtime["runtime_version"],
+            host=socket.gethostname(),
+            threads=self.settings.threads,
+            settings=settings,
+        )
+        return self._info
+
+    async def measure(self, batch: list[ModelJob]) -> list[Timing]:
+        if self._pool is None:
+            raise DeviceError(f"{self.name}: measure() before start()")
+        if not batch:
+            return []
+        s = self.settings
+        call = functools.partial(
+            _worker_time_batch,
+            [(job.cell_id, job.model) for job in batch],
+            s.runs,
+            s.warmup,
+            s.threads,
+            s.cooldown_s,
+        )
+        try:
+            rows, failure = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except BrokenProcessPool as exc:
+            # a worker died (e.g. the runtime crashed on a model); replace the pool so the
+            # device stays usable for the other batches
+            await self._discard_pool()
+            self._pool = self._new_pool()
+            cells = ", ".join(str(job.cell_id) for job in batch)
+            raise DeviceError(
+                f"{self.name}: worker process died while timing cells [{cells}]: {exc}"
+            ) from exc
+        if failure is not None:
+            cell_id, reason = failure
+            raise DeviceError(f"{self.name}: cell {cell_id}: {reason}")
+        if len(rows) != len(batch):
+            raise DeviceError(f"{self.name}: {len(rows)} timings for a batch of {len(batch)}")
+        return [
+            Timing(
+                cell_id=job.cell_id,
+                seconds=seconds,
+                measured_at=measured_at,
+                temperature_c=temperature,
+                throttled=throttled,
+            )
+            for job, (seconds, measured_at, temperature, throttled) in zip(batch, rows)
+        ]
+
+    async def _discard_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def close(self) -> None:
+        await self._discard_pool()
+        self._info = None

@@ -1,0 +1,55 @@
+"""Derives the per-cell aggregates and smoothed values of a table file from its raw rows."""
+from __future__ import annotations
+
+import numpy as np
+
+from .layer_types import LayerType
+from .smoothing import cell_stats, fill_sparse, smooth
+from .store import TableStore
+
+
+def type_grid(t: LayerType) -> tuple[np.ndarray, np.ndarray]:
+    """Channel values along each axis of a type's full range (one-axis types: [0])."""
+    ins = np.arange(t.in_lo, t.in_hi + 1)
+    outs = np.arange(t.out_lo, t.out_hi + 1) if t.two_axes else np.array([0])
+    return ins, outs
+
+
+def finalize(store: TableStore, sigma: float) -> dict[str, str]:
+    """Recomputes `aggregates` for every type whose grid is completely measured; returns the
+    types left out with the reason (incomplete), so nothing half-measured is ever predicted."""
+    cells = store.cells()
+    raw = store.raw_by_cell()
+    by_type: dict[str, list[tuple[int, int, int]]] = {}
+    for cell_id, (key, c_in, c_out) in cells.items():
+        by_type.setdefault(key, []).append((cell_id, c_in, c_out))
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+    for key, t in store.layer_types().items():
+        type_cells = by_type.get(key, [])
+        missing = [c for c in type_cells if c[0] not in raw]
+        if not type_cells or missing:
+            skipped[key] = f"{len(type_cells) - len(missing)} of {len(type_cells)} cells measured"
+            continue
+        ins, outs = type_grid(t)
+        mean = np.full((len(ins), len(outs)), np.nan)
+        stats = {}
+        for cell_id, c_in, c_out in type_cells:
+            i, j = c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0
+            stats[(i, j)] = cell_stats(raw[cell_id])
+            mean[i, j] = stats[(i, j)][0]
+        measured_rows = sorted({i for i, _ in stats})
+        measured_cols = sorted({j for _, j in stats})
+        filled = fill_sparse(mean, measured_rows, measured_cols)
+        smoothed = smooth(filled, sigma)
+        for i, c_in in enumerate(ins):
+            for j, c_out in enumerate(outs):
+                s = stats.get((i, j))
+                rows.append({
+                    "type_key": key, "c_in": int(c_in), "c_out": int(c_out),
+                    "mean": float(filled[i, j]), "median": s[1] if s else None, "std": s[2] if s else None,
+                    "count": s[3] if s else 0, "smoothed": float(smoothed[i, j]), "measured": int(s is not None),
+                })
+    store.write_aggregates(rows)
+    store.set_meta(sigma=sigma, incomplete_types=skipped)
+    return skipped

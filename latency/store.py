@@ -1,0 +1,222 @@
+"""The table file: one SQLite database (written with sqlite-utils) per device and network.
+
+Tables:
+- `meta`: schema version, architecture, what produced the file.
+- `layer_types`: one row per layer type with its channel ranges and grid.
+- `cells`: every (type, c_in, c_out) of the grid that is to be measured.
+- `runs`: one row per build invocation and device (device, runtime and version, threads, host,
+  start/end, settings).
+- `measurements`: raw timings, one per (cell, pass); UNIQUE(cell_id, pass_index), so a resumed
+  build can never count a cell twice.
+- `aggregates`: per cell mean/median/std/count of the passes plus the smoothed value, for
+  every cell of each type's full range (interpolated cells are marked); derived, recomputable.
+- `layer_map`: optional layer name -> type key overrides (imported tables keyed by layer).
+- `whole_networks`: whole networks measured on the device (validation reports).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable
+
+import sqlite_utils
+
+from .devices.base import DeviceInfo, Timing
+from .layer_types import LayerType
+
+SCHEMA_VERSION = 1
+
+
+class TableFileError(ValueError):
+    """A file that is not a latency table, or one that does not fit the request."""
+
+
+def _db(path: Path) -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")  # readers (predict) never block a running build
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return sqlite_utils.Database(conn)
+
+
+class TableStore:
+    """Read/write access to a table file. All writes commit before returning."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        self.db = db
+        self.path = path
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, path: str | Path, arch_name: str, meta: dict | None = None) -> "TableStore":
+        """Opens an existing table of the same architecture (to resume) or creates a new one."""
+        path = Path(path)
+        if path.exists():
+            store = cls.open(path)
+            existing = store.meta().get("arch")
+            if existing != arch_name:
+                raise TableFileError(
+                    f"{path} is a table of {existing!r}, not {arch_name!r}: choose another --out file"
+                )
+            return store
+        if not path.parent.exists():
+            raise TableFileError(f"cannot create {path}: directory {path.parent} does not exist")
+        try:
+            db = _db(path)
+        except sqlite3.OperationalError as exc:
+            raise TableFileError(f"cannot create {path}: {exc}") from exc
+        store = cls(db, path)
+        store._create_schema()
+        store.set_meta(schema_version=SCHEMA_VERSION, arch=arch_name, created_at=time.time(), **(meta or {}))
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TableStore":
+        path = Path(path)
+        if not path.is_file():
+            raise TableFileError(f"{path}: no such table file")
+        try:
+            db = _db(path)
+            names = set(db.table_names())
+        except sqlite3.DatabaseError as exc:
+            raise TableFileError(f"{path} is not a latency table (not an SQLite database: {exc})") from exc
+        if "meta" not in names or "layer_types" not in names:
+            raise TableFileError(f"{path} is an SQLite file but not a latency table (no meta/layer_types tables)")
+        store = cls(db, path)
+        version = store.meta().get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise TableFileError(f"{path} has table schema version {version}; this version reads {SCHEMA_VERSION}")
+        return store
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with db.conn:
+            db["meta"].create({"key": str, "value": str}, pk="key")
+            db["layer_types"].create(
+                {"key": str, "op": str, "kernel": int, "stride": int, "in_size": int, "bn": int, "act": str,
+                 "in_lo": int, "in_hi": int, "out_lo": int, "out_hi": int, "grid_step": int, "ops": str},
+                pk="key",
+            )
+            db["cells"].create({"id": int, "type_key": str, "c_in": int, "c_out": int}, pk="id",
+                               foreign_keys=[("type_key", "layer_types", "key")])
+            db["cells"].create_index(["type_key", "c_in", "c_out"], unique=True)
+            db["runs"].create(
+                {"id": int, "device": str, "kind": str, "runtime": str, "runtime_version": str, "threads": int,
+                 "host": str, "started_at": float, "ended_at": float, "settings": str, "status": str},
+                pk="id",
+            )
+            db["measurements"].create(
+                {"id": int, "cell_id": int, "pass_index": int, "run_id": int, "device": str, "seconds": float,
+                 "measured_at": float, "temperature_c": float, "throttled": int},
+                pk="id",
+                foreign_keys=[("cell_id", "cells", "id"), ("run_id", "runs", "id")],
+            )
+            db["measurements"].create_index(["cell_id", "pass_index"], unique=True)
+            db["aggregates"].create(
+                {"type_key": str, "c_in": int, "c_out": int, "mean": float, "median": float, "std": float,
+                 "count": int, "smoothed": float, "measured": int},
+                pk=("type_key", "c_in", "c_out"),
+            )
+            db["layer_map"].create({"layer": str, "type_key": str}, pk="layer")
+            db["whole_networks"].create(
+                {"id": int, "arch": str, "widths": str, "label": str, "device": str, "run_id": int,
+                 "pass_index": int, "seconds": float, "measured_at": float, "temperature_c": float},
+                pk="id",
+            )
+
+    # -- meta ---------------------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {r["key"]: json.loads(r["value"]) for r in self.db["meta"].rows}
+
+    def set_meta(self, **values) -> None:
+        with self.db.conn:
+            self.db["meta"].upsert_all([{"key": k, "value": json.dumps(v)} for k, v in values.items()], pk="key")
+
+    # -- layer types and cells ------------------------------------------------------------------
+    def layer_types(self) -> dict[str, LayerType]:
+        out = {}
+        for r in self.db["layer_types"].rows:
+            out[r["key"]] = LayerType(r["key"], r["op"], r["kernel"], r["stride"], r["in_size"], bool(r["bn"]),
+                                      r["act"] or None, r["in_lo"], r["in_hi"], r["out_lo"], r["out_hi"])
+        return out
+
+    def grid_steps(self) -> dict[str, int]:
+        return {r["key"]: r["grid_step"] for r in self.db["layer_types"].rows}
+
+    def add_layer_type(self, t: LayerType, grid_step: int, cells: Iterable[tuple[int, int]],
+                       ops: list[str] | None = None) -> None:
+        """Registers a type and its cells; a type already there must have the same grid."""
+        existing = self.db["layer_types"].rows_where("key = ?", [t.key])
+        row = next(iter(existing), None)
+        if row is not None:
+            if (row["in_lo"], row["in_hi"], row["out_lo"], row["out_hi"], row["grid_step"]) != (
+                t.in_lo, t.in_hi, t.out_lo, t.out_hi, grid_step):
+                raise TableFileError(
+                    f"{self.path}: layer type {t.key} is already there with another grid; build into a new file"
+                )
+            return
+        rec = asdict(t)
+        rec.update(bn=int(t.bn), act=t.act or "", grid_step=grid_step, ops=json.dumps(ops or []))
+        with self.db.conn:
+            self.db["layer_types"].insert(rec)
+            self.db["cells"].insert_all(({"type_key": t.key, "c_in": i, "c_out": o} for i, o in cells), batch_size=5000)
+
+    def cells(self) -> dict[int, tuple[str, int, int]]:
+        return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute("select id, type_key, c_in, c_out from cells")}
+
+    def measured_passes(self) -> set[tuple[int, int]]:
+        return {(r[0], r[1]) for r in self.db.execute("select cell_id, pass_index from measurements")}
+
+    # -- runs and measurements --------------------------------------------------------------------
+    def start_run(self, info: DeviceInfo) -> int:
+        with self.db.conn:
+            row = self.db["runs"].insert({
+                "device": info.name, "kind": info.kind, "runtime": info.runtime,
+                "runtime_version": info.runtime_version, "threads": info.threads, "host": info.host,
+                "started_at": time.time(), "ended_at": None, "settings": json.dumps(info.settings),
+                "status": "running",
+            })
+        return row.last_pk
+
+    def end_run(self, run_id: int, status: str) -> None:
+        with self.db.conn:
+            self.db["runs"].update(run_id, {"ended_at": time.time(), "status": status})
+
+    def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
+        """Commits one finished batch; a (cell, pass) already stored is kept, not duplicated."""
+        rows = [(t.cell_id, pass_index, run_id, device, t.seconds, t.measured_at, t.temperature_c,
+                 None if t.throttled is None else int(t.throttled)) for t in timings]
+        for r in rows:
+            if not (r[4] > 0 and r[4] < float("inf")):
+                raise ValueError(f"refusing to store a non-positive or non-finite timing {r[4]!r} for cell {r[0]}")
+        with self.db.conn:
+            cur = self.db.conn.executemany(
+                "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
+                " temperature_c, throttled) values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return cur.rowcount
+
+    def raw_by_cell(self) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for cell_id, seconds in self.db.execute("select cell_id, seconds from measurements order by cell_id, pass_index"):
+            out.setdefault(cell_id, []).append(seconds)
+        return out
+
+    def write_aggregates(self, rows: list[dict]) -> None:
+        with self.db.conn:
+            self.db["aggregates"].delete_where()
+            self.db["aggregates"].insert_all(rows, batch_size=5000)
+
+    def aggregates(self) -> Iterable[dict]:
+        return self.db["aggregates"].rows
+
+    def layer_map(self) -> dict[str, str]:
+        return {r["layer"]: r["type_key"] for r in self.db["layer_map"].rows}
+
+    def set_layer_map(self, mapping: dict[str, str]) -> None:
+        with self.db.conn:
+            self.db["layer_map"].upsert_all([{"layer": k, "type_key": v} for k, v in mapping.items()], pk="layer")
+
+    def close(self) -> None:
+        self.db.conn.close()

@@ -1,0 +1,101 @@
+"""LocalDevice: real ai-edge-litert timings in spawned worker processes, driven through asyncio."""
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from importlib import metadata
+
+import pytest
+
+from latency.devices.base import DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
+from latency.devices.local import LocalDevice
+from tests.test_tflite_runner import BROKEN, build_models
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, bytes]:
+    return build_models()
+
+
+def test_measure_batch_in_order(models: dict[str, bytes]) -> None:
+    batch = [
+        ModelJob(cell_id=7, model=models["conv_small"]),
+        ModelJob(cell_id=3, model=models["conv_big"]),
+        ModelJob(cell_id=11, model=models["dense"]),
+    ]
+
+    async def scenario() -> tuple[DeviceInfo, list[Timing], list[Timing]]:
+        device = LocalDevice()
+        try:
+            info = await device.start()
+            first = await device.measure(batch)
+            empty = await device.measure([])
+        finally:
+            await device.close()
+        return info, first, empty
+
+    info, timings, empty = asyncio.run(scenario())
+    assert empty == []
+    assert [t.cell_id for t in timings] == [7, 3, 11]
+    for timing in timings:
+        assert math.isfinite(timing.seconds) and timing.seconds > 0
+        assert timing.temperature_c is None or -40 < timing.temperature_c < 150
+    assert [t.measured_at for t in timings] == sorted(t.measured_at for t in timings)
+    assert timings[1].seconds > timings[0].seconds  # 128-channel conv vs 1-channel conv
+
+    assert info.name == "local" and info.kind == "local"
+    assert info.runtime == "ai-edge-litert"
+    assert info.runtime_version == metadata.version("ai-edge-litert")
+    assert info.host == socket.gethostname()
+    assert info.threads == 1
+    assert info.settings["runs"] == 50 and info.settings["warmup"] == 5
+    assert info.settings["workers"] == 1
+
+
+def test_broken_model_names_the_cell_and_device_recovers(models: dict[str, bytes]) -> None:
+    async def scenario() -> list[Timing]:
+        device = LocalDevice(settings=TimingSettings(runs=10, warmup=1))
+        await device.start()
+        try:
+            with pytest.raises(DeviceError, match=r"cell 42\b"):
+                await device.measure(
+                    [ModelJob(cell_id=41, model=models["dense"]), ModelJob(cell_id=42, model=BROKEN)]
+                )
+            return await device.measure([ModelJob(cell_id=43, model=models["dense"])])
+        finally:
+            await device.close()
+
+    (timing,) = asyncio.run(scenario())
+    assert timing.cell_id == 43 and timing.seconds > 0
+
+
+def test_two_workers_and_custom_settings(models: dict[str, bytes]) -> None:
+    settings = TimingSettings(runs=10, warmup=2, threads=2)
+
+    async def scenario() -> tuple[DeviceInfo, list[list[Timing]]]:
+        device = LocalDevice(workers=2, settings=settings)
+        assert device.concurrency == 2
+        info = await device.start()
+        try:
+            results = await asyncio.gather(
+                device.measure([ModelJob(1, models["dense"]), ModelJob(2, models["conv_small"])]),
+                device.measure([ModelJob(3, models["conv_small"])]),
+            )
+        finally:
+            await device.close()
+        return info, list(results)
+
+    info, (first, second) = asyncio.run(scenario())
+    assert [t.cell_id for t in first] == [1, 2] and [t.cell_id for t in second] == [3]
+    assert all(t.seconds > 0 for t in first + second)
+    assert info.threads == 2 and info.settings["runs"] == 10 and info.settings["workers"] == 2
+
+
+def test_measure_before_start_and_bad_arguments(models: dict[str, bytes]) -> None:
+    with pytest.raises(DeviceError, match="before start"):
+        asyncio.run(LocalDevice().measure([ModelJob(1, models["dense"])]))
+    with pytest.raises(ValueError):
+        LocalDevice(workers=0)
+    with pytest.raises(ValueError):
+        LocalDevice(settings=TimingSettings(runs=0))

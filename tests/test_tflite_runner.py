@@ -1,0 +1,213 @@
+"""The device-side runner: time_model, sensors, and both CLI modes run as a real subprocess."""
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latency.benchmark_output import parse_benchmark_output
+from tools import tflite_runner
+from tools.tflite_runner import (
+    EXIT_MODEL_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    encode_batch_stream,
+    read_temperature,
+    read_throttled,
+    time_model,
+)
+
+RUNNER = Path(tflite_runner.__file__).resolve()
+BROKEN = b"this is not a flatbuffer" * 4
+
+
+@functools.lru_cache(maxsize=None)
+def build_models() -> dict[str, bytes]:
+    """Tiny real single-layer models; cached so every test module converts them once."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    def convert(inp: "keras.KerasTensor", out: "keras.KerasTensor") -> bytes:
+        return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert()
+
+    models = {}
+    # 3x3 conv at 32x32: 1 -> 1 channel (~9k MACs) vs 128 -> 128 channels (~150M MACs)
+    inp = keras.Input((32, 32, 1), batch_size=1)
+    models["conv_small"] = convert(inp, keras.layers.Conv2D(1, 3, padding="same")(inp))
+    inp = keras.Input((32, 32, 128), batch_size=1)
+    models["conv_big"] = convert(inp, keras.layers.Conv2D(128, 3, padding="same")(inp))
+    inp = keras.Input((64,), batch_size=1)
+    models["dense"] = convert(inp, keras.layers.Dense(10)(inp))
+    return models
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, bytes]:
+    return build_models()
+
+
+def run_runner(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    # run the file by path, as on the Pi: it must not need the project on sys.path
+    return subprocess.run(
+        [sys.executable, str(RUNNER), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        cwd=str(RUNNER.parent.parent.parent),
+    )
+
+
+def json_lines(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+
+
+def test_time_model_bytes_and_path(models: dict[str, bytes], tmp_path: Path) -> None:
+    for name, model in models.items():
+        seconds = time_model(model)
+        assert math.isfinite(seconds) and seconds > 0, name
+    path = tmp_path / "dense.tflite"
+    path.write_bytes(models["dense"])
+    assert time_model(path, runs=10, warmup=0) > 0
+    assert time_model(str(path), runs=10, warmup=1, threads=2) > 0
+
+
+def test_bigger_conv_is_slower(models: dict[str, bytes]) -> None:
+    small = time_model(models["conv_small"])
+    big = time_model(models["conv_big"])
+    # ~16000x the MACs; even a noisy machine keeps an order of magnitude between them
+    assert big > 10 * small
+
+
+def test_time_model_rejects_bad_input(models: dict[str, bytes]) -> None:
+    with pytest.raises(ValueError):
+        time_model(models["dense"], runs=0)
+    with pytest.raises(ValueError):
+        time_model(models["dense"], warmup=-1)
+    with pytest.raises(ValueError):
+        time_model(models["dense"], threads=0)
+    with pytest.raises(Exception):
+        time_model(BROKEN)
+
+
+def test_sensors_are_none_or_plausible() -> None:
+    temperature = read_temperature()
+    assert temperature is None or -40.0 < temperature < 150.0
+    assert read_throttled() in (None, True, False)
+
+
+def test_batch_directory_with_broken_model(models: dict[str, bytes], tmp_path: Path) -> None:
+    (tmp_path / "10.tflite").write_bytes(models["conv_big"])
+    (tmp_path / "2.tflite").write_bytes(models["conv_small"])
+    (tmp_path / "5.tflite").write_bytes(BROKEN)
+    (tmp_path / "7.tflite").write_bytes(models["dense"])
+    (tmp_path / "notes.txt").write_text("ignored")
+    proc = run_runner("--batch", str(tmp_path), "--num_runs=20", "--warmup_runs=2", "--num_threads=1")
+    assert proc.returncode == EXIT_MODEL_FAILED, proc.stderr.decode()
+    lines = json_lines(proc.stdout)
+    assert [line["cell_id"] for line in lines] == [2, 5, 7, 10]  # numeric order
+    by_id = {line["cell_id"]: line for line in lines}
+    assert "error" in by_id[5] and "seconds" not in by_id[5]
+    for cell in (2, 7, 10):
+        line = by_id[cell]
+        assert set(line) == {"cell_id", "seconds", "measured_at", "temperature_c", "throttled"}
+        assert line["seconds"] > 0 and line["measured_at"] > 0
+    assert by_id[10]["seconds"] > by_id[2]["seconds"]
+
+
+def test_batch_manifest_all_ok(models: dict[str, bytes], tmp_path: Path) -> None:
+    sub = tmp_path / "m"
+    sub.mkdir()
+    (sub / "a.tflite").write_bytes(models["dense"])
+    (sub / "b.tflite").write_bytes(models["conv_small"])
+    manifest = tmp_path / "batch.json"
+    manifest.write_text(
+        json.dumps({"models": [{"cell_id": 41, "path": "m/b.tflite"}, {"cell_id": 40, "path": "m/a.tflite"}]})
+    )
+    proc = run_runner("--batch", str(manifest), "--num_runs", "10", "--warmup_runs", "1", "--cooldown", "0")
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    lines = json_lines(proc.stdout)
+    assert [line["cell_id"] for line in lines] == [41, 40]  # manifest order
+    assert all(line["seconds"] > 0 for line in lines)
+
+
+def test_batch_stdin_stream(models: dict[str, bytes]) -> None:
+    stream = encode_batch_stream([(1, models["dense"]), ("x", BROKEN), (3, models["conv_small"])])
+    proc = run_runner("--batch", "-", "--num_runs=10", stdin=stream)
+    assert proc.returncode == EXIT_MODEL_FAILED
+    lines = json_lines(proc.stdout)
+    assert [line["cell_id"] for line in lines] == [1, "x", 3]
+    assert "error" in lines[1] and lines[0]["seconds"] > 0 and lines[2]["seconds"] > 0
+
+    truncated = run_runner("--batch", "-", stdin=stream[:-10])
+    assert truncated.returncode == EXIT_USAGE
+    assert truncated.stdout == b""  # nothing timed from a batch that did not arrive whole
+
+
+def test_batch_unreadable_source(tmp_path: Path) -> None:
+    proc = run_runner("--batch", str(tmp_path / "missing.json"))
+    assert proc.returncode == EXIT_USAGE
+    assert b"cannot read batch" in proc.stderr
+
+
+def test_benchmark_model_mode_round_trips_through_parser(models: dict[str, bytes], tmp_path: Path) -> None:
+    graph = tmp_path / "conv.tflite"
+    graph.write_bytes(models["conv_small"])
+    proc = run_runner(f"--graph={graph}", "--num_runs=50", "--warmup_runs=5", "--num_threads=1")
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    text = proc.stdout.decode()
+    assert "Inference timings in us: Init: " in text.splitlines()[-1]
+    result = parse_benchmark_output(text)
+    assert result.source == "summary"
+    assert result.avg_us > 0 and result.count == 50
+    assert result.init_us is not None and result.init_us > 0
+    assert result.first_us is not None and result.warmup_avg_us is not None
+
+
+def test_benchmark_model_mode_without_warmup(models: dict[str, bytes], tmp_path: Path) -> None:
+    graph = tmp_path / "dense.tflite"
+    graph.write_bytes(models["dense"])
+    proc = run_runner(f"--graph={graph}", "--num_runs=20", "--warmup_runs=0")
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    result = parse_benchmark_output(proc.stdout.decode())
+    assert result.avg_us > 0 and result.count == 20 and result.warmup_avg_us is None
+
+
+def test_benchmark_model_mode_broken_model(tmp_path: Path) -> None:
+    graph = tmp_path / "broken.tflite"
+    graph.write_bytes(BROKEN)
+    proc = run_runner(f"--graph={graph}")
+    assert proc.returncode == EXIT_MODEL_FAILED
+    assert b"ERROR" in proc.stderr
+
+
+def test_cli_usage_errors() -> None:
+    assert run_runner().returncode == EXIT_USAGE
+    assert run_runner("--graph=x.tflite", "--num_runs=0").returncode == EXIT_USAGE
+
+
+def test_info() -> None:
+    proc = run_runner("--info")
+    assert proc.returncode == EXIT_OK
+    (info,) = json_lines(proc.stdout)
+    assert info["runtime"] == "ai-edge-litert" and info["runtime_version"]
+
+
+def test_runner_is_self_contained_python37() -> None:
+    """The file goes alone to a Pi: Python 3.7 syntax, only stdlib + numpy at import time."""
+    source = RUNNER.read_text()
+    tree = ast.parse(source, feature_version=(3, 7))
+    top_level = set()
+    for node in tree.body:  # imports of the interpreter happen lazily inside functions
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            top_level.add(node.module.split(".")[0])
+    assert top_level - set(sys.stdlib_module_names) == {"numpy"}

@@ -1,0 +1,551 @@
+#!/usr/bin/env python3
+"""Time single-layer .tflite models on this device (self-contained: stdlib + numpy + a TFLite interpreter).
+
+Uploaded as one file to a Raspberry Pi and imported by the local device; needs Python 3.7+. The
+interpreter is the first importable of ``ai_edge_litert.interpreter``, ``tflite_runtime.interpreter``
+and ``tensorflow.lite``.
+
+Method (as in the thesis): one random input of the model's input shape(s) is set once; ``warmup``
+untimed invocations; then ``time.perf_counter`` around a loop of ``runs`` invocations, divided by
+``runs``; one interpreter thread by default. The runtime's default delegates are kept (XNNPACK on
+current builds, as in ``benchmark_model``).
+
+Command line
+------------
+benchmark_model-compatible mode (output in the style of the current ``benchmark_model``, ending
+with ``Inference timings in us: Init: .., First inference: .., Warmup (avg): .., Inference (avg): ..``)::
+
+    python3 tflite_runner.py --graph=model.tflite --num_runs=50 --warmup_runs=5 --num_threads=1
+
+Unlike ``benchmark_model`` it runs exactly ``num_runs`` invocations (no minimum duration).
+
+Batch mode: time many models in one process::
+
+    python3 tflite_runner.py --batch SOURCE --num_runs=50 --warmup_runs=5 --num_threads=1 [--cooldown 0]
+
+SOURCE is one of
+
+* a directory: every ``<cell_id>.tflite`` in it (cell_id is an int when the stem is all digits,
+  else the stem string), in cell_id order;
+* a manifest ``*.json``: ``{"models": [{"cell_id": 7, "path": "a/7.tflite"}, ...]}`` (or just the
+  list); relative paths are relative to the manifest's directory;
+* ``-``: a framed stream on stdin, so a batch can be sent over one SSH channel without files:
+  per model one JSON header line ``{"cell_id": 7, "size": 1234}`` followed by exactly ``size``
+  bytes of the model; ends at EOF. ``encode_batch_stream()`` builds it. The whole stream is read
+  before the first timing so network traffic does not overlap the measurements.
+
+For each model, as soon as it is timed, one JSON line is printed and flushed::
+
+    {"cell_id": 7, "seconds": 0.00123, "measured_at": 1700000000.0, "temperature_c": 51.5, "throttled": false}
+
+or, when that model fails (the batch goes on)::
+
+    {"cell_id": 7, "error": "ValueError: ...", "measured_at": 1700000000.0}
+
+``--cooldown S`` sleeps S seconds between models (a Pi heats up). ``temperature_c`` comes from
+/sys/class/thermal/thermal_zone0/temp and ``throttled`` from ``vcgencmd get_throttled`` (null where
+absent). A model that crashes the interpreter process itself (segfault) ends the batch: the caller
+sees the stream stop and a non-zero exit status.
+
+``--info`` prints one JSON line describing the runtime (interpreter, versions, host, sensors).
+
+Exit status: 0 every model timed; 1 a model (or, in batch mode, at least one model) failed;
+2 bad command line or unreadable batch source; 3 no TFLite interpreter could be imported;
+130 interrupted (Ctrl-C, or the reader closed stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_MODEL_FAILED",
+    "EXIT_USAGE",
+    "EXIT_NO_INTERPRETER",
+    "ModelSource",
+    "encode_batch_stream",
+    "interpreter_class",
+    "main",
+    "read_sensors",
+    "read_temperature",
+    "read_throttled",
+    "runtime_info",
+    "time_model",
+]
+
+EXIT_OK = 0
+EXIT_MODEL_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_INTERPRETER = 3
+EXIT_INTERRUPTED = 130
+
+ModelSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
+
+_THERMAL_ZONE = "/sys/class/thermal/thermal_zone0/temp"
+# get_throttled bits 0-3 describe the *current* state (under-voltage, frequency capped, throttled,
+# soft temperature limit); bits 16-19 only say it happened since boot, which would taint every
+# later timing.
+_THROTTLED_NOW_MASK = 0xF
+_THROTTLE_MAX_AGE_S = 1.0  # vcgencmd costs a process spawn; its state changes slowly
+
+# ---------------------------------------------------------------------------- interpreter
+
+
+_interpreter: Optional[Tuple[Any, str, str]] = None  # (Interpreter class, runtime name, version)
+
+
+def _version_of(module: Any, dist: str) -> str:
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
+    try:  # Python 3.8+
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:
+        return "unknown"
+
+
+def interpreter_class() -> Tuple[Any, str, str]:
+    """(Interpreter class, runtime name, runtime version) of the first importable TFLite runtime.
+
+    Raises ImportError listing why each candidate failed.
+    """
+    global _interpreter
+    if _interpreter is not None:
+        return _interpreter
+    reasons = []
+    try:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+
+        _interpreter = (Interpreter, "ai-edge-litert", _version_of(ai_edge_litert, "ai-edge-litert"))
+        return _interpreter
+    except (ImportError, OSError) as exc:
+        reasons.append("ai_edge_litert: %s" % exc)
+    try:
+        import tflite_runtime
+        from tflite_runtime.interpreter import Interpreter
+
+        _interpreter = (Interpreter, "tflite-runtime", _version_of(tflite_runtime, "tflite-runtime"))
+        return _interpreter
+    except (ImportError, OSError) as exc:
+        reasons.append("tflite_runtime: %s" % exc)
+    try:
+        import tensorflow as tf
+
+        _interpreter = (tf.lite.Interpreter, "tensorflow", _version_of(tf, "tensorflow"))
+        return _interpreter
+    except (ImportError, OSError, AttributeError) as exc:
+        reasons.append("tensorflow: %s" % exc)
+    raise ImportError("no TFLite interpreter available (" + "; ".join(reasons) + ")")
+
+
+def runtime_info() -> Dict[str, Any]:
+    """What this runner times with, for provenance (raises ImportError without an interpreter)."""
+    _, runtime, version = interpreter_class()
+    temperature, throttled = read_sensors()
+    return {
+        "runtime": runtime,
+        "runtime_version": version,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "host": socket.gethostname(),
+        "temperature_c": temperature,
+        "throttled": throttled,
+    }
+
+
+# ---------------------------------------------------------------------------- sensors
+
+
+def read_temperature() -> Optional[float]:
+    """SoC temperature in degrees Celsius, or None where the thermal zone is absent."""
+    try:
+        with open(_THERMAL_ZONE) as f:
+            return int(f.read().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+_vcgencmd: Optional[str] = None
+_vcgencmd_looked_up = False
+
+
+def read_throttled() -> Optional[bool]:
+    """True when the Pi is under-voltage, frequency-capped or throttled *now*; None without vcgencmd."""
+    global _vcgencmd, _vcgencmd_looked_up
+    if not _vcgencmd_looked_up:  # PATH scan once per process
+        _vcgencmd = shutil.which("vcgencmd")
+        _vcgencmd_looked_up = True
+    if _vcgencmd is None:
+        return None
+    try:
+        out = subprocess.run(
+            [_vcgencmd, "get_throttled"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=5,
+            check=True,
+        ).stdout.decode("ascii", "replace")
+        value = int(out.strip().split("=", 1)[1], 16)  # "throttled=0x50000"
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+    return bool(value & _THROTTLED_NOW_MASK)
+
+
+_throttle_cache: Tuple[float, Optional[bool]] = (-math.inf, None)
+
+
+def read_sensors() -> Tuple[Optional[float], Optional[bool]]:
+    """(temperature_c, throttled) for a timing that just finished.
+
+    The throttled flag is re-read at most once a second: vcgencmd spawns a process, which would
+    cost more than a small layer's whole timing.
+    """
+    global _throttle_cache
+    now = time.monotonic()
+    if now - _throttle_cache[0] >= _THROTTLE_MAX_AGE_S:
+        _throttle_cache = (now, read_throttled())
+    return read_temperature(), _throttle_cache[1]
+
+
+# ---------------------------------------------------------------------------- timing
+
+# Random inputs by (shape, dtype): tables time many cells with the same input shape, and drawing
+# a large random tensor costs milliseconds. set_tensor copies, so sharing is safe.
+_INPUT_CACHE: "OrderedDict[Tuple[Tuple[int, ...], str], np.ndarray]" = OrderedDict()
+_INPUT_CACHE_SIZE = 16
+_rng = np.random.RandomState(0)  # RandomState: numpy on older Pi images lacks default_rng
+
+
+def _random_input(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    key = (shape, dtype.str)
+    cached = _INPUT_CACHE.get(key)
+    if cached is not None:
+        _INPUT_CACHE.move_to_end(key)
+        return cached
+    if dtype.kind == "f":
+        value = (_rng.random_sample(shape) * 2.0 - 1.0).astype(dtype)
+    elif dtype.kind == "b":
+        value = _rng.randint(0, 2, size=shape).astype(dtype)
+    elif dtype.kind in "iu" and dtype.itemsize == 1:
+        info = np.iinfo(dtype)
+        value = _rng.randint(int(info.min), int(info.max) + 1, size=shape).astype(dtype)
+    elif dtype.kind in "iu":
+        # like benchmark_model: small values, so index-like inputs stay in range
+        value = _rng.randint(0, 100, size=shape).astype(dtype)
+    else:
+        raise ValueError("unsupported input dtype %s" % dtype)
+    _INPUT_CACHE[key] = value
+    if len(_INPUT_CACHE) > _INPUT_CACHE_SIZE:
+        _INPUT_CACHE.popitem(last=False)
+    return value
+
+
+def _load(model: ModelSource, threads: int) -> Any:
+    """An interpreter with tensors allocated and random inputs set."""
+    if threads < 1:
+        raise ValueError("threads must be >= 1, got %r" % (threads,))
+    cls, _, _ = interpreter_class()
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        interpreter = cls(model_content=bytes(model), num_threads=threads)
+    else:
+        interpreter = cls(model_path=os.fspath(model), num_threads=threads)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        shape = tuple(int(d) for d in detail["shape"])
+        interpreter.set_tensor(detail["index"], _random_input(shape, detail["dtype"]))
+    return interpreter
+
+
+def _timed_loop(invoke: Callable[[], None], runs: int, stamps: Optional[List[float]]) -> float:
+    """Seconds for `runs` invocations; with `stamps`, also records the clock after each one."""
+    clock = time.perf_counter
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside the loop would be charged to the model
+    try:
+        if stamps is None:
+            start = clock()
+            for _ in range(runs):
+                invoke()
+            return clock() - start
+        start = clock()
+        stamps.append(start)
+        for _ in range(runs):
+            invoke()
+            stamps.append(clock())
+        return stamps[-1] - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _check_counts(runs: int, warmup: int) -> None:
+    if runs < 1:
+        raise ValueError("runs must be >= 1, got %r" % (runs,))
+    if warmup < 0:
+        raise ValueError("warmup must be >= 0, got %r" % (warmup,))
+
+
+def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
+    """Mean seconds per invocation of a .tflite model (bytes or a path).
+
+    Random input set once, `warmup` untimed invocations, then perf_counter around `runs`
+    invocations divided by `runs`. Raises on a model the interpreter rejects.
+    """
+    _check_counts(runs, warmup)
+    interpreter = _load(model, threads)
+    invoke = interpreter.invoke
+    for _ in range(warmup):
+        invoke()
+    seconds = _timed_loop(invoke, runs, None) / runs
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise RuntimeError("implausible timing %r s" % (seconds,))
+    return seconds
+
+
+# ---------------------------------------------------------------------------- benchmark_model mode
+
+
+def _log(message: str = "") -> None:
+    # current benchmark_model prefixes every line with its log level
+    sys.stdout.write("INFO: " + message + "\n")
+
+
+def _stat_line(values_us: List[int]) -> str:
+    """A statistics line as benchmark_model's Stat::OutputToStream prints it (integer us)."""
+    if not values_us:
+        return "count=0"
+    count = len(values_us)
+    low, high = min(values_us), max(values_us)
+    if low == high:
+        return "count=%d curr=%d%s" % (count, values_us[-1], "(all same)" if count > 1 else "")
+    avg = sum(values_us) / count
+    std = int(math.sqrt(max(sum(v * v for v in values_us) / count - avg * avg, 0.0)))
+    ordered = sorted(values_us)
+
+    def pct(p: float) -> int:
+        return ordered[min(count - 1, int(p / 100.0 * count))]
+
+    return "count=%d first=%d curr=%d min=%d max=%d avg=%g std=%d p5=%d median=%d p95=%d" % (
+        count, values_us[0], values_us[-1], low, high, avg, std, pct(5), pct(50), pct(95),
+    )
+
+
+def _run_benchmark_mode(graph: str, runs: int, warmup: int, threads: int) -> int:
+    _check_counts(runs, warmup)
+    _log("STARTING!")
+    _log("Log parameter values verbosely: [0]")
+    _log("Min num runs: [%d]" % runs)
+    _log("Min warmup runs: [%d]" % warmup)
+    _log("Num threads: [%d]" % threads)
+    _log("Graph: [%s]" % graph)
+    started = time.perf_counter()
+    with open(graph, "rb") as f:
+        model = f.read()
+    _log("Loaded model %s" % graph)
+    _log("The input model file size (MB): %g" % (len(model) / 1e6))
+    interpreter = _load(model, threads)
+    init_us = (time.perf_counter() - started) * 1e6
+    _log("Initialized session in %gms." % (init_us / 1000.0))
+    invoke = interpreter.invoke
+
+    warm_stamps: List[float] = []
+    _log("Running benchmark for at least %d iterations and at least 0 seconds" % warmup)
+    _timed_loop(invoke, warmup, warm_stamps)
+    warm_us = [int(round((b - a) * 1e6)) for a, b in zip(warm_stamps, warm_stamps[1:])]
+    _log(_stat_line(warm_us))
+    _log()
+
+    stamps: List[float] = []
+    _log("Running benchmark for at least %d iterations and at least 0 seconds" % runs)
+    total = _timed_loop(invoke, runs, stamps)
+    run_us = [int(round((b - a) * 1e6)) for a, b in zip(stamps, stamps[1:])]
+    _log(_stat_line(run_us))
+    _log()
+
+    # the average is the loop total over runs, exactly as in time_model (not the rounded run list)
+    avg_us = total / runs * 1e6
+    first_us = warm_us[0] if warm_us else run_us[0]
+    warm_avg = (
+        (warm_stamps[-1] - warm_stamps[0]) / warmup * 1e6 if warmup else float("nan")
+    )
+    _log(
+        "Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %g, Inference (avg): %g"
+        % (int(round(init_us)), first_us, warm_avg, avg_us)
+    )
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- batch mode
+
+
+def _cell_id_from_stem(stem: str) -> Union[int, str]:
+    return int(stem) if stem.isdigit() else stem
+
+
+def _id_order(cell_id: Any) -> Tuple[int, Any]:
+    return (0, cell_id) if isinstance(cell_id, int) else (1, str(cell_id))
+
+
+def encode_batch_stream(items: Iterable[Tuple[Any, bytes]]) -> bytes:
+    """The stdin stream for ``--batch -`` from (cell_id, model bytes) pairs."""
+    parts = []
+    for cell_id, model in items:
+        header = json.dumps({"cell_id": cell_id, "size": len(model)}, separators=(",", ":"))
+        parts.append(header.encode("utf-8") + b"\n")
+        parts.append(bytes(model))
+    return b"".join(parts)
+
+
+def _read_stream(stream: Any) -> List[Tuple[Any, bytes]]:
+    items = []
+    while True:
+        header = stream.readline()
+        if not header:
+            return items
+        if not header.strip():
+            continue
+        meta = json.loads(header.decode("utf-8"))
+        size = int(meta["size"])
+        model = stream.read(size)
+        if len(model) != size:
+            raise ValueError(
+                "stream ended inside model %r (%d of %d bytes)" % (meta["cell_id"], len(model), size)
+            )
+        items.append((meta["cell_id"], model))
+
+
+def _batch_items(source: str) -> Iterator[Tuple[Any, ModelSource]]:
+    """(cell_id, bytes or path) in batch order; raises ValueError/OSError on an unreadable source."""
+    if source == "-":
+        return iter(_read_stream(sys.stdin.buffer))
+    if os.path.isdir(source):
+        found = []
+        for name in os.listdir(source):
+            stem, ext = os.path.splitext(name)
+            if ext == ".tflite":
+                found.append((_cell_id_from_stem(stem), os.path.join(source, name)))
+        found.sort(key=lambda item: _id_order(item[0]))
+        return iter(found)
+    with open(source) as f:
+        manifest = json.load(f)
+    entries = manifest["models"] if isinstance(manifest, dict) else manifest
+    base = os.path.dirname(os.path.abspath(source))
+    items = []
+    for entry in entries:
+        items.append((entry["cell_id"], os.path.join(base, entry["path"])))
+    return iter(items)
+
+
+def _emit(record: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+    sys.stdout.flush()  # a caller streaming over SSH sees each result as it comes
+
+
+def _run_batch_mode(source: str, runs: int, warmup: int, threads: int, cooldown: float) -> int:
+    _check_counts(runs, warmup)
+    try:
+        items = list(_batch_items(source))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.stderr.write("tflite_runner: cannot read batch %s: %s: %s\n" % (source, type(exc).__name__, exc))
+        return EXIT_USAGE
+    failed = 0
+    for position, (cell_id, model) in enumerate(items):
+        if position and cooldown > 0:
+            time.sleep(cooldown)
+        try:
+            seconds = time_model(model, runs=runs, warmup=warmup, threads=threads)
+        except Exception as exc:  # one bad model must not end the batch
+            failed += 1
+            message = ("%s: %s" % (type(exc).__name__, exc))[:1000]
+            _emit({"cell_id": cell_id, "error": message, "measured_at": time.time()})
+            continue
+        measured_at = time.time()
+        temperature, throttled = read_sensors()
+        _emit(
+            {
+                "cell_id": cell_id,
+                "seconds": seconds,
+                "measured_at": measured_at,
+                "temperature_c": temperature,
+                "throttled": throttled,
+            }
+        )
+    return EXIT_MODEL_FAILED if failed else EXIT_OK
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Time .tflite models (benchmark_model-compatible or batch mode).",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--graph", help="one model; prints benchmark_model-style output")
+    mode.add_argument("--batch", help="directory of <cell_id>.tflite, manifest .json, or - (stdin)")
+    mode.add_argument("--info", action="store_true", help="print the runtime description as JSON")
+    parser.add_argument("--num_runs", type=int, default=50)
+    parser.add_argument("--warmup_runs", type=int, default=5)
+    parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--cooldown", type=float, default=0.0, help="seconds between models (batch)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; returns the exit status (see module docstring)."""
+    args = _parser().parse_args(argv)
+    if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1 or args.cooldown < 0:
+        sys.stderr.write("tflite_runner: need num_runs>=1, warmup_runs>=0, num_threads>=1, cooldown>=0\n")
+        return EXIT_USAGE
+    try:
+        interpreter_class()
+    except ImportError as exc:
+        sys.stderr.write("tflite_runner: %s\n" % exc)
+        return EXIT_NO_INTERPRETER
+    try:
+        if args.info:
+            _emit(runtime_info())
+            return EXIT_OK
+        if args.batch is not None:
+            return _run_batch_mode(
+                args.batch, args.num_runs, args.warmup_runs, args.num_threads, args.cooldown
+            )
+        try:
+            return _run_benchmark_mode(args.graph, args.num_runs, args.warmup_runs, args.num_threads)
+        except Exception as exc:
+            sys.stdout.flush()
+            sys.stderr.write("ERROR: %s: %s\n" % (type(exc).__name__, exc))
+            return EXIT_MODEL_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (SSH dropped); nothing left to report to
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
