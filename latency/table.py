@@ -88,7 +88,14 @@ class LatencyTable:
         layer = arch.layer_by_name[layer_name]
         if layer.op in self.uncovered_ops:
             return None
-        return self.layer_map.get(layer_name) or type_key(layer)
+        if self.layer_map:
+            # an imported table is keyed by the layers of its own network only
+            if arch.name != self.arch_name:
+                raise PredictionError(
+                    f"table {self.path} is keyed by the layers of {self.arch_name} and cannot predict {arch.name}"
+                )
+            return self.layer_map.get(layer_name)
+        return type_key(layer)
 
     def predictor(self, arch: Arch, allow_missing: bool = False) -> "Predictor":
         cache_key = (arch.name, allow_missing)
@@ -138,12 +145,12 @@ class Predictor:
         for i, layer in enumerate(arch.layers):
             key = table.layer_type_of(arch, layer.name)
             self.layer_key.append(key)
-            if key is None:
+            if key is None and layer.op in table.uncovered_ops:
                 self.skipped_ops.append(layer.name)
                 continue
-            t = table.types.get(key)
+            t = table.types.get(key) if key else None
             if t is None:
-                lacking.setdefault(key, []).append(layer.name)
+                lacking.setdefault(key or f"(no type for {layer.op})", []).append(layer.name)
                 continue
             self.covered[i] = True
             self.base[i] = offsets[key]

@@ -12,6 +12,7 @@ A width assignment is plain data, `{group_name: channels}`, for the prunable gro
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -125,11 +126,12 @@ class Arch:
             if group is None:
                 known = ", ".join(g.name for g in self.prunable_groups)
                 raise WidthError(f"{self.name}: unknown width group {name!r} (known groups: {known})")
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                 else:
                     raise WidthError(f"{self.name}: group {name!r} must be a whole number of channels, got {value!r}")
+            value = int(value)  # numpy integers (from search code) become plain ints
             if not group.prunable:
                 if value != group.full:
                     raise WidthError(f"{self.name}: group {name!r} is fixed at {group.full} channels, got {value}")

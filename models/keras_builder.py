@@ -44,7 +44,7 @@ def keras_layer(a: ActiveLayer, inputs: list):
         act = _act(keras, layer.act, name)
         return act(x) if act is not None else x
     if layer.op == "bn_act":
-        x = L.BatchNormalization(epsilon=BN_EPS, name=f"{name}.bn")(inputs[0])
+        x = L.BatchNormalization(epsilon=1e-3, name=f"{name}.bn")(inputs[0])
         act = _act(keras, layer.act, name)
         return act(x) if act is not None else x
     if layer.op == "add":
@@ -121,12 +121,29 @@ def convert_keras(model) -> bytes:
 def to_tflite(arch: Arch, widths: Mapping[str, int] | None = None, net: ArchNet | None = None) -> bytes:
     """The network as a `.tflite` flatbuffer; with `net`, its trained weights."""
     if net is not None:
-        if net.arch.name != arch.name or net.widths != arch.validate(widths or net.widths):
+        if net.arch.name != arch.name or net.widths != arch.validate(net.widths if widths is None else widths):
             raise ValueError("the PyTorch network does not match the requested architecture and widths")
         model = keras_from_torch(net)
     else:
         model = build_keras(arch, widths)
+        _trained_like(model)
     return convert_keras(model)
+
+
+def _trained_like(model, seed: int = 0) -> None:
+    """Fresh Keras weights are trivial (BN mean = beta = 0, zero biases), and the converter then
+    drops every unfoldable BN's ADD (a `bn_act` becomes a lone MUL); seeded trained-like BN
+    statistics and biases keep the graph the one a trained network converts to."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.get_weights()[0].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32),
+                               rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32)])
+        elif isinstance(layer, keras.layers.Dense):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype(np.float32)])
 
 
 def random_input(arch: Arch, batch: int = 1, seed: int = 0) -> np.ndarray:

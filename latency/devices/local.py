@@ -4,6 +4,10 @@ Workers are started with the 'spawn' context: forking a parent that has imported
 PyTorch can deadlock or inherit their thread pools. Each batch goes to one worker in one call
 (models travel as bytes; the interpreter reads them from memory, no temp files), and the worker
 times every model with `tools.tflite_runner.time_model`, the same code the Pi runs.
+
+Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
+``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
+say) every worker imports again at start-up.
 """
 from __future__ import annotations
 

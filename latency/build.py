@@ -1,0 +1,198 @@
+"""Builds a latency table: cells -> models -> devices -> committed measurements -> aggregates.
+
+One queue of batches (each pass over the not-yet-measured cells, in a freshly shuffled order)
+is worked through by every device concurrently. Models are rendered ahead of the devices in a
+thread, and every finished batch is committed before the next is taken, so an interrupted
+build loses at most the batches in flight and a re-run continues where it stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from models.arch import Arch
+from .devices.base import Device, DeviceError, ModelJob, Timing
+from .finalize import finalize
+from .generate import CellModels
+from .layer_types import grid_cells, network_layer_types
+from .progress import Progress
+from .store import TableStore
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    passes: int = 3
+    grid_step: int = 1
+    sigma: float = 3.0
+    batch_size: int = 32
+    seed: int = 0
+    max_failures: int = 3  # consecutive failed batches before a device is retired
+    prefetch: int = 2  # rendered batches waiting per device
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    cells: int
+    measured_now: int
+    already_measured: int
+    wall_s: float
+    timed_s: float  # sum over timings of runs x latency: the pure timed compute
+    incomplete_types: dict[str, str] = field(default_factory=dict)
+    retired: list[str] = field(default_factory=list)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def plan_batches(cell_ids: list[int], done: set[tuple[int, int]], passes: int, batch_size: int,
+                 seed: int) -> list[tuple[int, list[int]]]:
+    """(pass, cell ids) batches of what is left to measure; each pass in its own shuffled order
+    (the order is a function of the seed and pass only, so a resumed build keeps it)."""
+    batches = []
+    for p in range(passes):
+        order = sorted(cell_ids)
+        random.Random(f"{seed}:{p}").shuffle(order)
+        todo = [c for c in order if (c, p) not in done]
+        batches += [(p, todo[i:i + batch_size]) for i in range(0, len(todo), batch_size)]
+    return batches
+
+
+async def build_table(arch: Arch, out: str | Path, devices: list[Device], settings: BuildSettings,
+                      runs_per_cell: int, report: Callable[[str], None] | None = None) -> BuildResult:
+    if settings.passes < 1 or settings.batch_size < 1:
+        raise ValueError("passes and batch size must be >= 1")
+    if not devices:
+        raise ValueError("no device to measure on")
+    started = time.time()
+    types = network_layer_types([arch])
+    store = TableStore.create_or_open(out, arch.name, {"grid_step": settings.grid_step})
+    try:
+        for t in types.values():
+            store.add_layer_type(t, settings.grid_step, grid_cells(t, settings.grid_step))
+        store.set_meta(passes=settings.passes)
+        cells = store.cells()
+        done = store.measured_passes()
+        batches = plan_batches(list(cells), done, settings.passes, settings.batch_size, settings.seed)
+        total = len(cells) * settings.passes
+        already = sum(1 for c, p in done if p < settings.passes)
+        result = BuildResult(Path(out), len(cells), 0, already, 0.0, 0.0)
+        if batches:
+            await _measure_all(store, cells, types, devices, batches, settings, runs_per_cell, total, already,
+                               result, report)
+        result.incomplete_types = finalize(store, settings.sigma)
+        result.wall_s = time.time() - started
+        return result
+    finally:
+        store.close()
+
+
+async def _measure_all(store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
+                       settings: BuildSettings, runs_per_cell: int, total: int, already: int,
+                       result: BuildResult, report: Callable[[str], None] | None) -> None:
+    generator = CellModels(types)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Queue = asyncio.Queue()
+    for b in batches:
+        pending.put_nowait(b)
+    started: list[tuple[Device, int]] = []
+    progress: Progress | None = None
+    status = "interrupted"
+    try:
+        for device in devices:
+            try:
+                info = await device.start()
+            except DeviceError as exc:
+                result.retired.append(f"{device.name}: {exc}")
+                if report:
+                    report(f"device {device.name} could not start: {exc}")
+                continue
+            started.append((device, store.start_run(info)))
+        if not started:
+            raise BuildError("no device could start: " + "; ".join(result.retired))
+
+        todo_types = sorted({cells[c][0] for _, batch in batches for c in batch})
+        for i, key in enumerate(todo_types):
+            if report:
+                report(f"converting template {i + 1}/{len(todo_types)}: {key}")
+            await loop.run_in_executor(None, generator.template, key)
+
+        progress = Progress(total, already, report)
+
+        def render(batch: list[int]) -> list[ModelJob]:
+            return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
+
+        def take():
+            try:
+                return pending.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+
+        async def worker(device: Device, run_id: int) -> None:
+            failures = 0
+            # render the next batch in a thread while the device times the current one
+            item = take()
+            rendering = loop.run_in_executor(None, render, item[1]) if item else None
+            while item is not None:
+                p, batch = item
+                jobs_future = rendering
+                item = take()
+                rendering = loop.run_in_executor(None, render, item[1]) if item else None
+                try:
+                    timings: list[Timing] = await device.measure(await jobs_future)
+                except DeviceError as exc:
+                    pending.put_nowait((p, batch))  # the batch goes back for any device
+                    failures += 1
+                    if report:
+                        report(f"device {device.name}: {exc} (failure {failures}/{settings.max_failures})")
+                    if failures >= settings.max_failures:
+                        if item is not None:
+                            pending.put_nowait(item)
+                        result.retired.append(f"{device.name}: {exc}")
+                        if report:
+                            report(f"device {device.name} retired; its cells go to the other devices")
+                        return
+                    await asyncio.sleep(min(2.0 ** failures, 30.0))  # back off before retrying
+                    continue
+                failures = 0
+                if [t.cell_id for t in timings] != batch:
+                    raise BuildError(f"device {device.name} returned timings for other cells than it was given")
+                stored = store.add_measurements(run_id, device.name, p, timings)
+                result.measured_now += stored
+                result.timed_s += sum(t.seconds for t in timings) * runs_per_cell
+                progress.advance(stored, p)
+
+        tasks = [asyncio.create_task(worker(d, run_id)) for d, run_id in started
+                 for _ in range(max(1, d.concurrency))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if not pending.empty():
+            raise BuildError(
+                f"every device failed; {pending.qsize()} batches are left unmeasured (all finished ones are saved: "
+                "run the same command again to continue). Failures: " + "; ".join(result.retired)
+            )
+        status = "finished"
+    finally:
+        for d, run_id in started:
+            store.end_run(run_id, status)
+        for d in devices:
+            try:
+                await d.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real error
+                pass
+        if progress is not None:
+            progress.finish()
+
+
+def settings_dict(settings: BuildSettings) -> dict:
+    return asdict(settings)

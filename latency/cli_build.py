@@ -1,0 +1,95 @@
+"""`build-tables`: measure a latency table for a network on a device."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from models.families import KNOWN_ARCHS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build-tables",
+        description="Generate one single-layer TFLite model per (c_in, c_out) cell of every layer type of a "
+        "network, time them on a device (warm-up, then the mean of --runs invocations, --passes passes in "
+        "a freshly shuffled order), smooth them with a 2-D Gaussian filter and store everything in an SQLite "
+        "table file. Every finished batch is committed: interrupt at any time and run the same command again "
+        "to continue.",
+    )
+    p.add_argument("--device", default="local",
+                   help="'local' (this machine's CPU through LiteRT), an SSH device profile or group from the "
+                        "devices file (e.g. rpi3b), or a comma-separated list of profiles (default: local)")
+    p.add_argument("--devices-file", help="TOML file of SSH device profiles (default: tables/devices.toml)")
+    p.add_argument("--arch", default="wrn-40-2", help=f"network ({KNOWN_ARCHS}); default wrn-40-2")
+    p.add_argument("--grid", default="full",
+                   help="'full' (every channel count) or 'step:K' (every K-th count plus the edges; the rest "
+                        "interpolated). Default full")
+    p.add_argument("--passes", type=int, default=3, help="passes over all cells, each in a new random order (3)")
+    p.add_argument("--runs", type=int, default=50, help="timed invocations per model and pass (50)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed invocations before them (2)")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes timing at once (1: concurrent timings disturb each other)")
+    p.add_argument("--sigma", type=float, default=3.0, help="Gaussian smoothing sigma in channels; 0 = off (3)")
+    p.add_argument("--batch-size", type=int, default=32, help="models per device call (32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
+    p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # heavy imports stay inside main: spawned device workers re-import the caller's main module
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from latency.build import BuildError, BuildSettings, build_table
+    from latency.devices.base import DeviceError, TimingSettings
+    from latency.devices.registry import make_devices
+    from latency.layer_types import parse_grid
+    from latency.store import TableFileError
+    from models.families import get_arch
+
+    try:
+        arch = get_arch(args.arch)
+        step = parse_grid(args.grid)
+        for name in ("passes", "runs", "threads", "workers", "batch_size"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.warmup < 0 or args.sigma < 0:
+            raise ValueError("--warmup and --sigma must be >= 0")
+        timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads)
+        devices = make_devices(args.device, timing, args.workers, args.devices_file)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
+    settings = BuildSettings(passes=args.passes, grid_step=step, sigma=args.sigma, batch_size=args.batch_size,
+                             seed=args.seed)
+    report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        result = asyncio.run(build_table(arch, out, devices, settings, args.runs, report))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished batch is saved in {out}; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    except (TableFileError, BuildError, DeviceError) as exc:
+        print(f"build-tables: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"table: {result.path}")
+    print(f"cells: {result.cells:,} x {settings.passes} passes; measured now: {result.measured_now:,}, "
+          f"already there: {result.already_measured:,}")
+    if result.timed_s > 0:
+        print(f"wall {result.wall_s:.1f} s, pure timed compute {result.timed_s:.1f} s, "
+              f"efficiency (wall / timed) {result.wall_s / result.timed_s:.2f}")
+    for r in result.retired:
+        print(f"retired device: {r}")
+    if result.incomplete_types:
+        print("incomplete layer types (run again to finish): " +
+              ", ".join(f"{k} ({v})" for k, v in result.incomplete_types.items()))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

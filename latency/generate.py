@@ -1,0 +1,120 @@
+"""Single-layer models of every cell of a layer type.
+
+The Keras snippet of a cell is built by the same `keras_layer` that builds whole networks, so
+the timed op is the op the network runs. The converter is run once per type (at marker
+channel counts) and its output is rewritten for every other cell (`tflite_rewrite`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+
+import numpy as np
+
+from models.arch import INPUT, ActiveLayer, Layer
+from .layer_types import LayerType
+from .tflite_rewrite import ModelTemplate
+
+MARKERS = (37, 41, 43, 47, 53, 59, 61, 67)
+
+
+def _markers(t: LayerType) -> dict[str, int]:
+    taken = {1, 2, 3, 4, t.in_size, -(-t.in_size // t.stride), t.kernel, t.stride, 10}
+    taken |= {t.in_lo} if t.in_lo == t.in_hi else set()
+    taken |= {t.out_lo} if t.two_axes and t.out_lo == t.out_hi else set()
+    free = [m for m in MARKERS if m not in taken]
+    marks = {}
+    if t.in_lo < t.in_hi:
+        marks["c_in"] = free.pop(0)
+    if t.two_axes and t.out_lo < t.out_hi:
+        marks["c_out"] = free.pop(0)
+    return marks
+
+
+def _layer_of(t: LayerType) -> Layer:
+    inputs = (INPUT, INPUT) if t.op == "add" else (INPUT,)
+    return Layer("cell", t.op, inputs, "a", "b", t.in_size, t.kernel, t.stride, t.bn, t.act)
+
+
+def single_layer_keras(t: LayerType, c_in: int, c_out: int, seed: int = 0):
+    """Keras model of one cell (batch 1). One-axis types ignore c_out."""
+    import keras
+
+    from models.keras_builder import keras_layer
+
+    if not t.two_axes:
+        c_out = c_in
+    layer = _layer_of(t)
+    inputs = [keras.Input((t.in_size, t.in_size, c_in), batch_size=1, name=f"x{i}") for i in range(len(layer.inputs))]
+    y = keras_layer(ActiveLayer(layer, layer.inputs, c_in, c_out), inputs)
+    model = keras.Model(inputs if len(inputs) > 1 else inputs[0], y)
+    _randomise(model, seed)
+    return model
+
+
+def _randomise(model, seed: int) -> None:
+    # untrained Keras weights are trivial (unit BN, zero bias) and the converter may drop them
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if not ws:
+            continue
+        if layer.__class__.__name__ == "BatchNormalization":
+            c = ws[0].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])
+        else:
+            layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in ws])
+
+
+def convert_cell(t: LayerType, c_in: int, c_out: int, seed: int = 0) -> bytes:
+    """The converter's output for one cell (the slow reference path)."""
+    import tensorflow as tf
+
+    model = single_layer_keras(t, c_in, c_out, seed)
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter's export chatter
+        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+class CellModels:
+    """Renders the model of any cell of the given layer types; templates on first use."""
+
+    def __init__(self, types: dict[str, LayerType]):
+        self.types = types
+        self._templates: dict[str, ModelTemplate] = {}
+        self._direct: dict[tuple[str, int, int], bytes] = {}
+        self._lock = threading.Lock()  # the converter is not thread-safe
+
+
+    def template(self, key: str) -> ModelTemplate:
+        with self._lock:
+            return self._template(key)
+
+    def _template(self, key: str) -> ModelTemplate:
+        if key not in self._templates:
+            t = self.types[key]
+            marks = _markers(t)
+            c_in = marks.get("c_in", t.in_lo)
+            c_out = marks.get("c_out", t.out_lo if t.two_axes else c_in)
+            self._templates[key] = ModelTemplate(convert_cell(t, c_in, c_out), marks)
+        return self._templates[key]
+
+    def render(self, key: str, c_in: int, c_out: int, seed: int = 0) -> bytes:
+        t = self.types[key]
+        if not t.contains(c_in, c_out):
+            raise ValueError(f"cell ({c_in}, {c_out}) is outside layer type {key}")
+        if t.op == "se" and c_in == 1:
+            # the converter emits an extra RESHAPE for a single-channel excite: convert it
+            cache = (key, c_in, c_out)
+            with self._lock:
+                if cache not in self._direct:
+                    self._direct[cache] = convert_cell(t, c_in, c_out, seed)
+                return self._direct[cache]
+        marks = self.template(key).markers
+        channels = {}
+        if "c_in" in marks:
+            channels["c_in"] = c_in
+        if "c_out" in marks:
+            channels["c_out"] = c_out
+        return self.template(key).render(channels, seed=seed)
