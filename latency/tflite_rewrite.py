@@ -158,8 +158,7 @@ class ModelTemplate:
     # -- construction ------------------------------------------------------------------------
 
     def _validate_markers(self) -> None:
-        if not self.markers:
-            raise ValueError("at least one marker is required")
+        # No markers is allowed: a type with fixed channel counts renders as a re-laid-out copy.
         values = list(self.markers.values())
         for name, value in self.markers.items():
             if value < 2:
@@ -348,7 +347,7 @@ class ModelTemplate:
         if channels.keys() != self.markers.keys():
             raise ValueError(f"channels must name exactly {sorted(self.markers)}, got {sorted(channels)}")
         vals = [int(channels[a]) for a in self.axes]
-        if min(vals) < 1:
+        if vals and min(vals) < 1:
             raise ValueError(f"channel counts must be >= 1, got {dict(channels)}")
         out = bytearray(self._skeleton)
         words = np.frombuffer(out, np.int32)

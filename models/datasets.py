@@ -101,7 +101,7 @@ _ALLOWED_GLOBALS = frozenset({
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+    def find_class(self, module: str, name: str) -> object:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"disallowed global {module}.{name}")
         return super().find_class(module, name)
@@ -260,7 +260,7 @@ def open_dataset(name: str, data_dir: str | Path) -> CifarData:
         found = "synthetic" if data.synthetic else "cifar10"
         raise DatasetError(
             f"dataset {spec.name!r} requested but {data.root} holds {found!r} data "
-            f"(decided by the label names in {data.root / META_FILE}); pass --dataset {found} "
+            f"(decided by the label names in {data.root / META_FILE}); use name {found!r} "
             f"or point at the right directory"
         )
     return data
@@ -282,14 +282,17 @@ def _synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     ], axis=1) * 255.0  # (10, 3): evenly spaced hues
     angle = np.pi * np.arange(NUM_CLASSES) / NUM_CLASSES
     freq = 2.0 + (np.arange(NUM_CLASSES) % 3)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float64) / 32.0
-    a, f = angle[labels][:, None, None], freq[labels][:, None, None]
-    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
-    stripes = np.sin(2 * np.pi * f * (xx * np.cos(a) + yy * np.sin(a)) + phase)  # (n, 32, 32)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / np.float32(32.0)
+    # float32 throughout: several times faster than float64 for the 50k-image case.
+    a = angle[labels][:, None, None].astype(np.float32)
+    f = freq[labels][:, None, None].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1)).astype(np.float32)
+    stripes = np.sin(np.float32(2 * np.pi) * f * (xx * np.cos(a) + yy * np.sin(a)) + phase)
     w = rng.uniform(0.3, 0.8, size=(n, 1))
     colour = w * palette[labels] + (1 - w) * rng.uniform(0.05, 0.95, size=(n, 3)) * 255.0
-    img = colour[:, :, None, None] * (0.65 + 0.35 * stripes[:, None])
-    img += 40.0 * rng.standard_normal(size=img.shape, dtype=np.float32)
+    img = colour.astype(np.float32)[:, :, None, None] * (
+        np.float32(0.65) + np.float32(0.35) * stripes[:, None])  # (n, 3, 32, 32)
+    img += np.float32(40.0) * rng.standard_normal(size=img.shape, dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -326,8 +329,6 @@ def write_synthetic_cifar10(
 
     train_labels = balanced_labels(n_train)
     test_labels = balanced_labels(n_test)
-    train_rows = _synthetic_images(train_labels, rng).reshape(n_train, _ROW_LEN)
-    test_rows = _synthetic_images(test_labels, rng).reshape(n_test, _ROW_LEN)
 
     start = 0
     for i, (name, chunk) in enumerate(
@@ -336,7 +337,8 @@ def write_synthetic_cifar10(
         _dump(root / name, {
             b"batch_label": f"synthetic training batch {i} of 5".encode(),
             b"labels": [int(v) for v in train_labels[chunk]],
-            b"data": np.ascontiguousarray(train_rows[chunk]),
+            # Generated per batch file so peak memory stays at one batch.
+            b"data": _synthetic_images(train_labels[chunk], rng).reshape(len(chunk), _ROW_LEN),
             b"filenames": [f"synthetic_train_{start + j:05d}.png".encode()
                            for j in range(len(chunk))],
         })
@@ -344,7 +346,7 @@ def write_synthetic_cifar10(
     _dump(root / TEST_BATCH_FILE, {
         b"batch_label": b"synthetic testing batch 1 of 1",
         b"labels": [int(v) for v in test_labels],
-        b"data": np.ascontiguousarray(test_rows),
+        b"data": _synthetic_images(test_labels, rng).reshape(n_test, _ROW_LEN),
         b"filenames": [f"synthetic_test_{j:05d}.png".encode() for j in range(n_test)],
     })
     _dump(root / META_FILE, {

@@ -44,7 +44,7 @@ def keras_layer(a: ActiveLayer, inputs: list):
         act = _act(keras, layer.act, name)
         return act(x) if act is not None else x
     if layer.op == "bn_act":
-        x = L.BatchNormalization(epsilon=1e-3, name=f"{name}.bn")(inputs[0])
+        x = L.BatchNormalization(epsilon=BN_EPS, name=f"{name}.bn")(inputs[0])
         act = _act(keras, layer.act, name)
         return act(x) if act is not None else x
     if layer.op == "add":

@@ -205,6 +205,9 @@ def carry_over(net: ArchNet, new_widths: Mapping[str, int], keep: Mapping[str, S
     new_widths = arch.validate(new_widths)
     old_ch = arch.channels(net.widths)
     new_ch = arch.channels(new_widths)
+    unknown = set(keep) - set(new_ch)
+    if unknown:
+        raise ValueError(f"keep names unknown width groups: {', '.join(sorted(unknown))}")
     index: dict[str, torch.Tensor] = {}
     for group, n_new in new_ch.items():
         if group in keep:

@@ -53,6 +53,43 @@ def test_wrn_groups_and_full_widths(wrn402: Arch, wrn162: Arch) -> None:
     assert len(wrn162.layers) == 29 and wrn162.layers[-1].op == "head"
 
 
+def spec(layer: Layer) -> tuple:
+    return layer.op, layer.kernel, layer.stride, layer.bn, layer.act, layer.in_size, layer.c_in, layer.c_out
+
+
+def test_wrn_layer_specs(wrn162: Arch) -> None:
+    L = wrn162.layer_by_name
+    # k=2: the stem carries the first block's BN-ReLU (its raw output has no other reader)
+    assert spec(L["stem"]) == ("conv", 3, 1, True, "relu", 32, "image", "stem")
+    assert spec(L["s1b0.conv1"]) == ("conv", 3, 1, True, "relu", 32, "stem", "s1b0")
+    assert spec(L["s2b0.bn"]) == ("bn_act", 1, 1, False, "relu", 32, "s1", "s1")
+    assert spec(L["s2b0.conv1"]) == ("conv", 3, 2, True, "relu", 32, "s1", "s2b0")
+    assert spec(L["s2b0.conv2"]) == ("conv", 3, 1, False, None, 16, "s2b0", "s2")
+    assert spec(L["s2b0.shortcut"]) == ("conv", 1, 2, False, None, 32, "s1", "s2")
+    assert spec(L["s2b0.add"]) == ("add", 1, 1, False, None, 16, "s2", "s2")
+    assert L["s2b0.add"].inputs == ("s2b0.conv2", "s2b0.shortcut")
+    assert L["s2b1.add"].inputs == ("s2b1.conv2", "s2b0.add")
+    assert spec(L["head.bn"]) == ("bn_act", 1, 1, False, "relu", 8, "s3", "s3")
+    assert spec(L["head"])[0::5] == ("head", 8) and L["head"].dropout == 0.0
+    # k=1: the stem is a plain conv and the first block has its own pre-activation
+    L1 = get_arch("wrn-16-1").layer_by_name
+    assert spec(L1["stem"]) == ("conv", 3, 1, False, None, 32, "image", "s1")
+    assert L1["s1b0.bn"].inputs == ("stem",) and "s1b0.shortcut" not in L1
+
+
+def test_mbv2_layer_specs(mbv2se: Arch) -> None:
+    L = mbv2se.layer_by_name
+    assert spec(L["stem"]) == ("conv", 3, 1, True, "relu6", 32, "image", "stem")
+    assert spec(L["s2b0.expand"]) == ("conv", 1, 1, True, "relu6", 32, "s1", "s2b0")
+    assert spec(L["s2b0.dw"]) == ("dwconv", 3, 2, True, "relu6", 32, "s2b0", "s2b0")
+    assert spec(L["s2b0.se"]) == ("se", 1, 1, False, None, 16, "s2b0", "s2b0.se")
+    assert spec(L["s2b0.project"]) == ("conv", 1, 1, True, None, 16, "s2b0", "s2")
+    assert L["s2b1.add"].inputs == ("s2b1.project", "s2b0.project")
+    assert spec(L["last"]) == ("conv", 1, 1, True, "relu6", 8, "s3", "last")
+    assert L["head"].dropout == 0.2 and L["head"].inputs == ("last",)
+    assert "s2b0.se" not in get_arch("mbv2-tiny").layer_by_name
+
+
 def test_mbv2_residual_blocks_are_the_only_zeroable_ones(mbv2se: Arch) -> None:
     zeroable = {g.name for g in mbv2se.groups if g.may_be_zero}
     assert zeroable == {"s2b1", "s3b1"}  # stride-1 blocks whose input is already the stage's stream

@@ -128,7 +128,8 @@ def test_keras_matches_torch(case) -> None:
     names = {l.name for l in model.layers}
     assert {a.layer.name for a in case["net"].active if a.layer.op in ("conv", "dwconv", "add")} <= names
     removed = {l.name for l in case["arch"].layers} - {a.layer.name for a in case["net"].active}
-    assert not names & removed
+    assert bool(removed) == bool(case["widths"])
+    assert not [n for n in names for r in removed if n == r or n.startswith(r + ".")]  # e.g. s2b1.bn.bn
 
 
 def test_tflite_matches_torch(case, tflite_model) -> None:

@@ -34,6 +34,16 @@ N_TRAIN, N_TEST = 500, 100
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():  # noqa: ANN202 - fixture
+    # The ops here are small; with 2 cores shared by other jobs, intra-op threading only adds
+    # contention. Restored afterwards so other test modules are unaffected.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def synth_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parent = tmp_path_factory.mktemp("synth")

@@ -238,6 +238,17 @@ def test_marker_collisions_raise():
         ModelTemplate(b"\0" * 64, {"c": 37})
 
 
+def test_no_markers_renders_the_template():
+    """A type whose channel counts are all fixed: the render is the template, re-laid out."""
+    tpl_bytes = _template("conv_bn_relu_3x3").template_bytes
+    tpl = ModelTemplate(tpl_bytes, {})
+    rendered = tpl.render({})
+    assert describe_model(rendered) == describe_model(tpl_bytes)
+    assert _structure(rendered) == _structure(tpl_bytes)
+    weights = [v.tolist() for _, v in _const_float_buffers(rendered)]
+    assert weights == [v.tolist() for _, v in _const_float_buffers(tpl_bytes)]
+
+
 def test_render_rejects_bad_channels():
     tpl = _template("conv_bn_relu_3x3")
     with pytest.raises(ValueError, match="exactly"):

@@ -1,0 +1,38 @@
+"""Shared fixtures: small real latency tables, built once per test session on this CPU."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+# CI-sized settings: a real LiteRT measurement of every cell, few runs, one pass
+SMALL_TIMING = dict(runs=5, warmup=1)
+
+
+def build_small_table(arch_name: str, out: Path, grid: str = "step:4", passes: int = 1, sigma: float = 1.0) -> Path:
+    from latency.build import BuildSettings, build_table
+    from latency.devices.base import TimingSettings
+    from latency.devices.local import LocalDevice
+    from latency.layer_types import parse_grid
+    from models.families import get_arch
+
+    timing = TimingSettings(**SMALL_TIMING)
+    settings = BuildSettings(passes=passes, grid_step=parse_grid(grid), sigma=sigma, batch_size=64)
+    asyncio.run(build_table(get_arch(arch_name), out, [LocalDevice(settings=timing)], settings, timing.runs))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_table(tmp_path_factory):
+    """`small_table("wrn-10-1")` -> path of a real table for that network (cached per session)."""
+    cache: dict[tuple, Path] = {}
+
+    def get(arch_name: str, grid: str = "step:4") -> Path:
+        key = (arch_name, grid)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("tables") / f"local-{arch_name}.sqlite"
+            cache[key] = build_small_table(arch_name, out, grid)
+        return cache[key]
+
+    return get

@@ -1,0 +1,265 @@
+"""Latency tables on this machine's CPU: build, store, resume, smooth, interpolate, predict."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from latency.layer_types import axis_values, grid_cells, network_layer_types, parse_grid
+from latency.smoothing import cell_stats, fill_sparse, smooth
+from latency.store import TableFileError
+from latency.table import LatencyTable, PredictionError
+from models.arch import WidthError
+from models.families import get_arch
+from models.thesis_names import widths_from_thesis
+
+ROOT = Path(__file__).resolve().parents[1]
+PI_TABLE = ROOT / "tables" / "rpi3b-wrn-40-2.sqlite"
+PI_NPZ = ROOT / "tables" / "source" / "rpi3b-wrn-40-2-tflite-1.13.1.npz"
+THESIS_WIDTHS = ROOT / "tables" / "source" / "rpi3b-wrn-40-2-netadapt-pruned-widths.json"
+
+
+def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# -- real tables built on this CPU ------------------------------------------------------------
+@pytest.mark.parametrize("arch_name", ["wrn-10-1", "mbv2-tiny"])
+def test_small_table_content(small_table, arch_name):
+    path = small_table(arch_name)
+    arch = get_arch(arch_name)
+    types = network_layer_types([arch])
+    db = sqlite3.connect(path)
+    meta = {k: json.loads(v) for k, v in db.execute("select key, value from meta")}
+    assert meta["arch"] == arch_name and meta["schema_version"] == 1
+    assert set(r[0] for r in db.execute("select key from layer_types")) == set(types)
+    # every grid cell measured exactly once per pass, with a positive time
+    expected = sum(len(grid_cells(t, 4)) for t in types.values())
+    assert db.execute("select count(*) from cells").fetchone()[0] == expected
+    assert db.execute("select count(*) from measurements").fetchone()[0] == expected * meta["passes"]
+    assert db.execute("select min(seconds) from measurements").fetchone()[0] > 0
+    run = db.execute("select device, runtime, runtime_version, threads, status from runs").fetchone()
+    assert run[0] == "local" and run[1] and run[2] and run[3] == 1 and run[4] == "finished"
+    # aggregates cover every cell of each type's full range, measured cells marked
+    n_full = sum(t.n_cells for t in types.values())
+    assert db.execute("select count(*) from aggregates").fetchone()[0] == n_full
+    assert db.execute("select count(*) from aggregates where measured = 1").fetchone()[0] == expected
+    # a prediction is the sum of the breakdown, and positive
+    table = LatencyTable.open(path)
+    total = table.predict(arch)
+    parts = table.breakdown(arch)
+    assert total > 0 and total == pytest.approx(sum(p.seconds for p in parts))
+    assert {p.layer for p in parts} == {a.layer.name for a in arch.active_layers()}
+
+
+def test_prediction_matches_cells(small_table):
+    """The predicted latency is exactly the smoothed cells of the active layers."""
+    arch = get_arch("wrn-10-1")
+    table = LatencyTable.open(small_table("wrn-10-1"))
+    widths = dict(arch.full_widths(), s2=17, s1b0=0, s3b0=5)
+    db = sqlite3.connect(table.path)
+    total = 0.0
+    from latency.layer_types import type_key
+
+    for a in arch.active_layers(widths):
+        key = type_key(a.layer)
+        t = table.types[key]
+        c_out = a.c_out if t.two_axes else 0
+        total += db.execute("select smoothed from aggregates where type_key=? and c_in=? and c_out=?",
+                            (key, a.c_in, c_out)).fetchone()[0]
+    assert table.predict(arch, widths) == pytest.approx(total, rel=1e-12)
+    assert "s1b0.conv1" not in {p.layer for p in table.breakdown(arch, widths)}
+
+
+def test_smoothed_values_are_gaussian_of_filled_means(small_table):
+    path = small_table("mbv2-tiny")
+    raw = LatencyTable.open(path, smoothed=False)
+    smoothed = LatencyTable.open(path)
+    sigma = json.loads(sqlite3.connect(path).execute("select value from meta where key='sigma'").fetchone()[0])
+    for key, grid in raw.values.items():
+        np.testing.assert_allclose(smoothed.values[key], gaussian_filter(grid, sigma=sigma, mode="nearest"), rtol=1e-9)
+
+
+# -- resume after an interruption ----------------------------------------------------------------
+def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
+    out = tmp_path / "t.sqlite"
+    args = ["-m", "latency.cli_build", "--device", "local", "--arch", "mbv2-tiny", "--grid", "step:2",
+            "--passes", "2", "--runs", "3", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # interrupt as soon as some (not all) batches are committed
+    deadline = time.monotonic() + 300
+    count = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists():
+            try:
+                count = sqlite3.connect(out).execute("select count(*) from measurements").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= 40:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the build ended before it could be interrupted:\n{proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "run the same command again" in stderr
+    db = sqlite3.connect(out)
+    interrupted = db.execute("select count(*) from measurements").fetchone()[0]
+    kept = set(db.execute("select cell_id, pass_index, seconds from measurements"))
+    n_cells = db.execute("select count(*) from cells").fetchone()[0]
+    assert 40 <= interrupted < 2 * n_cells
+    assert db.execute("select status from runs").fetchone()[0] == "interrupted"
+    db.close()
+
+    cli(*args)
+    db = sqlite3.connect(out)
+    rows = db.execute("select cell_id, pass_index from measurements").fetchall()
+    assert len(rows) == len(set(rows)) == 2 * n_cells  # nothing duplicated, nothing missing
+    assert {(c, p) for c, p in rows} == {(c, p) for (c,) in db.execute("select id from cells") for p in (0, 1)}
+    assert kept <= set(db.execute("select cell_id, pass_index, seconds from measurements"))  # nothing re-measured
+    assert [r[0] for r in db.execute("select status from runs order by id")] == ["interrupted", "finished"]
+
+
+# -- maths -----------------------------------------------------------------------------------------
+def test_cell_stats():
+    assert cell_stats([1.0, 2.0, 6.0]) == (3.0, 2.0, pytest.approx(np.std([1, 2, 6], ddof=1)), 3)
+    assert cell_stats([4.0]) == (4.0, 4.0, 0.0, 1)
+    with pytest.raises(ValueError):
+        cell_stats([])
+
+
+def test_fill_sparse_is_exact_on_bilinear_surfaces_and_keeps_measured_cells():
+    ii, jj = np.meshgrid(np.arange(13), np.arange(9), indexing="ij")
+    surface = 2.0 + 0.5 * ii + 0.25 * jj + 0.1 * ii * jj  # bilinear: linear interpolation is exact
+    rows, cols = axis_values(0, 12, 4), axis_values(0, 8, 4)
+    sparse = np.full(surface.shape, np.nan)
+    sparse[np.ix_(rows, cols)] = surface[np.ix_(rows, cols)]
+    filled = fill_sparse(sparse, rows, cols)
+    np.testing.assert_allclose(filled, surface)
+    # a non-linear surface: measured cells are kept exactly, the others lie between neighbours
+    curved = np.sqrt(1.0 + ii ** 2 + jj ** 2)
+    sparse[np.ix_(rows, cols)] = curved[np.ix_(rows, cols)]
+    filled = fill_sparse(sparse, rows, cols)
+    np.testing.assert_array_equal(filled[np.ix_(rows, cols)], curved[np.ix_(rows, cols)])
+    assert filled.min() >= curved.min() and filled.max() <= curved.max()
+    with pytest.raises(ValueError, match="edges"):
+        fill_sparse(sparse, rows[:-1], cols)  # would need extrapolation
+
+
+def test_fill_sparse_one_axis():
+    values = np.full((9, 1), np.nan)
+    values[[0, 4, 8], 0] = [1.0, 5.0, 3.0]
+    np.testing.assert_allclose(fill_sparse(values, [0, 4, 8], [0])[:, 0], [1, 2, 3, 4, 5, 4.5, 4, 3.5, 3])
+
+
+def test_smooth():
+    grid = np.zeros((15, 15))
+    grid[7, 7] = 1.0
+    out = smooth(grid, 3)
+    np.testing.assert_allclose(out, gaussian_filter(grid, 3, mode="nearest"))
+    assert out.argmax() == 7 * 15 + 7 and out[7, 7] < 0.1
+    np.testing.assert_allclose(out, out.T)
+    np.testing.assert_array_equal(smooth(grid, 0), grid)
+    with pytest.raises(ValueError):
+        smooth(grid, -1)
+
+
+def test_grid_spec_and_axis_values():
+    assert parse_grid("full") == 1 and parse_grid("step:8") == 8
+    for bad in ("step:0", "step:x", "half", ""):
+        with pytest.raises(ValueError, match="step:K"):
+            parse_grid(bad)
+    assert axis_values(1, 32, 8) == [1, 8, 9, 16, 17, 24, 25, 32]
+    assert axis_values(1, 30, 8)[0] == 1 and axis_values(1, 30, 8)[-1] == 30
+    assert axis_values(3, 3, 4) == [3]
+
+
+# -- the thesis's Raspberry Pi table ----------------------------------------------------------------
+def test_pi_table_reproduces_the_thesis_numbers():
+    table = LatencyTable.open(PI_TABLE)
+    arch = get_arch("wrn-40-2")
+    assert round(table.predict(arch) * 1e3, 1) == 353.0
+    widths = widths_from_thesis(arch, json.loads(THESIS_WIDTHS.read_text()))
+    assert round(table.predict(arch, widths) * 1e3, 1) == 281.9
+    assert "residual additions" in table.coverage_note()
+    assert table.meta["provenance"].startswith("Raspberry Pi 3B")
+
+
+def test_pi_import_reproduces_the_shipped_file(tmp_path):
+    from latency.import_thesis import import_thesis_table
+
+    out = import_thesis_table(PI_NPZ, tmp_path / "pi.sqlite")
+    fresh, shipped = LatencyTable.open(out), LatencyTable.open(PI_TABLE)
+    assert set(fresh.values) == set(shipped.values)
+    data = np.load(PI_NPZ, allow_pickle=False)
+    for key in data.files:
+        np.testing.assert_array_equal(fresh.values[key], data[key])
+    with pytest.raises(TableFileError, match="exists"):
+        import_thesis_table(PI_NPZ, out)
+
+
+def test_predict_cli_on_pi_table():
+    proc = cli("-m", "latency.cli_predict", "--table", str(PI_TABLE), "--arch", "wrn-40-2", "--json")
+    data = json.loads(proc.stdout)
+    assert round(data["ms"], 1) == 353.0 and "residual additions" in data["note"]
+    assert len(data["layers"]) == len(get_arch("wrn-40-2").layers)
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+def test_build_cli_bad_inputs(tmp_path):
+    p = cli("-m", "latency.cli_build", "--arch", "resnet-9000", "--out", str(tmp_path / "x.sqlite"), check=False)
+    assert p.returncode == 2 and "unknown architecture 'resnet-9000'" in p.stderr and "wrn-40-2" in p.stderr
+    p = cli("-m", "latency.cli_build", "--device", "toaster", "--arch", "mbv2-tiny", check=False)
+    assert p.returncode == 2 and "unknown device" in p.stderr and "local" in p.stderr
+    p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--grid", "step:0", check=False)
+    assert p.returncode == 2 and "step:K" in p.stderr
+    p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--out", str(tmp_path / "no" / "dir" / "t.sqlite"),
+            check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    not_a_table = tmp_path / "notes.sqlite"
+    not_a_table.write_text("hello")
+    p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--out", str(not_a_table), check=False)
+    assert p.returncode == 2 and "not a latency table" in p.stderr
+    assert not_a_table.read_text() == "hello"  # untouched
+    p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--out", str(PI_TABLE), check=False)
+    assert p.returncode == 2 and "table of 'wrn-40-2'" in p.stderr
+
+
+def test_prediction_bad_inputs(small_table, tmp_path):
+    table = LatencyTable.open(small_table("wrn-10-1"))
+    arch = get_arch("wrn-10-1")
+    with pytest.raises(WidthError, match="s2"):
+        table.predict(arch, {"s2": 999})
+    with pytest.raises(WidthError, match="unknown width group 'nope'"):
+        table.predict(arch, {"nope": 3})
+    with pytest.raises(PredictionError, match="lacks layer types of mbv2-tiny"):
+        table.predict(get_arch("mbv2-tiny"))
+    # explicitly allowed: the missing layers are listed, not silently zero
+    pred = table.predictor(get_arch("mbv2-tiny"), allow_missing=True)
+    assert pred.missing and all(isinstance(n, str) for n in pred.missing)
+    # a wider network than the table's range is refused, never extrapolated
+    with pytest.raises(PredictionError, match="outside the table's range"):
+        table.predict(get_arch("wrn-10-2"), allow_missing=True)
+    with pytest.raises(TableFileError, match="not a latency table"):
+        bad = tmp_path / "x.sqlite"
+        bad.write_bytes(b"\0" * 100)
+        LatencyTable.open(bad)
+    with pytest.raises(TableFileError, match="no such table"):
+        LatencyTable.open(tmp_path / "missing.sqlite")
+    p = cli("-m", "latency.cli_predict", "--table", str(PI_TABLE), "--arch", "wrn-16-1", check=False)
+    assert p.returncode == 2 and "cannot predict wrn-16-1" in p.stderr
