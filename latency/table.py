@@ -169,27 +169,42 @@ class Predictor:
                     f"table {table.path} (built for {table.arch_name}) lacks layer types of {arch.name}: {listed}{hint}. "
                     "Build a table for this architecture, or pass allow_missing / --allow-missing to leave them out."
                 )
-        self._plans: dict[bytes, np.ndarray] = {}
+        # the loosest range of each group over the layers that read it: one cheap check per
+        # prediction; a violation is then located layer by layer
+        self.gmin = np.zeros(len(self.group_names), np.int64)
+        self.gmax = np.full(len(self.group_names), np.iinfo(np.int64).max)
+        for i in np.flatnonzero(self.covered):
+            ranges = [(self.cin_g[i], self.in_lo[i], self.in_hi[i])]
+            if self.two[i]:
+                ranges.append((self.cout_g[i], self.out_lo[i], self.out_hi[i]))
+            for g, lo, hi in ranges:
+                self.gmin[g], self.gmax[g] = max(self.gmin[g], lo), min(self.gmax[g], hi)
+        self.defaults = [(n, int(self.full[i])) for i, n in enumerate(self.group_names)]
+        self.known = frozenset(self.group_names)
+        self._plans: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _vector(self, widths: Mapping[str, int]) -> np.ndarray:
-        try:
-            vec = np.array([widths.get(n, self.fixed.get(n, self.full[i])) for i, n in enumerate(self.group_names)])
-        except (TypeError, ValueError):
-            self.arch.validate(widths)
-            raise
-        if (len(widths) and not set(widths) <= set(self.group_names)) or vec.dtype.kind != "i" \
-                or (vec > self.full).any() or (vec < self.min).any() or any(widths.get(n, v) != v for n, v in self.fixed.items()):
-            self.arch.validate(widths)  # raises the precise WidthError
+        vec = np.array([widths.get(n, d) for n, d in self.defaults])
+        if vec.dtype.kind != "i" or not self.known.issuperset(widths) or (vec > self.full).any() \
+                or (vec < self.min).any():
+            return self._checked_vector(widths)
         return vec
 
-    def _plan(self, vec: np.ndarray) -> np.ndarray:
+    def _checked_vector(self, widths: Mapping[str, int]) -> np.ndarray:
+        valid = self.arch.channels(self.arch.validate(widths))  # raises the precise WidthError
+        return np.array([valid[n] for n in self.group_names], np.int64)
+
+    def _plan(self, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         zero = vec == 0
         sig = zero.tobytes()
         plan = self._plans.get(sig)
         if plan is None:
             zero_names = frozenset(n for n, z in zip(self.group_names, zero) if z)
             idx = np.array([i for i, _ in self.arch.plan(zero_names)], np.int64)
-            plan = idx[self.covered[idx]]
+            idx = idx[self.covered[idx]]
+            two = self.two[idx].astype(np.int64)
+            const = self.base[idx] - self.in_lo[idx] * self.ncols[idx] - two * self.out_lo[idx]
+            plan = (idx, const, self.ncols[idx], two)
             self._plans[sig] = plan
         return plan
 
@@ -212,8 +227,11 @@ class Predictor:
 
     def predict(self, widths: Mapping[str, int]) -> float:
         vec = self._vector(widths)
-        plan = self._plan(vec)
-        return float(self.flat[self._indices(vec, plan)].sum())
+        if ((vec != 0) & ((vec < self.gmin) | (vec > self.gmax))).any():
+            idx = self._plan(vec)[0]
+            self._indices(vec, idx)  # names the layer outside the table's range
+        idx, const, ncols, two = self._plan(vec)
+        return float(self.flat[const + vec[self.cin_g[idx]] * ncols + two * vec[self.cout_g[idx]]].sum())
 
     def breakdown(self, widths: Mapping[str, int]) -> list[LayerLatency]:
         vec = self._vector(widths)

@@ -305,6 +305,30 @@ def measured_networks(store: TableStore, arch: Arch, device: str) -> dict[str, M
             for k, v in rows.items()}
 
 
+def copy_measurements(src: TableStore, dst: TableStore, arch: Arch, device: str, keys: Iterable[str]) -> int:
+    """Copies the stored passes of networks `keys` on `device` from another table file (the
+    one a rebuilt table replaces), with their runs' provenance; returns the rows copied."""
+    _ensure_schema(src)
+    _ensure_schema(dst)
+    keys = set(keys)
+    have = stored_passes(dst, arch, device)
+    rows = [r for r in src.db["whole_networks"].rows_where("arch = ? and device = ?", [arch.name, device])
+            if r["widths"] in keys and r["pass_index"] not in have.get(r["widths"], set())]
+    new_run: dict[int, int] = {}
+    with dst.db.conn:
+        for run_id in sorted({r["run_id"] for r in rows}):
+            run = next(src.db["runs"].rows_where("id = ?", [run_id]), None)
+            if run is None:
+                raise ValidationError(f"{src.path.name}: run {run_id} of stored networks is missing")
+            settings = json.loads(run.pop("settings") or "{}")
+            settings["copied_from"] = {"table": src.path.name, "run_id": run.pop("id")}
+            new_run[run_id] = dst.db["runs"].insert({**run, "settings": json.dumps(settings)}).last_pk
+    for r in rows:
+        r.pop("id")
+        r["run_id"] = new_run[r["run_id"]]
+    return _add_rows(dst, "whole_networks", rows) if rows else 0
+
+
 def _add_rows(store: TableStore, table: str, rows: list[dict]) -> int:
     for r in rows:
         if not (r["seconds"] > 0 and math.isfinite(r["seconds"])):
@@ -351,11 +375,6 @@ def plan_passes(keys: Sequence[str], done: Mapping[str, set[int]], passes: int, 
     return out
 
 
-async def _start(store: TableStore, device: Device) -> tuple[DeviceInfo, int]:
-    info = await device.start()
-    return info, store.start_run(info)
-
-
 async def _measure_batches(device: Device, jobs: list[ModelJob], batch_size: int, cooldown_s: float,
                            commit: Callable[[list[Timing]], None]) -> None:
     for start in range(0, len(jobs), batch_size):
@@ -369,14 +388,15 @@ async def _measure_batches(device: Device, jobs: list[ModelJob], batch_size: int
 
 
 async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
-                           passes: int = 3, seed: int = 0, remeasure: bool = False, batch_size: int = 4,
+                           info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False, batch_size: int = 4,
                            cooldown_s: float = 0.0, report: Report = None,
                            convert: Callable[[Arch, Mapping[str, int]], bytes] | None = None) -> MeasureResult:
     """Measures every network on `device` for each pass it lacks in the store (all passes
     with `remeasure`, replacing the stored ones); commits after every device call.
 
-    The device is started and closed here. Models are converted up front, so the converter
-    never runs while the device times (on the local CPU it would disturb the timings).
+    `device` is started by the caller (`info` is what its start returned) and stays open.
+    Models are converted up front, so the converter never runs while the device times (on
+    the local CPU it would disturb the timings).
     """
     if passes < 1 or batch_size < 1:
         raise ValueError("passes and batch size must be >= 1")
@@ -404,7 +424,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
             report(f"converting network {i + 1}/{len(needed)}: {by_key[k].label}")
         models[k] = convert(arch, by_key[k].widths)
     ids = {k: i for i, k in enumerate(needed)}  # opaque ids for the device
-    result.info, run_id = await _start(store, device)
+    result.info, run_id = info, store.start_run(info)
     result.run_id = run_id
     status = "interrupted"
     try:
@@ -430,7 +450,6 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
         status = "finished"
     finally:
         store.end_run(run_id, status)
-        await device.close()
     result.wall_s = time.time() - started
     return result
 
@@ -522,7 +541,7 @@ def stored_overhead(store: TableStore, device: str) -> OverheadEstimate | None:
     return estimate_overhead(device, [(r[0], r[1], r[2]) for r in rows], run_ids, runtime)
 
 
-async def measure_overhead(store: TableStore, device: Device, passes: int = 3, seed: int = 0,
+async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, passes: int = 3, seed: int = 0,
                            remeasure: bool = False, cooldown_s: float = 0.0, report: Report = None,
                            probes: list[tuple[str, int, bytes]] | None = None) -> OverheadEstimate:
     """Times the probe chains on `device` (passes it lacks; all with `remeasure`), stores the
@@ -541,7 +560,7 @@ async def measure_overhead(store: TableStore, device: Device, passes: int = 3, s
         probes = probes if probes is not None else probe_models()
         by_label = {label: (n, m) for label, n, m in probes}
         ids = {label: i for i, label in enumerate(by_label)}
-        info, run_id = await _start(store, device)
+        run_id = store.start_run(info)
         status = "interrupted"
         try:
             for p, keys in plan:
@@ -561,7 +580,6 @@ async def measure_overhead(store: TableStore, device: Device, passes: int = 3, s
             status = "finished"
         finally:
             store.end_run(run_id, status)
-            await device.close()
     estimate = stored_overhead(store, device.name)
     assert estimate is not None  # every probe has just been measured
     if device.name in table_devices(store):

@@ -1,0 +1,180 @@
+"""`latency-report`: validate a latency table against whole networks measured on a device."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from models.families import KNOWN_ARCHS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="latency-report",
+        description="Measure whole networks on a device (warm-up, mean of --runs invocations, --passes passes in "
+        "shuffled order), store every pass in the table file, predict them from the table and write report.md, "
+        "metrics.json and scatter.png. Networks already measured on the device for every pass are not measured "
+        "again (--remeasure forces it). The per-invoke overhead of the device is measured once (chains of trivial "
+        "ops) and stored in the table; predictions subtract the n - 1 overheads the sum of n layers counts too much.",
+    )
+    p.add_argument("--table", required=True, help="table file (.sqlite) from build-tables")
+    p.add_argument("--device", default="local", help="'local' or an SSH device profile (default: local)")
+    p.add_argument("--devices-file", help="TOML file of SSH device profiles (default: tables/devices.toml)")
+    p.add_argument("--arch", default="wrn-40-2", help=f"network ({KNOWN_ARCHS}); default wrn-40-2")
+    p.add_argument("--widths", nargs="+", action="extend", default=[], metavar="FILE_OR_DIR",
+                   help="width assignment JSON files, or directories of them")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="also N sampled networks spanning the latency range (uniform scalings and random per-group "
+                        "widths, removed blocks included; seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled networks and of the pass orders (0)")
+    p.add_argument("--passes", type=int, default=3, help="passes over the networks, each in a new order (3)")
+    p.add_argument("--runs", type=int, default=50, help="timed invocations per network and pass (50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed invocations before them (5)")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
+    p.add_argument("--cooldown", type=float, default=0.0, help="seconds of pause between models and calls (0)")
+    p.add_argument("--batch-size", type=int, default=4, help="networks per device call (4)")
+    p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
+    p.add_argument("--measured-in", metavar="OLD_TABLE",
+                   help="copy the stored measurements of these networks from another table file (e.g. the one a "
+                        "rebuilt table replaces) before measuring what is still missing")
+    p.add_argument("--no-correction", action="store_true",
+                   help="predict the plain sum of the layers (do not subtract the per-invoke overheads)")
+    p.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
+    p.add_argument("--no-op-check", action="store_true",
+                   help="skip comparing the ops of the worst network with those of its single-layer models")
+    p.add_argument("--raw", action="store_true", help="predict from the unsmoothed means of the passes")
+    p.add_argument("--allow-missing", action="store_true", help="leave out layer types the table lacks")
+    p.add_argument("--out", help="report directory (default reports/<device>-<arch>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # heavy imports stay inside main: spawned device workers re-import the caller's main module
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from latency.devices.base import DeviceError, TimingSettings
+    from latency.devices.registry import make_devices
+    from latency.store import TableFileError, TableStore
+    from latency.table import LatencyTable, PredictionError
+    from latency import validate as v
+    from models.arch import WidthError
+    from models.families import get_arch
+
+    report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        for name in ("passes", "runs", "threads", "batch_size"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.warmup < 0 or args.cooldown < 0 or args.sample < 0:
+            raise ValueError("--warmup, --cooldown and --sample must be >= 0")
+        arch = get_arch(args.arch)
+        networks = v.load_networks(arch, args.widths) + (v.sample_networks(arch, args.sample, args.seed)
+                                                          if args.sample else [])
+        if not networks:
+            raise ValueError("no networks: give --widths FILE_OR_DIR and/or --sample N")
+        networks = list({n.key: n for n in reversed(networks)}.values())[::-1]  # first label of a duplicate wins
+        table = LatencyTable.open(args.table, smoothed=not args.raw)
+        predictor = table.predictor(arch, allow_missing=args.allow_missing)
+        for n in networks:  # fail before any device time is spent
+            predictor.predict(n.widths)
+        timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown)
+        devices = make_devices(args.device, timing, 1, args.devices_file)
+        if len(devices) != 1:
+            raise ValueError(f"--device {args.device!r} names {len(devices)} devices; a report measures on one")
+    except (ValueError, WidthError, TableFileError, PredictionError) as exc:
+        print(f"latency-report: error: {exc}", file=sys.stderr)
+        return 2
+    device = devices[0]
+    out = Path(args.out or f"reports/{device.name}-{arch.name}")
+
+    store = TableStore.open(args.table)
+    try:
+        table_devices = v.table_devices(store)
+        if args.measured_in:
+            src = TableStore.open(args.measured_in)
+            try:
+                copied = v.copy_measurements(src, store, arch, device.name, [n.key for n in networks])
+            finally:
+                src.close()
+            if report:
+                report(f"copied {copied} stored passes from {Path(args.measured_in).name}")
+
+        async def measure() -> tuple[v.MeasureResult, v.OverheadEstimate | None]:
+            info = await device.start()
+            try:
+                overhead = None
+                if not args.no_overhead:
+                    overhead = await v.measure_overhead(store, device, info, args.passes, args.seed,
+                                                        args.remeasure, args.cooldown, report)
+                result = await v.measure_networks(store, arch, networks, device, info, args.passes, args.seed,
+                                                  args.remeasure, args.batch_size, args.cooldown, report)
+                result.info = info
+                return result, overhead
+            finally:
+                await device.close()
+
+        try:
+            result, measured_overhead = asyncio.run(measure())
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished device call is saved in {args.table}; run the same command "
+                  "again to continue", file=sys.stderr)
+            return 130
+        measured = v.measured_networks(store, arch, device.name)
+        meta = store.meta()
+        runs = sorted({r for n in networks for r in measured[n.key].run_ids})
+        run_rows = {r["id"]: r for r in store.db["runs"].rows_where(f"id in ({','.join('?' * len(runs))})", runs)}
+    except (DeviceError, TableFileError, v.ValidationError, OSError) as exc:
+        print(f"latency-report: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+    missing = [n.label for n in networks if len(measured.get(n.key, v.Measured((), ())).seconds) < args.passes]
+    if missing:
+        print(f"latency-report: error: networks lack passes after measuring: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    # the correction applies when the overhead was measured on the device the table was built on
+    applied = None if args.no_correction else v.table_overhead(meta)
+    if applied is not None and table_devices and applied.device not in table_devices:
+        applied = None
+    notes = []
+    if table_devices and device.name not in table_devices:
+        notes.append(f"the table was measured on {', '.join(table_devices)}, the networks on {device.name}")
+    if table.coverage_note():
+        notes.append(table.coverage_note())
+    rows = v.compare(table, arch, networks, measured, applied, args.allow_missing)
+
+    from latency.report import ReportInput, worst, write_report
+
+    w = worst(rows)
+    op_check = None
+    if not args.no_op_check:
+        from models.keras_builder import to_tflite
+
+        if report:
+            report(f"op check of {w.network.label}")
+        op_check = {"label": w.network.label, **v.op_coverage(arch, w.network.widths, to_tflite(arch, w.network.widths))}
+    runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
+    inp = ReportInput(
+        arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,
+        table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma")}, rows=rows, overhead=applied,
+        overhead_measured=measured_overhead or v.table_overhead(meta, device.name),
+        worst_breakdown=predictor.breakdown(w.network.widths),
+        measurement={"runtime": ", ".join(runtimes), "runs": args.runs, "warmup": args.warmup, "passes": args.passes,
+                     "threads": args.threads, "run_ids": runs, "measured_now": result.measured_now,
+                     "already_stored": result.already},
+        op_check=op_check, notes=notes,
+    )
+    metrics = write_report(out, inp)
+    print(f"report: {out}/report.md")
+    print(f"networks: {metrics['n']} (measured now: {result.measured_now} passes, already stored: {result.already})")
+    print(f"MAPE {metrics['mape']:.2f} %, worst {metrics['max_ape']:.2f} %, Pearson {metrics['pearson']:.5f}, "
+          f"slope {metrics['slope']:.4f}" + (f"; plain sum: MAPE {metrics['uncorrected']['mape']:.2f} %"
+                                             if applied else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

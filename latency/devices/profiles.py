@@ -1,0 +1,353 @@
+"""SSH device profiles: `tables/devices.toml` -> `SshProfile` -> `SshDevice`.
+
+File format (TOML; see the shipped ``tables/devices.toml`` for a commented example)::
+
+    [devices.rpi3b]                 # one table per device; the name is what --device takes
+    host = "raspberrypi.local"
+    port = 22
+    user = "pi"
+    key = "~/.ssh/id_ed25519"       # private key file; or `agent = true` for ssh-agent;
+                                    # neither: asyncssh's defaults (~/.ssh/id_* and the agent)
+    known_hosts = "~/.ssh/known_hosts"
+    work_dir = "netadapt-lut"       # on the device; relative to the remote home, or absolute
+    python = "python3"              # remote interpreter
+    timer = "runner"                # or "benchmark_model" (+ benchmark_model = "/path", benchmark_flags)
+    threads = 1
+    runs = 50
+    warmup = 2
+    cooldown_s = 10.0               # pause between two timed models ("calls")
+    passes = 3
+    call_timeout_s = 120.0          # no result for this long -> the call is killed
+    retries = 2                     # re-connect/re-try a failed call this often (with backoff)
+
+    [devices.rpi3b-b]
+    extends = "rpi3b"               # every value of rpi3b, then these
+    host = "10.0.0.12"
+
+    [groups]
+    pi-farm = ["rpi3b", "rpi3b-b"]  # --device pi-farm: one build measured by both
+
+Relative ``key`` / ``known_hosts`` paths are relative to the devices file's directory; ``~`` is
+expanded. Passwords are never read or stored: a ``password`` (or ``passphrase``) entry is an
+error; use a key (``ssh-copy-id``) or ssh-agent.
+
+Precedence of the timing settings (runs, warmup, threads, cool-down): a value the build-tables
+command line set explicitly wins; otherwise the profile's value; otherwise the command line's
+default. "Set explicitly" means the value differs from build-tables' default (``CLI_DEFAULTS``),
+unless the caller passes ``cli_set``, the names it knows were given: so ``--runs 50`` (the
+default) cannot override a profile's ``runs = 20``; drop ``runs`` from the profile instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Collection, Iterable
+
+from .base import Device, TimingSettings
+
+__all__ = [
+    "CLI_DEFAULTS",
+    "DEFAULT_DEVICES_FILE",
+    "ProfileError",
+    "ProfileGroup",
+    "SshProfile",
+    "devices_from_profiles",
+    "expand_names",
+    "load_profiles",
+    "passes_for",
+    "resolve_timing",
+]
+
+#: the default devices file, relative to the working directory (then to this checkout)
+DEFAULT_DEVICES_FILE = Path("tables") / "devices.toml"
+_CHECKOUT_DEVICES_FILE = Path(__file__).resolve().parents[2] / "tables" / "devices.toml"
+
+#: build-tables' command-line defaults; a CLI value equal to these counts as "not set"
+CLI_DEFAULTS = TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=0.0)
+
+_TIMERS = ("runner", "benchmark_model")
+_TRANSFERS = ("pool", "zlib")
+_SECRET_KEYS = ("password", "passphrase")
+# TimingSettings field -> profile key
+_TIMING_KEYS = {"runs": "runs", "warmup": "warmup", "threads": "threads", "cooldown_s": "cooldown_s"}
+
+
+class ProfileError(ValueError):
+    """A devices file or profile that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SshProfile:
+    """One SSH device. Timing fields are None where the profile does not set them."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str | None = None  # None: the local user name
+    key: str | None = None  # private key file (expanded, absolute)
+    agent: bool = False  # authenticate with ssh-agent (SSH_AUTH_SOCK)
+    known_hosts: str = "~/.ssh/known_hosts"
+    work_dir: str = "netadapt-lut"
+    python: str = "python3"
+    timer: str = "runner"
+    benchmark_model: str | None = None  # path of the binary on the device (timer benchmark_model)
+    benchmark_flags: tuple[str, ...] = ("--min_secs=0", "--warmup_min_secs=0")
+    runtime_version: str | None = None  # recorded for benchmark_model (it cannot report its own)
+    threads: int | None = None
+    runs: int | None = None
+    warmup: int | None = None
+    cooldown_s: float | None = None
+    passes: int | None = None
+    call_timeout_s: float = 120.0
+    retries: int = 2
+    transfer: str = "pool"  # "pool": weights sent as references into a pool cached on the device
+    source: str = ""  # the devices file it came from (for messages)
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProfileGroup:
+    """A named set of devices (a farm) measured together in one build."""
+
+    name: str
+    members: tuple[str, ...]
+    source: str = ""
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SshProfile)}
+_ALLOWED_KEYS = (set(_FIELDS) - {"name", "source"}) | {"extends"}
+
+
+def _toml_load(path: Path) -> dict:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ProfileError(f"reading {path} needs Python 3.11+ or `pip install tomli`") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _find_devices_file(devices_file: str | Path | None) -> Path:
+    if devices_file is not None:
+        path = Path(devices_file).expanduser()
+        if not path.is_file():
+            raise ProfileError(
+                f"devices file {path} not found: pass an existing file to --devices-file "
+                f"(tables/devices.toml in this project shows the format)"
+            )
+        return path
+    for candidate in (DEFAULT_DEVICES_FILE, _CHECKOUT_DEVICES_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ProfileError(
+        f"no devices file: {DEFAULT_DEVICES_FILE} does not exist here; create one (the project's "
+        "tables/devices.toml shows the format) or pass --devices-file"
+    )
+
+
+def _check_type(name: str, key: str, value: Any, path: Path) -> Any:
+    where = f"{path}: device {name!r}: {key}"
+    expected = _FIELDS[key].type
+    if key == "benchmark_flags":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProfileError(f"{where} must be a list of strings, e.g. [\"--min_secs=0\"]")
+        return tuple(value)
+    if "bool" in expected:
+        if not isinstance(value, bool):
+            raise ProfileError(f"{where} must be true or false, got {value!r}")
+        return value
+    if "int" in expected:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"{where} must be an integer, got {value!r}")
+        return value
+    if "float" in expected:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProfileError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ProfileError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _local_path(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def _validate(p: SshProfile, path: Path) -> None:
+    where = f"{path}: device {p.name!r}"
+    if not 1 <= p.port <= 65535:
+        raise ProfileError(f"{where}: port {p.port} is not a TCP port")
+    if p.timer not in _TIMERS:
+        raise ProfileError(f"{where}: timer must be one of {', '.join(_TIMERS)}, got {p.timer!r}")
+    if p.timer == "benchmark_model" and not p.benchmark_model:
+        raise ProfileError(f"{where}: timer = \"benchmark_model\" needs benchmark_model = \"<path on the device>\"")
+    if p.transfer not in _TRANSFERS:
+        raise ProfileError(f"{where}: transfer must be one of {', '.join(_TRANSFERS)}, got {p.transfer!r}")
+    for key, low in (("threads", 1), ("runs", 1), ("warmup", 0), ("passes", 1), ("retries", 0)):
+        value = getattr(p, key)
+        if value is not None and value < low:
+            raise ProfileError(f"{where}: {key} must be >= {low}, got {value}")
+    if p.cooldown_s is not None and p.cooldown_s < 0:
+        raise ProfileError(f"{where}: cooldown_s must be >= 0, got {p.cooldown_s}")
+    if not p.call_timeout_s > 0:
+        raise ProfileError(f"{where}: call_timeout_s must be > 0, got {p.call_timeout_s}")
+    if p.key and p.agent:
+        raise ProfileError(f"{where}: give either key or agent = true, not both")
+
+
+def _resolve_extends(name: str, raw: dict[str, dict], path: Path, chain: tuple[str, ...] = ()) -> dict:
+    if name in chain:
+        raise ProfileError(f"{path}: device {name!r}: 'extends' loops: {' -> '.join(chain + (name,))}")
+    entry = raw[name]
+    parent = entry.get("extends")
+    if parent is None:
+        return dict(entry)
+    if not isinstance(parent, str) or parent not in raw:
+        raise ProfileError(f"{path}: device {name!r} extends unknown device {parent!r}; "
+                           f"devices there: {', '.join(sorted(raw))}")
+    merged = _resolve_extends(parent, raw, path, chain + (name,))
+    merged.update({k: v for k, v in entry.items() if k != "extends"})
+    return merged
+
+
+def load_profiles(devices_file: str | Path | None = None) -> dict[str, SshProfile | ProfileGroup]:
+    """Every device profile and group of the devices file, by name.
+
+    Raises ProfileError (a ValueError) for a missing or invalid file, naming the file.
+    """
+    path = _find_devices_file(devices_file)
+    data = _toml_load(path)
+    unknown_top = set(data) - {"devices", "groups"}
+    if unknown_top:
+        raise ProfileError(f"{path}: unknown top-level entries {sorted(unknown_top)}; "
+                           "expected [devices.NAME] tables and a [groups] table")
+    raw_devices = data.get("devices", {})
+    raw_groups = data.get("groups", {})
+    if not isinstance(raw_devices, dict) or not isinstance(raw_groups, dict):
+        raise ProfileError(f"{path}: [devices] and [groups] must be tables")
+    base = path.resolve().parent
+    out: dict[str, SshProfile | ProfileGroup] = {}
+    for name, entry in raw_devices.items():
+        if not isinstance(entry, dict):
+            raise ProfileError(f"{path}: devices.{name} must be a table ([devices.{name}])")
+        secrets = [k for k in entry if k.lower() in _SECRET_KEYS]
+        if secrets:
+            raise ProfileError(
+                f"{path}: device {name!r} has a {secrets[0]!r} entry: passwords are never read or stored. "
+                f"Remove it and log in with a key: `ssh-copy-id -p PORT USER@HOST` (then key = \"~/.ssh/id_...\"), "
+                "or load the key into ssh-agent and set agent = true"
+            )
+        unknown = set(entry) - _ALLOWED_KEYS
+        if unknown:
+            raise ProfileError(f"{path}: device {name!r}: unknown keys {sorted(unknown)}; "
+                               f"known keys: {', '.join(sorted(_ALLOWED_KEYS))}")
+    for name in raw_devices:
+        if name == "local":
+            raise ProfileError(f"{path}: 'local' is reserved for this machine's CPU; rename that device")
+        merged = _resolve_extends(name, raw_devices, path)
+        if "host" not in merged:
+            raise ProfileError(f"{path}: device {name!r} has no host")
+        values: dict[str, Any] = {k: _check_type(name, k, v, path) for k, v in merged.items() if k != "extends"}
+        for key in ("key", "known_hosts"):
+            if key in values:
+                values[key] = _local_path(values[key], base)
+        values.setdefault("known_hosts", _local_path(SshProfile.known_hosts, base))
+        values.setdefault("user", getpass.getuser())
+        profile = SshProfile(name=name, source=str(path), **values)
+        _validate(profile, path)
+        out[name] = profile
+    for name, members in raw_groups.items():
+        if name in out or name == "local":
+            raise ProfileError(f"{path}: group {name!r} has the name of a device; rename one of them")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise ProfileError(f"{path}: group {name!r} must be a non-empty list of device names")
+        out[name] = ProfileGroup(name, tuple(members), str(path))
+    for group in [g for g in out.values() if isinstance(g, ProfileGroup)]:
+        for member in group.members:
+            if member not in out:
+                raise ProfileError(f"{path}: group {group.name!r} names unknown device {member!r}; "
+                                   f"devices: {', '.join(sorted(n for n, p in out.items() if isinstance(p, SshProfile)))}")
+    return out
+
+
+def expand_names(names: Iterable[str], profiles: dict[str, SshProfile | ProfileGroup],
+                 source: str = "") -> list[SshProfile]:
+    """Profiles for device and group names, groups expanded, each device once, in order."""
+    chosen: list[SshProfile] = []
+
+    def add(name: str, chain: tuple[str, ...]) -> None:
+        entry = profiles.get(name)
+        if entry is None:
+            where = f" in {source}" if source else ""
+            raise ProfileError(f"unknown device {name!r}{where}; known devices: "
+                               f"{', '.join(['local', *sorted(profiles)])}")
+        if isinstance(entry, ProfileGroup):
+            if name in chain:
+                raise ProfileError(f"group {name!r} contains itself ({' -> '.join(chain + (name,))})")
+            for member in entry.members:
+                add(member, chain + (name,))
+        elif entry not in chosen:
+            chosen.append(entry)
+
+    for name in names:
+        add(name, ())
+    return chosen
+
+
+def resolve_timing(profile: SshProfile, timing: TimingSettings,
+                   cli_set: Collection[str] | None = None) -> TimingSettings:
+    """The timing settings for one device (see the module docstring for the precedence)."""
+    values = {}
+    for field_name, key in _TIMING_KEYS.items():
+        cli_value = getattr(timing, field_name)
+        explicit = (field_name in cli_set) if cli_set is not None else cli_value != getattr(CLI_DEFAULTS, field_name)
+        profile_value = getattr(profile, key)
+        values[field_name] = cli_value if explicit or profile_value is None else profile_value
+    return TimingSettings(**values)
+
+
+def passes_for(names: Iterable[str], devices_file: str | Path | None = None) -> int | None:
+    """The profiles' `passes` (None when no profile sets it); differing values are an error."""
+    profiles = load_profiles(devices_file)
+    chosen = expand_names(names, profiles, str(_find_devices_file(devices_file)))
+    values = {p.passes for p in chosen if p.passes is not None}
+    if len(values) > 1:
+        raise ProfileError(f"the devices' profiles ask for different passes {sorted(values)}; give --passes")
+    return values.pop() if values else None
+
+
+def devices_from_profiles(names: Iterable[str], timing: TimingSettings, devices_file: str | Path | None = None,
+                          cli_set: Collection[str] | None = None) -> list[Device]:
+    """SshDevices for profile and group names (a farm expands to its members).
+
+    Raises ProfileError (a ValueError) for an unknown name (listing the known ones and the file
+    read), a missing or invalid devices file.
+    """
+    names = list(names)
+    path = _find_devices_file(devices_file)
+    profiles = load_profiles(path)
+    chosen = expand_names(names, profiles, str(path))
+    from .ssh import SshDevice  # asyncssh only when SSH devices are used
+
+    return [SshDevice(p, resolve_timing(p, timing, cli_set)) for p in chosen]
+
+
+if __name__ == "__main__":  # `python -m latency.devices.profiles [FILE]`: list what a file defines
+    for entry_name, entry in load_profiles(sys.argv[1] if len(sys.argv) > 1 else None).items():
+        if isinstance(entry, ProfileGroup):
+            print(f"{entry_name}: group of {', '.join(entry.members)}")
+        else:
+            print(f"{entry_name}: {entry.target} timer={entry.timer} work_dir={entry.work_dir}")

@@ -1,0 +1,207 @@
+"""The validation report directory: report.md, metrics.json, scatter.png.
+
+Everything here renders values computed in `latency.validate`; nothing is measured. Paths
+written into the report are file names only (no machine paths).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .table import LayerLatency
+from .validate import Comparison, OverheadEstimate, bias_analysis, comparison_metrics
+
+
+@dataclass
+class ReportInput:
+    arch: str
+    device: str  # where the networks were measured
+    table_name: str  # file name of the table
+    table_devices: list[str]  # where the table's cells were measured
+    table_meta: dict
+    rows: list[Comparison]
+    overhead: OverheadEstimate | None  # applied to the predictions when not None
+    overhead_measured: OverheadEstimate | None  # measured on `device` (may differ from the applied one)
+    worst_breakdown: list[LayerLatency]
+    measurement: dict  # runtime, runs, warmup, passes, run ids
+    op_check: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.3f}"
+
+
+def _us(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e6:.2f}"
+
+
+def _num(v: float, fmt: str = ".4f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def worst(rows: Sequence[Comparison]) -> Comparison:
+    return max(rows, key=lambda r: abs(r.error_pct))
+
+
+def _jsonable(v):
+    """NaN is not JSON: metrics that cannot be computed (one network) become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def metrics_document(inp: ReportInput) -> dict:
+    m = comparison_metrics(inp.rows)
+    m.update({
+        "arch": inp.arch, "device": inp.device, "table": inp.table_name,
+        "prediction": "overhead_corrected" if inp.overhead else "sum_of_layers",
+        "correction": inp.overhead.to_meta() if inp.overhead else None,
+        "measured_overhead": inp.overhead_measured.to_meta() if inp.overhead_measured else None,
+        "bias": bias_analysis(inp.rows, inp.overhead_measured or inp.overhead),
+        "measurement": inp.measurement,
+        "networks": [{
+            "label": r.network.label, "source": r.network.source, "widths": r.network.widths,
+            "layers": r.n_layers, "params": r.params, "macs": r.macs,
+            "predicted_s": r.predicted_s, "sum_of_layers_s": r.sum_of_layers_s, "measured_s": r.measured_s,
+            "measured_passes_s": list(r.measured.seconds), "error_pct": r.error_pct,
+            "sum_of_layers_error_pct": r.raw_error_pct,
+        } for r in inp.rows],
+        "op_check": inp.op_check,
+    })
+    return _jsonable(m)
+
+
+def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
+    """Predicted vs measured (ms) with the y = x line and the +-5 % band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 6), dpi=110)
+    FigureCanvasAgg(fig)  # Agg, no display, no global pyplot state
+    ax = fig.add_subplot()
+    pred = [r.predicted_s * 1e3 for r in rows]
+    meas = [r.measured_s * 1e3 for r in rows]
+    lo, hi = min(pred + meas) * 0.9, max(pred + meas) * 1.05
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="y = x")
+    ax.fill_between([lo, hi], [lo * 0.95, hi * 0.95], [lo * 1.05, hi * 1.05], color="0.85", label="±5 %")
+    colors = {"file": "tab:red", "uniform": "tab:green", "random": "tab:blue"}
+    for source in sorted({r.network.source for r in rows}):
+        xs = [p for p, r in zip(pred, rows) if r.network.source == source]
+        ys = [m for m, r in zip(meas, rows) if r.network.source == source]
+        ax.scatter(xs, ys, s=18, color=colors.get(source, "tab:gray"), label=source, zorder=3)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("measured latency (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, lw=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def report_markdown(inp: ReportInput, metrics: dict) -> str:
+    rows = inp.rows
+    u = metrics["uncorrected"]
+    meta = inp.table_meta
+    ms = inp.measurement
+    lines = [f"# Latency table validation: {inp.arch} on {inp.device}", ""]
+    lines += [
+        f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
+        f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, sigma {meta.get('sigma', '?')})",
+        f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
+        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = mean of "
+        f"the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
+    ]
+    if inp.overhead:
+        o = inp.overhead
+        lines.append(f"- prediction: sum over the n layers of (cell − o) + o, with the per-invoke overhead "
+                     f"o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`")
+    else:
+        lines.append("- prediction: the plain sum of the layers' cells (no per-invoke overhead measured on the "
+                     "table's device)")
+    lines += [f"- note: {n}" for n in inp.notes]
+    lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers |", "|---|---:|---:|"]
+    for key, name, fmt in (("n", "networks", "d"), ("mape", "MAPE %", ".2f"), ("max_ape", "worst APE %", ".2f"),
+                           ("mean_error", "mean signed error %", "+.2f"), ("pearson", "Pearson r", ".5f"),
+                           ("spearman", "Spearman ρ", ".5f"), ("slope", "slope (measured on predicted)", ".4f"),
+                           ("within_5", "within 5 %", ".0%"), ("within_10", "within 10 %", ".0%")):
+        lines.append(f"| {name} | {_num(metrics[key], fmt)} | {_num(u[key], fmt)} |")
+    lines += ["", "## Networks", "",
+              "| # | network | source | layers | params | predicted ms | sum of layers ms | measured ms | "
+              "pass spread % | error % |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(sorted(rows, key=lambda r: r.measured_s), start=1):
+        spread = 100 * (max(r.measured.seconds) - min(r.measured.seconds)) / r.measured_s
+        lines.append(f"| {i} | {r.network.label} | {r.network.source} | {r.n_layers} | {r.params:,} | "
+                     f"{_ms(r.predicted_s)} | {_ms(r.sum_of_layers_s)} | {_ms(r.measured_s)} | {spread:.1f} | "
+                     f"{r.error_pct:+.2f} |")
+    lines += ["", "## Bias of the sum of single-layer times", ""]
+    b = metrics["bias"]
+    o = inp.overhead_measured or inp.overhead
+    if o:
+        lines += [
+            f"Per-invoke overhead on `{o.device}` ({o.runtime}): chains of n one-element MULs, median of the passes; "
+            f"the intercept is what every single-layer model pays once and the network once in total, the slope "
+            f"the per-op dispatch both pay.", "",
+            "| probe | n ops | µs |", "|---|---:|---:|"]
+        for label, s in sorted(o.probes.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[-1])):
+            lines.append(f"| {label} | {label.rsplit('-', 1)[-1]} | {_us(s)} |")
+        lines += ["", f"- intercept (overhead) o = {_us(o.seconds)} µs ± {_us(o.stderr_s)}, "
+                      f"per-op slope {o.per_op_s * 1e9:.1f} ns",
+                  f"- the plain sum counts (n − 1) o too much: {_us(b['expected_overcount_s_mean'])} µs per network "
+                  f"on average here"]
+    lines += [f"- plain sum − measured: {_us(b['residual_raw_s_mean'])} µs per network on average "
+              f"(mean signed error {u['mean_error']:+.2f} %)"]
+    if "raw_excess_per_extra_layer_s_median" in b:
+        lines.append(f"- per extra layer (sum − measured) / (n − 1): median {_us(b['raw_excess_per_extra_layer_s_median'])} µs")
+    lines.append(f"- after the correction: {_us(b['residual_s_mean'])} µs per network "
+                 f"(mean signed error {metrics['mean_error']:+.2f} %)")
+    if "relative_residual_per_million_params" in b:
+        lines.append(f"- remaining relative error against weights (cache pressure): "
+                     f"{b['relative_residual_per_million_params']:+.2f} % per million weights")
+    if inp.op_check:
+        oc = inp.op_check
+        lines += ["", f"Ops of network `{oc.get('label', '?')}` (its .tflite) against the ops of the single-layer "
+                      "models the table sums for it:", "",
+                  f"- network: {_ops(oc['network'])}", f"- layers: {_ops(oc['layers'])}",
+                  f"- in the network but in no cell: {_ops(oc['extra_in_network']) or 'none'}",
+                  f"- in the cells but not in the network: {_ops(oc['extra_in_layers']) or 'none'}"]
+    w = worst(rows)
+    lines += ["", f"## Worst network: {w.network.label} ({w.error_pct:+.2f} %)", "",
+              f"Predicted {_ms(w.predicted_s)} ms, measured {_ms(w.measured_s)} ms "
+              f"(passes: {', '.join(_ms(s) for s in w.measured.seconds)} ms).", "",
+              "| layer | type | c_in | c_out | cell ms | share % |", "|---|---|---:|---:|---:|---:|"]
+    total = sum(l.seconds for l in inp.worst_breakdown if l.seconds is not None) or 1.0
+    for l in inp.worst_breakdown:
+        share = "-" if l.seconds is None else f"{100 * l.seconds / total:.1f}"
+        lines.append(f"| {l.layer} | {l.type_key or '(not in table)'} | {l.c_in} | {l.c_out} | {_ms(l.seconds)} | {share} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _ops(c: dict) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(c.items()))
+
+
+def write_report(out_dir: str | Path, inp: ReportInput) -> dict:
+    """Writes report.md, metrics.json and scatter.png into `out_dir`; returns the metrics."""
+    if not inp.rows:
+        raise ValueError("a report needs at least one network")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = metrics_document(inp)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (out / "report.md").write_text(report_markdown(inp, metrics))
+    scatter_png(inp.rows, out / "scatter.png",
+                f"{inp.arch} on {inp.device}: MAPE {_num(metrics['mape'], '.2f')} %, r = {_num(metrics['pearson'], '.4f')}")
+    return metrics
