@@ -42,6 +42,7 @@ class BuildResult:
     already_measured: int
     wall_s: float
     timed_s: float  # sum over timings of runs x latency: the pure timed compute
+    prepare_s: float = 0.0  # template conversion before the first measurement
     incomplete_types: dict[str, str] = field(default_factory=dict)
     retired: list[str] = field(default_factory=list)
 
@@ -116,12 +117,14 @@ async def _measure_all(store: TableStore, cells: dict, types: dict, devices: lis
         if not started:
             raise BuildError("no device could start: " + "; ".join(result.retired))
 
+        t_prepare = time.time()
         todo_types = sorted({cells[c][0] for _, batch in batches for c in batch})
         for i, key in enumerate(todo_types):
             if report:
                 report(f"converting template {i + 1}/{len(todo_types)}: {key}")
             await loop.run_in_executor(None, generator.template, key)
 
+        result.prepare_s = time.time() - t_prepare
         progress = Progress(total, already, report)
 
         def render(batch: list[int]) -> list[ModelJob]:

@@ -146,16 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(table.coverage_note())
     rows = v.compare(table, arch, networks, measured, applied, args.allow_missing)
 
-    from latency.report import ReportInput, worst, write_report
+    from latency.report import ReportInput, _num, worst, write_report
 
     w = worst(rows)
     op_check = None
     if not args.no_op_check:
-        from models.keras_builder import to_tflite
-
         if report:
             report(f"op check of {w.network.label}")
-        op_check = {"label": w.network.label, **v.op_coverage(arch, w.network.widths, to_tflite(arch, w.network.widths))}
+        op_check = {"label": w.network.label,
+                    **v.op_coverage(arch, w.network.widths, v.network_model(arch, w.network.widths))}
     runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
     inp = ReportInput(
         arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,
@@ -170,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = write_report(out, inp)
     print(f"report: {out}/report.md")
     print(f"networks: {metrics['n']} (measured now: {result.measured_now} passes, already stored: {result.already})")
-    print(f"MAPE {metrics['mape']:.2f} %, worst {metrics['max_ape']:.2f} %, Pearson {metrics['pearson']:.5f}, "
-          f"slope {metrics['slope']:.4f}" + (f"; plain sum: MAPE {metrics['uncorrected']['mape']:.2f} %"
-                                             if applied else ""))
+    print(f"MAPE {_num(metrics['mape'], '.2f')} %, worst {_num(metrics['max_ape'], '.2f')} %, "
+          f"Pearson {_num(metrics['pearson'], '.5f')}, slope {_num(metrics['slope'], '.4f')}"
+          + (f"; plain sum: MAPE {_num(metrics['uncorrected']['mape'], '.2f')} %" if applied else ""))
     return 0
 
 

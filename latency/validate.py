@@ -307,25 +307,33 @@ def measured_networks(store: TableStore, arch: Arch, device: str) -> dict[str, M
 
 def copy_measurements(src: TableStore, dst: TableStore, arch: Arch, device: str, keys: Iterable[str]) -> int:
     """Copies the stored passes of networks `keys` on `device` from another table file (the
-    one a rebuilt table replaces), with their runs' provenance; returns the rows copied."""
+    one a rebuilt table replaces), with their runs' provenance and the device's overhead probes;
+    returns the network rows copied."""
     _ensure_schema(src)
     _ensure_schema(dst)
     keys = set(keys)
     have = stored_passes(dst, arch, device)
     rows = [r for r in src.db["whole_networks"].rows_where("arch = ? and device = ?", [arch.name, device])
             if r["widths"] in keys and r["pass_index"] not in have.get(r["widths"], set())]
+    # the device's overhead probes travel with them (they describe the device, not the table)
+    have_probes = {(r[0], r[1]) for r in dst.db.execute(
+        "select probe, pass_index from invoke_probes where device = ?", [device])}
+    probes = [r for r in src.db["invoke_probes"].rows_where("device = ?", [device])
+              if (r["probe"], r["pass_index"]) not in have_probes]
     new_run: dict[int, int] = {}
     with dst.db.conn:
-        for run_id in sorted({r["run_id"] for r in rows}):
+        for run_id in sorted({r["run_id"] for r in rows + probes}):
             run = next(src.db["runs"].rows_where("id = ?", [run_id]), None)
             if run is None:
                 raise ValidationError(f"{src.path.name}: run {run_id} of stored networks is missing")
             settings = json.loads(run.pop("settings") or "{}")
             settings["copied_from"] = {"table": src.path.name, "run_id": run.pop("id")}
             new_run[run_id] = dst.db["runs"].insert({**run, "settings": json.dumps(settings)}).last_pk
-    for r in rows:
+    for r in rows + probes:
         r.pop("id")
         r["run_id"] = new_run[r["run_id"]]
+    if probes:
+        _add_rows(dst, "invoke_probes", probes)
     return _add_rows(dst, "whole_networks", rows) if rows else 0
 
 
@@ -415,8 +423,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
     if not plan:
         result.wall_s = time.time() - started
         return result
-    if convert is None:
-        from models.keras_builder import to_tflite as convert
+    convert = convert or network_model
     needed = sorted({k for _, keys in plan for k in keys})
     models: dict[str, bytes] = {}
     for i, k in enumerate(needed):
@@ -598,6 +605,17 @@ def table_overhead(meta: Mapping, device: str | None = None) -> OverheadEstimate
 
 # =========================================================================== op coverage
 
+def network_model(arch: Arch, widths: Mapping[str, int]) -> bytes:
+    """The whole network as .tflite (`to_tflite`), without the converter's stdout chatter."""
+    import contextlib
+    import io
+
+    from models.keras_builder import to_tflite
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return to_tflite(arch, widths)
+
+
 def model_op_counts(model: bytes) -> Counter:
     """Ops of a .tflite model by name (from the flatbuffer: no delegate hides any)."""
     from .tflite_rewrite import describe_model
@@ -605,7 +623,7 @@ def model_op_counts(model: bytes) -> Counter:
     return Counter(name for name, _ in describe_model(model))
 
 
-def op_coverage(arch: Arch, widths: Mapping[str, int], network_model: bytes) -> dict:
+def op_coverage(arch: Arch, widths: Mapping[str, int], model: bytes) -> dict:
     """Ops of the whole network against the ops of the single-layer models the table sums
     for it (rendered exactly as the table builder renders them). `extra_in_network` are ops
     no table cell times; `extra_in_layers` ops the cells time that the network does not run."""
@@ -619,7 +637,7 @@ def op_coverage(arch: Arch, widths: Mapping[str, int], network_model: bytes) -> 
         t = types[type_key(a.layer)]
         c_out = a.c_out if t.two_axes else 0
         layers.update(model_op_counts(cells.render(t.key, a.c_in, c_out)))
-    network = model_op_counts(network_model)
+    network = model_op_counts(model)
     return {"network": dict(network), "layers": dict(layers),
             "extra_in_network": dict(network - layers), "extra_in_layers": dict(layers - network)}
 

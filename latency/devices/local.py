@@ -79,7 +79,8 @@ class LocalDevice(Device):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.name = name
         self.workers = workers
-        self.concurrency = workers
+        # one batch queued behind each running one, so a worker never waits for the next
+        self.concurrency = 2 * workers
         self.settings = settings if settings is not None else TimingSettings()
         if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1:
             raise ValueError(f"invalid timing settings {self.settings}")

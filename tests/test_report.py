@@ -1,0 +1,255 @@
+"""latency-report end to end on this CPU: a real small table, real LiteRT timings of whole
+networks, a real SQLite store; every metric is recomputed here from the stored rows."""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency import cli_report
+from latency.table import LatencyTable
+from latency.validate import (
+    corrected_prediction,
+    network_macs,
+    overhead_corrected,
+    sample_networks,
+    validation_metrics,
+    widths_key,
+)
+from models.arch import widths_to_json
+from models.families import get_arch
+
+ARCH = "wrn-10-1"
+FAST = ["--runs", "10", "--warmup", "2", "--passes", "2", "--quiet"]
+
+
+def _copy_table(src: Path, dst: Path) -> Path:
+    # the SQLite backup API copies a WAL-mode database consistently
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def _rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+@pytest.fixture(scope="module")
+def widths_dir(tmp_path_factory) -> Path:
+    arch = get_arch(ARCH)
+    d = tmp_path_factory.mktemp("widths")
+    (d / "full.json").write_text(widths_to_json(arch.full_widths()))
+    half = {g.name: max(1, g.full // 2) for g in arch.prunable_groups}
+    half["s1b0"] = 0  # the first block removed: an identity
+    (d / "half-noblock.json").write_text(widths_to_json(half))
+    return d
+
+
+@pytest.fixture(scope="module")
+def reported(small_table, tmp_path_factory, widths_dir):
+    """A table copy with a report of 2 given + 3 sampled networks (sampled 'full' duplicates
+    the given full.json, so 4 distinct networks)."""
+    tmp = tmp_path_factory.mktemp("report")
+    table = _copy_table(small_table(ARCH), tmp / "table.sqlite")
+    out = tmp / "rep"
+    rc = cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
+                          "--out", str(out), *FAST])
+    assert rc == 0
+    return table, out
+
+
+def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) -> None:
+    table, out = reported
+    arch = get_arch(ARCH)
+    metrics = json.loads((out / "metrics.json").read_text())
+    nets = metrics["networks"]
+    given = {p.stem: json.loads(p.read_text()) for p in widths_dir.glob("*.json")}
+    sampled = sample_networks(arch, 3, 0)
+    expected = {k: arch.validate(w) for k, w in given.items()}
+    for n in sampled:
+        if widths_key(n.widths) not in {widths_key(w) for w in expected.values()}:
+            expected[n.label] = n.widths
+    assert {n["label"]: n["widths"] for n in nets} == expected
+    assert metrics["n"] == len(expected) == 4
+
+    # measured: mean of the stored passes, one row per (network, pass)
+    for n in nets:
+        secs = [r[0] for r in _rows(table, "select seconds from whole_networks where arch = ? and widths = ? "
+                                           "and device = 'local' order by pass_index", (ARCH, widths_key(n["widths"])))]
+        assert len(secs) == 2 and all(s > 0 for s in secs)
+        assert n["measured_s"] == pytest.approx(np.mean(secs), rel=1e-12)
+
+    # the overhead: intercept of the probe medians on n, recomputed from invoke_probes
+    probes: dict[int, list[float]] = {}
+    for n_ops, s in _rows(table, "select n_ops, seconds from invoke_probes where device = 'local'"):
+        probes.setdefault(n_ops, []).append(s)
+    assert sorted(probes) == [1, 2, 4, 8, 16, 32] and all(len(v) == 2 for v in probes.values())
+    xs = sorted(probes)
+    slope, intercept = np.polyfit(xs, [np.median(probes[x]) for x in xs], 1)
+    overhead = max(intercept, 0.0)
+    meta = dict(_rows(table, "select key, value from meta"))
+    stored = json.loads(meta["invoke_overhead"])
+    assert stored["device"] == "local" and stored["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
+    assert 0 <= overhead < 50e-6 and metrics["correction"]["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
+
+    # predicted: the table's cells of the active layers, minus (n - 1) overheads
+    lut = LatencyTable.open(table)
+    pred, meas = [], []
+    for n in nets:
+        cells = [l.seconds for l in lut.breakdown(arch, n["widths"])]
+        assert n["sum_of_layers_s"] == pytest.approx(sum(cells), rel=1e-9)
+        assert n["sum_of_layers_s"] == pytest.approx(lut.predict(arch, n["widths"]), rel=1e-9)
+        assert n["predicted_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * overhead, rel=1e-9)
+        pred.append(n["predicted_s"])
+        meas.append(n["measured_s"])
+    pred, meas = np.array(pred), np.array(meas)
+    ape = np.abs(pred - meas) / meas * 100
+    assert metrics["mape"] == pytest.approx(ape.mean())
+    assert metrics["max_ape"] == pytest.approx(ape.max())
+    assert metrics["within_5"] == pytest.approx(np.mean(ape <= 5))
+    assert metrics["within_10"] == pytest.approx(np.mean(ape <= 10))
+    assert metrics["pearson"] == pytest.approx(np.corrcoef(pred, meas)[0, 1])
+    rank = lambda a: np.argsort(np.argsort(a))  # noqa: E731 - no ties among 4 timings
+    assert metrics["spearman"] == pytest.approx(np.corrcoef(rank(pred), rank(meas))[0, 1])
+    assert metrics["slope"] == pytest.approx(np.polyfit(pred, meas, 1)[0])
+    for error, n in zip(100 * (pred - meas) / meas, nets):
+        assert n["error_pct"] == pytest.approx(error)
+
+    # scatter.png is a real PNG of the figure
+    png = (out / "scatter.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "scatter.png").shape[:2] == (660, 660)
+
+    # report.md: one row per network with its numbers, and the worst network's breakdown
+    md = (out / "report.md").read_text()
+    section = md.split("## Networks")[1].split("\n## ")[0]
+    table_rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+                  if re.match(r"\|\s*\d+\s*\|", line)]
+    assert len(table_rows) == len(nets)
+    by_label = {n["label"]: n for n in nets}
+    for cells in table_rows:
+        n = by_label[cells[1]]
+        assert float(cells[5]) == pytest.approx(n["predicted_s"] * 1e3, abs=1e-3)
+        assert float(cells[7]) == pytest.approx(n["measured_s"] * 1e3, abs=1e-3)
+        assert float(cells[9]) == pytest.approx(n["error_pct"], abs=0.01)
+    worst = max(nets, key=lambda n: abs(n["error_pct"]))
+    assert f"## Worst network: {worst['label']}" in md
+    breakdown = md.split("## Worst network")[1]
+    layer_rows = [l for l in breakdown.splitlines() if l.startswith("| ") and not l.startswith("| layer")]
+    assert len(layer_rows) == len(arch.active_layers(worst["widths"]))
+    assert "in the network but in no cell" in md
+    assert "table.sqlite" in md and str(table.parent) not in md  # no machine paths
+
+
+def test_rerun_does_not_measure_again(reported, widths_dir, tmp_path) -> None:
+    table, _ = reported
+    counts = lambda: [_rows(table, f"select count(*) from {t}")[0][0]  # noqa: E731
+                      for t in ("whole_networks", "invoke_probes", "runs")]
+    before = counts()
+    assert before[0] == 4 * 2  # 4 networks x 2 passes
+    out = tmp_path / "again"
+    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
+                            "--out", str(out), "--no-op-check", *FAST]) == 0
+    assert counts() == before
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["measurement"]["measured_now"] == 0 and again["measurement"]["already_stored"] == 8
+
+
+def test_remeasure_replaces_the_passes(reported, widths_dir, tmp_path) -> None:
+    table, _ = reported
+    full = widths_key(get_arch(ARCH).validate(json.loads((widths_dir / "full.json").read_text())))
+    sql = "select run_id, pass_index from whole_networks where widths = ? order by pass_index"
+    old = _rows(table, sql, (full,))
+    total = _rows(table, "select count(*) from whole_networks")[0][0]
+    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir / "full.json"),
+                            "--out", str(tmp_path / "re"), "--remeasure", "--no-overhead", "--no-op-check",
+                            *FAST]) == 0
+    new = _rows(table, sql, (full,))
+    assert [p for _, p in new] == [0, 1] and {r for r, _ in new}.isdisjoint({r for r, _ in old})
+    assert _rows(table, "select count(*) from whole_networks")[0][0] == total
+
+
+def test_rebuilt_table_reuses_the_measurements(reported, small_table, widths_dir, tmp_path) -> None:
+    old, _ = reported
+    fresh = _copy_table(small_table(ARCH), tmp_path / "rebuilt.sqlite")
+    out = tmp_path / "rebuilt"
+    assert cli_report.main(["--table", str(fresh), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
+                            "--measured-in", str(old), "--out", str(out), "--no-op-check", *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measurement"]["measured_now"] == 0 and m["n"] == 4
+    assert _rows(fresh, "select count(*) from whole_networks")[0][0] == 8
+    assert _rows(fresh, "select count(*) from invoke_probes")[0][0] == 12
+    settings = [json.loads(s) for (s,) in _rows(fresh, "select settings from runs where status = 'finished'")]
+    assert any(s.get("copied_from", {}).get("table") == old.name for s in settings)
+    assert m["correction"] is not None  # the overhead came along with the probes
+
+
+@pytest.mark.parametrize("case", ["unknown device", "other arch", "empty dir", "missing file", "no networks"])
+def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> None:
+    table = small_table(ARCH)
+    args = ["--table", str(table), "--arch", ARCH, "--out", str(tmp_path / "r"), "--quiet"]
+    if case == "unknown device":
+        args += ["--device", "nosuchdevice", "--sample", "2"]
+        expect = "nosuchdevice"
+    elif case == "other arch":
+        mb = get_arch("mbv2-tiny")
+        (tmp_path / "mb.json").write_text(widths_to_json(mb.full_widths()))
+        args += ["--widths", str(tmp_path / "mb.json")]
+        expect = "unknown width group"
+    elif case == "empty dir":
+        (tmp_path / "empty").mkdir()
+        args += ["--widths", str(tmp_path / "empty")]
+        expect = "holds no width files"
+    elif case == "missing file":
+        args += ["--widths", str(tmp_path / "nope.json")]
+        expect = "no such widths file"
+    else:
+        expect = "no networks"
+    rows_before = _rows(table, "select count(*) from whole_networks")[0][0]
+    assert cli_report.main(args) == 2
+    err = capsys.readouterr().err
+    assert "latency-report: error:" in err and expect in err
+    if case == "other arch":
+        assert "mb.json" in err and ARCH in err
+    assert _rows(table, "select count(*) from whole_networks")[0][0] == rows_before == 0
+    assert not (tmp_path / "r").exists()
+
+
+def test_metrics_and_correction_by_hand() -> None:
+    m = validation_metrics([1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 5.0])
+    assert m["n"] == 4
+    assert m["mape"] == pytest.approx(25 / 4) and m["max_ape"] == pytest.approx(25)
+    assert m["within_5"] == 0.75 and m["within_10"] == 0.75
+    assert m["mean_error"] == pytest.approx(-25 / 4)
+    assert m["spearman"] == pytest.approx(1.0)
+    # measured on predicted: least squares by hand
+    x, y = np.array([1, 2, 3, 5.0]), np.array([1, 2, 4, 5.0])
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert m["slope"] == pytest.approx(slope)
+    assert np.isnan(validation_metrics([1.0], [1.0])["pearson"])
+    assert corrected_prediction([3.0, 4.0, 5.0], 1.0) == pytest.approx(10.0)  # (3-1)+(4-1)+(5-1)+1
+    assert overhead_corrected(12.0, 1, 5.0) == 12.0  # one layer pays its overhead once
+    with pytest.raises(ValueError):
+        overhead_corrected(1.0, 0, 0.1)
+    with pytest.raises(ValueError):
+        validation_metrics([1.0], [0.0])
+
+
+@pytest.mark.parametrize("name", ["wrn-40-2", "mbv2-cifar"])
+def test_sampling_is_seeded_and_spans_the_range(name) -> None:
+    arch = get_arch(name)
+    a, b = sample_networks(arch, 24, 0), sample_networks(arch, 24, 0)
+    assert [n.widths for n in a] == [n.widths for n in b] and len(a) == 24
+    assert [n.widths for n in sample_networks(arch, 24, 1)] != [n.widths for n in a]
+    assert len({n.key for n in a}) == 24
+    assert any(n.label == "full" and n.widths == arch.full_widths() for n in a)
+    assert any(v == 0 for n in a if n.source == "random" for v in n.widths.values())  # blocks removed
+    macs = [network_macs(arch, n.widths) for n in a]
+    assert max(macs) / min(macs) > 20

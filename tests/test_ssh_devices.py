@@ -1,0 +1,387 @@
+"""SSH devices against a real OpenSSH server on 127.0.0.1 (see tests/sshd_fixture.py).
+
+The "device" is this machine: sshd runs the project's runner with this Python. Tables are
+built by the real builder into real SQLite files and compared with a local build. Profile
+parsing tests need no server; the others skip (with the reason) where sshd is not installed.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from latency.build import BuildError, BuildSettings, build_table
+from latency.devices.base import DeviceError, ModelJob, TimingSettings
+from latency.devices.profiles import (
+    CLI_DEFAULTS,
+    ProfileError,
+    devices_from_profiles,
+    load_profiles,
+    passes_for,
+    resolve_timing,
+)
+from models.arch import INPUT, Arch, Layer, WidthGroup
+from tests.sshd_fixture import (  # noqa: F401 - fixtures used by name
+    SSH_KEYGEN,
+    SshServer,
+    processes_with,
+    running_sshd,
+    second_sshd_server,
+    sshd_server,
+    write_devices_file,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNER = REPO / "tools" / "tflite_runner.py"
+
+# Two layer types (a 3x3 conv whose two layers share one type, and the head), grid step 4:
+# 30 cells, templates convert in a few seconds.
+TINY = Arch(
+    name="ssh-test-net",
+    groups=(WidthGroup("image", 3, prunable=False), WidthGroup("classes", 10, prunable=False),
+            WidthGroup("a", 16), WidthGroup("b", 16)),
+    layers=(
+        Layer("stem", "conv", (INPUT,), "image", "a", 16, 3, 1, bn=True, act="relu"),
+        Layer("conv", "conv", ("stem",), "a", "b", 16, 3, 1, bn=True, act="relu"),
+        Layer("head", "head", ("conv",), "b", "classes", 16),
+    ),
+)
+GRID_STEP = 4
+PASSES = 2
+RUNS = 3
+
+
+def settings(**overrides: object) -> BuildSettings:
+    values: dict = dict(passes=PASSES, grid_step=GRID_STEP, sigma=1.0, batch_size=6, max_failures=3)
+    values.update(overrides)
+    return BuildSettings(**values)
+
+
+def ssh_devices(tmp_path: Path, profiles: dict[str, dict], names: list[str],
+                groups: dict[str, list[str]] | None = None) -> list:
+    devices_file = write_devices_file(tmp_path / "devices.toml", profiles, groups)
+    return devices_from_profiles(names, CLI_DEFAULTS, devices_file)
+
+
+def rows(table: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(table) as db:
+        return db.execute(sql).fetchall()
+
+
+def coverage(table: Path) -> list[tuple]:
+    """(type, c_in, c_out, pass) of every measurement, sorted."""
+    return sorted(rows(table, "select c.type_key, c.c_in, c.c_out, m.pass_index from measurements m "
+                              "join cells c on c.id = m.cell_id"))
+
+
+def assert_complete(table: Path) -> None:
+    """Every cell measured exactly once per pass."""
+    (n_cells,) = rows(table, "select count(*) from cells")[0]
+    per_pair = rows(table, "select cell_id, pass_index, count(*) from measurements group by cell_id, pass_index")
+    assert len(per_pair) == n_cells * PASSES
+    assert {count for _, _, count in per_pair} == {1}
+    assert {p for _, p, _ in per_pair} == set(range(PASSES))
+    assert rows(table, "select count(*) from measurements where not (seconds > 0)")[0][0] == 0
+
+
+def build(out: Path, devices: list, build_settings: BuildSettings | None = None,
+          report: Callable[[str], None] | None = None):
+    return asyncio.run(build_table(TINY, out, devices, build_settings or settings(), RUNS, report))
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from latency.devices.local import LocalDevice
+
+    out = tmp_path_factory.mktemp("local") / "local.sqlite"
+    build(out, [LocalDevice(settings=TimingSettings(runs=RUNS, warmup=1))])
+    return out
+
+
+# ------------------------------------------------------------------------------- profiles
+
+
+def test_shipped_rpi3b_profile_has_the_thesis_settings() -> None:
+    profiles = load_profiles(REPO / "tables" / "devices.toml")
+    pi = profiles["rpi3b"]
+    assert (pi.host, pi.port, pi.user, pi.timer) == ("raspberrypi.local", 22, "pi", "runner")
+    assert (pi.threads, pi.runs, pi.passes, pi.cooldown_s) == (1, 50, 3, 10.0)
+    assert pi.known_hosts.endswith("/.ssh/known_hosts") and "~" not in pi.known_hosts
+    assert passes_for(["rpi3b"], REPO / "tables" / "devices.toml") == 3
+    timing = resolve_timing(pi, CLI_DEFAULTS)
+    assert timing == TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=10.0)
+
+
+def test_cli_defaults_match_build_tables() -> None:
+    from latency.cli_build import _parser
+
+    p = _parser()
+    assert (p.get_default("runs"), p.get_default("warmup"), p.get_default("threads")) == (
+        CLI_DEFAULTS.runs, CLI_DEFAULTS.warmup, CLI_DEFAULTS.threads)
+
+
+def test_timing_precedence_cli_then_profile_then_default(tmp_path: Path) -> None:
+    path = write_devices_file(tmp_path / "d.toml", {"pi": {"host": "h", "runs": 20, "cooldown_s": 2.5}})
+    pi = load_profiles(path)["pi"]
+    assert resolve_timing(pi, CLI_DEFAULTS) == TimingSettings(runs=20, warmup=2, threads=1, cooldown_s=2.5)
+    explicit = TimingSettings(runs=7, warmup=2, threads=1, cooldown_s=0.0)
+    assert resolve_timing(pi, explicit).runs == 7  # differs from the CLI default: the user set it
+    assert resolve_timing(pi, CLI_DEFAULTS, cli_set={"runs"}).runs == 50  # caller knows it was given
+
+
+def test_profile_errors(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match=r"passwords are never read or stored.*ssh-copy-id"):
+        load_profiles(write_devices_file(tmp_path / "p.toml", {"pi": {"host": "h", "password": "x"}}))
+
+    path = write_devices_file(tmp_path / "d.toml", {"pi-a": {"host": "a"}, "pi-b": {"host": "b", "extends": "pi-a"}},
+                              groups={"farm": ["pi-a", "pi-b"]})
+    with pytest.raises(ValueError, match=r"unknown device 'nope' in .*d\.toml; known devices: local, farm, pi-a, pi-b"):
+        devices_from_profiles(["nope"], CLI_DEFAULTS, path)
+    with pytest.raises(ValueError, match=r"devices file .*missing\.toml not found.*--devices-file"):
+        devices_from_profiles(["pi-a"], CLI_DEFAULTS, tmp_path / "missing.toml")
+    with pytest.raises(ProfileError, match=r"unknown keys \['hots'\]"):
+        load_profiles(write_devices_file(tmp_path / "t.toml", {"pi": {"host": "h", "hots": "x"}}))
+    with pytest.raises(ProfileError, match=r"needs benchmark_model"):
+        load_profiles(write_devices_file(tmp_path / "b.toml", {"pi": {"host": "h", "timer": "benchmark_model"}}))
+    with pytest.raises(ProfileError, match=r"group 'farm' names unknown device 'pi-c'"):
+        load_profiles(write_devices_file(tmp_path / "g.toml", {"pi-a": {"host": "a"}}, groups={"farm": ["pi-a", "pi-c"]}))
+
+    # a group expands to its members, each device once; names are the profile names
+    devices = devices_from_profiles(["farm", "pi-a"], CLI_DEFAULTS, path)
+    assert [d.name for d in devices] == ["pi-a", "pi-b"]
+    assert devices[1].profile.host == "b"
+
+
+# ------------------------------------------------------------------------------- transfer
+
+
+def test_pool_transfer_rebuilds_identical_models_and_is_small() -> None:
+    from latency import tflite_rewrite
+    from latency.devices.ssh import _pool_index, decode_batch, encode_batch
+    from latency.generate import CellModels
+    from latency.layer_types import network_layer_types
+
+    types = network_layer_types([TINY])
+    key = next(k for k in types if k.startswith("conv"))
+    models = CellModels(types)
+    jobs = [ModelJob(cell, models.render(key, c_in, c_out, seed=cell))
+            for cell, (c_in, c_out) in enumerate([(16, 16), (1, 16), (16, 1), (7, 9), (3, 3)])]
+    pool = _pool_index()
+    assert pool is not None
+    encoded = encode_batch(jobs, pool)
+    plain = encode_batch(jobs, None)
+    assert decode_batch(encoded, tflite_rewrite._random_pool()) == [(j.cell_id, j.model) for j in jobs]
+    assert decode_batch(plain) == [(j.cell_id, j.model) for j in jobs]
+    raw = sum(len(j.model) for j in jobs)
+    assert len(encoded) < 0.3 * raw < len(plain)  # random weights: zlib alone saves little
+    with pytest.raises(ValueError, match="stale pool"):
+        decode_batch(encoded, bytes(len(tflite_rewrite._random_pool())))
+
+
+# ------------------------------------------------------------------------------- builds over SSH
+
+
+def test_build_over_ssh_covers_the_same_cells_as_a_local_build(
+        running_sshd: SshServer, local_table: Path, tmp_path: Path) -> None:
+    devices = ssh_devices(tmp_path, {"pi": running_sshd.profile(tmp_path / "work")}, ["pi"])
+    out = tmp_path / "ssh.sqlite"
+    result = build(out, devices)
+    assert result.retired == []
+    assert coverage(out) == coverage(local_table)
+    assert_complete(out)
+    assert rows(out, "select distinct device from measurements") == [("pi",)]
+    (kind, runtime, status), = rows(out, "select kind, runtime, status from runs")
+    assert (kind, runtime, status) == ("ssh", "ai-edge-litert", "finished")
+    # models travel as pool references: far fewer bytes than the models themselves
+    stats = devices[0].transfer
+    assert stats.models == len(coverage(out)) and stats.sent_bytes < 0.5 * stats.model_bytes
+
+
+def _count(table: Path) -> int:
+    try:
+        return rows(table, "select count(*) from measurements")[0][0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+async def _wait_for(condition: Callable[[], bool], what: str, limit_s: float = 120.0) -> None:
+    """Polls a condition (a bounded wait, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_sshd_killed_mid_build_reconnects_and_nothing_is_lost(running_sshd: SshServer, tmp_path: Path) -> None:
+    # retries=0: the first dropped call is a builder failure; the builder backs off and the device
+    # reconnects on its next batch, once the server is back
+    devices = ssh_devices(tmp_path, {"pi": running_sshd.profile(tmp_path / "work", retries=0)}, ["pi"])
+    out = tmp_path / "t.sqlite"
+    lines: list[str] = []
+
+    async def scenario() -> object:
+        task = asyncio.create_task(build_table(TINY, out, devices, settings(max_failures=5), RUNS, lines.append))
+        await _wait_for(lambda: _count(out) > 0 or task.done(), "a first committed batch")
+        running_sshd.stop()  # the device "reboots": its connection and runner die
+        await _wait_for(lambda: any("failure 1/5" in ln for ln in lines) or task.done(), "the failure report")
+        running_sshd.start()
+        return await task
+
+    result = asyncio.run(scenario())
+    assert any("failure 1/5" in ln for ln in lines), lines
+    assert result.retired == []
+    assert_complete(out)
+
+
+def test_interrupted_build_resumes_without_losing_or_duplicating(running_sshd: SshServer, tmp_path: Path) -> None:
+    profiles = {"pi": running_sshd.profile(tmp_path / "work", retries=0)}
+    out = tmp_path / "t.sqlite"
+
+    async def first_build() -> None:
+        task = asyncio.create_task(build_table(TINY, out, ssh_devices(tmp_path, profiles, ["pi"]),
+                                               settings(max_failures=1), RUNS))
+        await _wait_for(lambda: _count(out) > 0 or task.done(), "a first committed batch")
+        running_sshd.stop()
+        await task
+
+    with pytest.raises(BuildError, match=r"every device failed.*run the same command again"):
+        asyncio.run(first_build())
+    kept = set(rows(out, "select cell_id, pass_index, seconds from measurements"))
+    assert 0 < len(kept) < rows(out, "select count(*) from cells")[0][0] * PASSES
+    assert rows(out, "select status from runs") == [("interrupted",)]
+
+    running_sshd.start()
+    result = build(out, ssh_devices(tmp_path, profiles, ["pi"]))
+    assert result.already_measured == len(kept)
+    assert kept <= set(rows(out, "select cell_id, pass_index, seconds from measurements"))  # nothing re-measured
+    assert_complete(out)
+
+
+def test_hanging_timer_is_killed_retried_and_the_device_retired(running_sshd: SshServer, tmp_path: Path) -> None:
+    marker = "1000437"  # unique sleep length: lets the test find leftover remote processes
+    hang = tmp_path / "hanging-python"
+    hang.write_text(
+        "#!/bin/sh\n"
+        "# --info works (the device starts); every timing call hangs\n"
+        f'for a in "$@"; do [ "$a" = "--info" ] && exec {sys.executable} "$@"; done\n'
+        f"exec sleep {marker}\n"
+    )
+    hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
+    profile = running_sshd.profile(tmp_path / "work", python=str(hang), call_timeout_s=2.0, retries=1)
+    devices = ssh_devices(tmp_path, {"hang-pi": profile}, ["hang-pi"])
+
+    with pytest.raises(BuildError) as raised:
+        build(tmp_path / "t.sqlite", devices, settings(max_failures=2))
+    message = str(raised.value)
+    assert "every device failed" in message and "hang-pi:" in message
+    assert "failed 2 time(s)" in message and "call_timeout_s=2" in message and "killed" in message
+    assert rows(tmp_path / "t.sqlite", "select count(*) from measurements") == [(0,)]
+    # the overrunning remote calls were killed, not left sleeping on the device
+    asyncio.run(_wait_for(lambda: not processes_with(f"sleep {marker}"), "the killed calls to exit", 10))
+
+
+def test_device_error_on_hang_is_a_device_error(running_sshd: SshServer, tmp_path: Path) -> None:
+    hang = tmp_path / "hanging-python"
+    hang.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "--info" ] && exec {sys.executable} "$@"; done\n'
+                    "exec sleep 1000439\n")
+    hang.chmod(0o755)
+    (device,) = ssh_devices(tmp_path, {"hang-pi": running_sshd.profile(
+        tmp_path / "work", python=str(hang), call_timeout_s=1.0, retries=0)}, ["hang-pi"])
+    from tests.test_tflite_runner import build_models
+
+    async def scenario() -> None:
+        await device.start()
+        try:
+            await device.measure([ModelJob(1, build_models()["dense"])])
+        finally:
+            await device.close()
+
+    with pytest.raises(DeviceError, match=r"hang-pi: timing cells \[1\] failed 1 time"):
+        asyncio.run(scenario())
+
+
+def test_unknown_or_changed_host_key_is_refused_with_how_to_trust(running_sshd: SshServer, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    work = tmp_path / "work"
+    (device,) = ssh_devices(tmp_path, {"pi": running_sshd.profile(work, known_hosts=str(empty))}, ["pi"])
+    with pytest.raises(DeviceError) as raised:
+        asyncio.run(device.start())
+    message = str(raised.value)
+    assert "not a trusted host" in message
+    assert f"ssh-keyscan -p {running_sshd.port} -t ssh-ed25519 127.0.0.1 >> {empty}" in message
+    assert running_sshd.fingerprint() in message
+    assert not work.exists()  # nothing was uploaded to an untrusted host
+
+    other = tmp_path / "other"
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    changed = tmp_path / "changed_known_hosts"
+    changed.write_text(f"[127.0.0.1]:{running_sshd.port} " + " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    (device,) = ssh_devices(tmp_path, {"pi": running_sshd.profile(work, known_hosts=str(changed))}, ["pi"])
+    with pytest.raises(DeviceError, match=r"DOES NOT MATCH.*ssh-keygen -R '\[127\.0\.0\.1\]:\d+'"):
+        asyncio.run(device.start())
+
+
+def test_two_devices_share_one_build(running_sshd: SshServer, second_sshd_server: SshServer, tmp_path: Path,
+                                     local_table: Path) -> None:
+    second_sshd_server.start()
+    profiles = {"pi-a": running_sshd.profile(tmp_path / "work-a"),
+                "pi-b": second_sshd_server.profile(tmp_path / "work-b")}
+    devices = ssh_devices(tmp_path, profiles, ["farm"], groups={"farm": ["pi-a", "pi-b"]})
+    out = tmp_path / "farm.sqlite"
+    build(out, devices, settings(batch_size=4))
+    assert_complete(out)
+    assert coverage(out) == coverage(local_table)
+    assert sorted(rows(out, "select distinct device from measurements")) == [("pi-a",), ("pi-b",)]
+    assert sorted(rows(out, "select device, kind, status from runs")) == [
+        ("pi-a", "ssh", "finished"), ("pi-b", "ssh", "finished")]
+
+
+def _fake_benchmark_model(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_benchmark_model_timer(running_sshd: SshServer, tmp_path: Path) -> None:
+    from tests.test_tflite_runner import build_models
+
+    # benchmark_model stand-in: the runner in --graph mode, dropping the flags it does not know
+    fake = _fake_benchmark_model(tmp_path / "benchmark_model", (
+        'args=(); for a in "$@"; do case "$a" in --min_secs=*|--warmup_min_secs=*) ;; *) args+=("$a");; esac; done\n'
+        f'exec {sys.executable} {RUNNER} "${{args[@]}}"\n'))
+    garbage = _fake_benchmark_model(tmp_path / "broken_benchmark_model", "echo 'STARTING!'; echo 'no timings here'\n")
+    profiles = {
+        "bm": running_sshd.profile(tmp_path / "work", timer="benchmark_model", benchmark_model=str(fake),
+                                   runtime_version="fake-1"),
+        "bm-broken": running_sshd.profile(tmp_path / "work", timer="benchmark_model", benchmark_model=str(garbage)),
+    }
+    models = build_models()
+    jobs = [ModelJob(5, models["conv_small"]), ModelJob(6, models["conv_big"])]
+
+    async def measure(name: str) -> tuple:
+        (device,) = ssh_devices(tmp_path, profiles, [name])
+        info = await device.start()
+        try:
+            return info, await device.measure(jobs)
+        finally:
+            await device.close()
+
+    info, timings = asyncio.run(measure("bm"))
+    assert (info.runtime, info.runtime_version, info.kind) == ("benchmark_model", "fake-1", "ssh")
+    assert info.settings["benchmark_model"] == str(fake)
+    assert [t.cell_id for t in timings] == [5, 6]
+    assert 0 < timings[0].seconds < timings[1].seconds  # 1-channel vs 128-channel conv
+    assert not list((tmp_path / "work").glob("batch-*"))  # unpacked models cleaned up
+
+    with pytest.raises(DeviceError, match=r"bm-broken: cell 5: no inference timing found; raw benchmark output:\n"
+                                          r".*no timings here"):
+        asyncio.run(measure("bm-broken"))
