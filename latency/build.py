@@ -19,6 +19,7 @@ from .devices.base import Device, DeviceError, ModelJob, Timing
 from .finalize import finalize
 from .generate import CellModels
 from .layer_types import grid_cells, network_layer_types
+from .op_map import check_network_ops
 from .progress import Progress
 from .store import TableStore
 
@@ -31,7 +32,7 @@ class BuildSettings:
     batch_size: int = 32
     seed: int = 0
     max_failures: int = 3  # consecutive failed batches before a device is retired
-    prefetch: int = 2  # rendered batches waiting per device
+    verify_ops: bool = True  # convert the whole network once and map its ops to the layer types
 
 
 @dataclass
@@ -84,7 +85,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         already = sum(1 for c, p in done if p < settings.passes)
         result = BuildResult(Path(out), len(cells), 0, already, 0.0, 0.0)
         if batches:
-            await _measure_all(store, cells, types, devices, batches, settings, runs_per_cell, total, already,
+            await _measure_all(arch, store, cells, types, devices, batches, settings, runs_per_cell, total, already,
                                result, report)
         result.incomplete_types = finalize(store, settings.sigma)
         result.wall_s = time.time() - started
@@ -93,7 +94,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         store.close()
 
 
-async def _measure_all(store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
+async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
                        settings: BuildSettings, runs_per_cell: int, total: int, already: int,
                        result: BuildResult, report: Callable[[str], None] | None) -> None:
     generator = CellModels(types)
@@ -123,6 +124,11 @@ async def _measure_all(store: TableStore, cells: dict, types: dict, devices: lis
             if report:
                 report(f"converting template {i + 1}/{len(todo_types)}: {key}")
             await loop.run_in_executor(None, generator.template, key)
+        if settings.verify_ops:
+            if report:
+                report(f"checking that the layer types cover every op of the converted {arch.name}")
+            ops = await loop.run_in_executor(None, check_network_ops, arch, generator)
+            store.set_meta(network_ops=ops)
 
         result.prepare_s = time.time() - t_prepare
         progress = Progress(total, already, report)

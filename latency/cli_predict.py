@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from models.arch import WidthError, load_widths
+from models.arch import WidthError
+from models.thesis_names import load_widths_any
 from models.families import KNOWN_ARCHS, get_arch
 from .store import TableFileError
 from .table import LatencyTable, PredictionError
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         arch = get_arch(args.arch)
-        widths = load_widths(arch, args.widths) if args.widths else arch.full_widths()
+        widths = load_widths_any(arch, args.widths) if args.widths else arch.full_widths()
         table = LatencyTable.open(args.table, smoothed=not args.raw)
         predictor = table.predictor(arch, allow_missing=args.allow_missing)
         seconds = predictor.predict(widths)

@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="copy the stored measurements of these networks from another table file (e.g. the one a "
                         "rebuilt table replaces) before measuring what is still missing")
     p.add_argument("--no-correction", action="store_true",
-                   help="predict the plain sum of the layers (do not subtract the per-invoke overheads)")
+                   help="do not subtract the per-invoke overheads from the predictions")
     p.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
+    p.add_argument("--exact-layers", action="store_true",
+                   help="also time every network layer's single-layer model at its exact widths (no interpolation, "
+                        "no smoothing), to separate the table's own error from the bias of summing layers")
     p.add_argument("--no-op-check", action="store_true",
                    help="skip comparing the ops of the worst network with those of its single-layer models")
     p.add_argument("--raw", action="store_true", help="predict from the unsmoothed means of the passes")
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         args.remeasure, args.cooldown, report)
                 result = await v.measure_networks(store, arch, networks, device, info, args.passes, args.seed,
                                                   args.remeasure, args.batch_size, args.cooldown, report)
+                if args.exact_layers:
+                    await v.measure_exact_cells(store, arch, networks, device, info, args.passes, args.seed,
+                                                args.remeasure, cooldown_s=args.cooldown, report=report)
                 result.info = info
                 return result, overhead
             finally:
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                   "again to continue", file=sys.stderr)
             return 130
         measured = v.measured_networks(store, arch, device.name)
+        exact = v.exact_sums(store, arch, networks, device.name)
+        ops_of = v.stored_ops(store, arch, device.name)
         meta = store.meta()
         runs = sorted({r for n in networks for r in measured[n.key].run_ids})
         run_rows = {r["id"]: r for r in store.db["runs"].rows_where(f"id in ({','.join('?' * len(runs))})", runs)}
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"the table was measured on {', '.join(table_devices)}, the networks on {device.name}")
     if table.coverage_note():
         notes.append(table.coverage_note())
-    rows = v.compare(table, arch, networks, measured, applied, args.allow_missing)
+    rows = v.compare(table, arch, networks, measured, applied, args.allow_missing, exact)
 
     from latency.report import ReportInput, _num, worst, write_report
 
@@ -152,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     op_check = None
     if not args.no_op_check:
         if report:
-            report(f"op check of {w.network.label}")
-        op_check = {"label": w.network.label,
-                    **v.op_coverage(arch, w.network.widths, v.network_model(arch, w.network.widths))}
+            report("op check: the ops of every timed network against those of its layers' cells")
+        per_type = v.type_op_counts(arch)
+        checks = {n.label: v.op_check(arch, n.widths, ops_of[n.key], per_type) for n in networks if n.key in ops_of}
+        op_check = {"networks": checks, "checked": len(checks),
+                    "match_after_folding": sum(c["matches_after_folding"] for c in checks.values()),
+                    "with_folded_layers": sum(bool(c["folded"]) for c in checks.values())}
     runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
     inp = ReportInput(
         arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,

@@ -77,9 +77,12 @@ def layer_axes(arch: Arch, layer: Layer) -> tuple[tuple[int, int], tuple[int, in
 
 def network_layer_types(arches: Iterable[Arch]) -> dict[str, LayerType]:
     """Every layer type of the given networks, with the union of their channel ranges."""
+    from .fusion import fused_layer, fusion_candidates
+
     found: dict[str, LayerType] = {}
     for arch in arches:
-        for layer in arch.layers:
+        runtime_layers = list(arch.layers) + [fused_layer(c, b) for c, b in fusion_candidates(arch)]
+        for layer in runtime_layers:
             key = type_key(layer)
             (ilo, ihi), out = layer_axes(arch, layer)
             olo, ohi = out if out else (0, 0)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .table import LayerLatency
-from .validate import Comparison, OverheadEstimate, bias_analysis, comparison_metrics
+from .validate import (SPREAD_LIMIT_PCT, Comparison, OverheadEstimate, bias_analysis, comparison_metrics,
+                       pass_spread_pct)
 
 
 @dataclass
@@ -71,8 +72,9 @@ def metrics_document(inp: ReportInput) -> dict:
             "label": r.network.label, "source": r.network.source, "widths": r.network.widths,
             "layers": r.n_layers, "params": r.params, "macs": r.macs,
             "predicted_s": r.predicted_s, "sum_of_layers_s": r.sum_of_layers_s, "measured_s": r.measured_s,
-            "measured_passes_s": list(r.measured.seconds), "error_pct": r.error_pct,
-            "sum_of_layers_error_pct": r.raw_error_pct,
+            "measured_passes_s": list(r.measured.seconds), "error_pct": r.error_pct, "exact_sum_s": r.exact_sum_s,
+            "sum_of_layers_error_pct": r.raw_error_pct, "folded_layers": list(r.folded),
+            "unfolded_sum_s": r.unfolded_sum_s,
         } for r in inp.rows],
         "op_check": inp.op_check,
     })
@@ -124,27 +126,36 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     ]
     if inp.overhead:
         o = inp.overhead
-        lines.append(f"- prediction: sum over the n layers of (cell − o) + o, with the per-invoke overhead "
-                     f"o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`")
+        lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
+                     f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`; batch-norms "
+                     f"the converter folds into a preceding convolution are left out")
     else:
-        lines.append("- prediction: the plain sum of the layers' cells (no per-invoke overhead measured on the "
+        lines.append("- prediction: the sum of the cells of the layers the network runs (batch-norms the converter "
+                     "folds into a preceding convolution left out; no per-invoke overhead measured on the "
                      "table's device)")
     lines += [f"- note: {n}" for n in inp.notes]
-    lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers |", "|---|---:|---:|"]
+    if metrics["disturbed"]:
+        lines.append(f"- note: {len(metrics['disturbed'])} of {len(rows)} networks have passes more than "
+                     f"{SPREAD_LIMIT_PCT:.0f} % apart (another process disturbed the device?): "
+                     f"{', '.join(metrics['disturbed'])}")
+    f = metrics["folding_only"]
+    lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers | folded layers left out |",
+              "|---|---:|---:|---:|"]
     for key, name, fmt in (("n", "networks", "d"), ("mape", "MAPE %", ".2f"), ("max_ape", "worst APE %", ".2f"),
                            ("mean_error", "mean signed error %", "+.2f"), ("pearson", "Pearson r", ".5f"),
                            ("spearman", "Spearman ρ", ".5f"), ("slope", "slope (measured on predicted)", ".4f"),
                            ("within_5", "within 5 %", ".0%"), ("within_10", "within 10 %", ".0%")):
-        lines.append(f"| {name} | {_num(metrics[key], fmt)} | {_num(u[key], fmt)} |")
+        lines.append(f"| {name} | {_num(metrics[key], fmt)} | {_num(u[key], fmt)} | {_num(f[key], fmt)} |")
+    has_exact = all(r.exact_sum_s is not None for r in rows)
     lines += ["", "## Networks", "",
               "| # | network | source | layers | params | predicted ms | sum of layers ms | measured ms | "
-              "pass spread % | error % |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "pass spread % | error % |" + (" exact cells ms |" if has_exact else ""),
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_exact else "")]
     for i, r in enumerate(sorted(rows, key=lambda r: r.measured_s), start=1):
-        spread = 100 * (max(r.measured.seconds) - min(r.measured.seconds)) / r.measured_s
+        spread = pass_spread_pct(r.measured.seconds)
         lines.append(f"| {i} | {r.network.label} | {r.network.source} | {r.n_layers} | {r.params:,} | "
                      f"{_ms(r.predicted_s)} | {_ms(r.sum_of_layers_s)} | {_ms(r.measured_s)} | {spread:.1f} | "
-                     f"{r.error_pct:+.2f} |")
+                     f"{r.error_pct:+.2f} |" + (f" {_ms(r.exact_sum_s)} |" if has_exact else ""))
     lines += ["", "## Bias of the sum of single-layer times", ""]
     b = metrics["bias"]
     o = inp.overhead_measured or inp.overhead
@@ -171,11 +182,17 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
                      f"{b['relative_residual_per_million_params']:+.2f} % per million weights")
     if inp.op_check:
         oc = inp.op_check
-        lines += ["", f"Ops of network `{oc.get('label', '?')}` (its .tflite) against the ops of the single-layer "
-                      "models the table sums for it:", "",
-                  f"- network: {_ops(oc['network'])}", f"- layers: {_ops(oc['layers'])}",
-                  f"- in the network but in no cell: {_ops(oc['extra_in_network']) or 'none'}",
-                  f"- in the cells but not in the network: {_ops(oc['extra_in_layers']) or 'none'}"]
+        lines += ["", f"Ops of every timed network (its .tflite) against the ops of the single-layer models the table "
+                      f"sums for it: {oc['match_after_folding']} of {oc['checked']} match once the batch-norms the "
+                      f"converter folds into a preceding convolution are left out ({oc['with_folded_layers']} networks "
+                      f"have such layers; the prediction leaves them out)."]
+        shown = [(k, c) for k, c in oc["networks"].items() if c["folded"] or not c["matches_after_folding"]]
+        if shown:
+            lines += ["", "| network | folded layers | ops in no cell | cell ops the network lacks | match after folding |",
+                      "|---|---|---|---|---|"]
+            for label, c in shown:
+                lines.append(f"| {label} | {', '.join(c['folded']) or '-'} | {_ops(c['extra_in_network']) or '-'} | "
+                             f"{_ops(c['extra_in_layers']) or '-'} | {'yes' if c['matches_after_folding'] else 'NO'} |")
     w = worst(rows)
     lines += ["", f"## Worst network: {w.network.label} ({w.error_pct:+.2f} %)", "",
               f"Predicted {_ms(w.predicted_s)} ms, measured {_ms(w.measured_s)} ms "
@@ -184,7 +201,9 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     total = sum(l.seconds for l in inp.worst_breakdown if l.seconds is not None) or 1.0
     for l in inp.worst_breakdown:
         share = "-" if l.seconds is None else f"{100 * l.seconds / total:.1f}"
-        lines.append(f"| {l.layer} | {l.type_key or '(not in table)'} | {l.c_in} | {l.c_out} | {_ms(l.seconds)} | {share} |")
+        folded = " (folded by the converter: left out)" if l.layer in w.folded else ""
+        lines.append(f"| {l.layer}{folded} | {l.type_key or '(not in table)'} | {l.c_in} | {l.c_out} | {_ms(l.seconds)} | "
+                     f"{share} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -12,8 +12,9 @@ from typing import Mapping
 
 import numpy as np
 
-from models.arch import Arch, WidthError
+from models.arch import Arch, Layer
 from .finalize import type_grid
+from .fusion import fused_layer, fusion_candidates, runtime_plan
 from .layer_types import LayerType, type_key
 from .store import TableFileError, TableStore
 
@@ -113,136 +114,163 @@ class LatencyTable:
 
 
 class Predictor:
-    """`arch` compiled against a table."""
+    """`arch` compiled against a table.
+
+    Rows are what the device runs: every layer as described, plus each conv with a following
+    batch-norm folded in (`fusion`), which some width assignments produce."""
 
     def __init__(self, table: LatencyTable, arch: Arch, allow_missing: bool = False):
-        self.table, self.arch = table, arch
+        self.table, self.arch, self.allow_missing = table, arch, allow_missing
         self.group_names = [g.name for g in arch.groups]
         gidx = {n: i for i, n in enumerate(self.group_names)}
         self.full = np.array([g.full for g in arch.groups])
         self.min = np.array([0 if g.may_be_zero else (g.full if not g.prunable else 1) for g in arch.groups])
-        self.fixed = {g.name: g.full for g in arch.groups if not g.prunable}
-        keys = list(table.types)
         offsets, flat, pos = {}, [], 0
-        for k in keys:
+        for k, v in table.values.items():
             offsets[k] = pos
-            flat.append(table.values[k].ravel())
-            pos += table.values[k].size
+            flat.append(v.ravel())
+            pos += v.size
         self.flat = np.concatenate(flat) if flat else np.zeros(0)
-        n = len(arch.layers)
-        self.layer_key: list[str | None] = []
-        self.missing: list[str] = []  # layers whose type the table lacks
-        self.skipped_ops: list[str] = []  # layers of ops the table declares uncovered
+
+        rows: list[tuple[Layer, str | None]] = []  # (runtime layer, type key)
+        self.row_of: dict[tuple[int, int | None], int] = {}
+        for i, layer in enumerate(arch.layers):
+            self.row_of[(i, None)] = len(rows)
+            rows.append((layer, table.layer_type_of(arch, layer.name)))
+        position = {l.name: i for i, l in enumerate(arch.layers)}
+        for conv, bn in fusion_candidates(arch):
+            fused = fused_layer(conv, bn)
+            key = table.layer_map.get(conv.name) if table.layer_map else type_key(fused)
+            self.row_of[(position[conv.name], position[bn.name])] = len(rows)
+            rows.append((fused, key))
+        n = len(rows)
+        self.rows = rows
         self.base = np.zeros(n, np.int64)
         self.ncols = np.ones(n, np.int64)
         self.in_lo, self.in_hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.out_lo, self.out_hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.two = np.zeros(n, bool)
         self.covered = np.zeros(n, bool)
-        self.cin_g = np.array([gidx[l.c_in] for l in arch.layers])
-        self.cout_g = np.array([gidx[l.c_out] for l in arch.layers])
-        lacking: dict[str, list[str]] = {}
-        for i, layer in enumerate(arch.layers):
-            key = table.layer_type_of(arch, layer.name)
-            self.layer_key.append(key)
+        self.skipped = np.zeros(n, bool)  # ops the table declares it does not time
+        self.cin_g = np.array([gidx[l.c_in] for l, _ in rows])
+        self.cout_g = np.array([gidx[l.c_out] for l, _ in rows])
+        for r, (layer, key) in enumerate(rows):
             if key is None and layer.op in table.uncovered_ops:
-                self.skipped_ops.append(layer.name)
+                self.skipped[r] = True
                 continue
             t = table.types.get(key) if key else None
             if t is None:
-                lacking.setdefault(key or f"(no type for {layer.op})", []).append(layer.name)
                 continue
-            self.covered[i] = True
-            self.base[i] = offsets[key]
-            self.ncols[i] = t.shape[1]
-            self.in_lo[i], self.in_hi[i] = t.in_lo, t.in_hi
-            self.two[i] = t.two_axes
-            self.out_lo[i], self.out_hi[i] = (t.out_lo, t.out_hi) if t.two_axes else (0, 0)
-        if lacking:
-            self.missing = [l for ls in lacking.values() for l in ls]
-            if not allow_missing:
-                listed = "; ".join(f"{k} (layers {', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in lacking.items())
-                incomplete = table.meta.get("incomplete_types") or {}
-                hint = (f" — not finished in this table: {', '.join(k for k in lacking if k in incomplete)}; run build-tables again to complete it"
-                        if any(k in incomplete for k in lacking) else "")
-                raise PredictionError(
-                    f"table {table.path} (built for {table.arch_name}) lacks layer types of {arch.name}: {listed}{hint}. "
-                    "Build a table for this architecture, or pass allow_missing / --allow-missing to leave them out."
-                )
-        # the loosest range of each group over the layers that read it: one cheap check per
+            self.covered[r] = True
+            self.base[r] = offsets[key]
+            self.ncols[r] = t.shape[1]
+            self.in_lo[r], self.in_hi[r] = t.in_lo, t.in_hi
+            self.two[r] = t.two_axes
+            self.out_lo[r], self.out_hi[r] = (t.out_lo, t.out_hi) if t.two_axes else (0, 0)
+        self.skipped_ops = [rows[r][0].name for r in np.flatnonzero(self.skipped[:len(arch.layers)])]
+        lacking = [r for r in range(len(arch.layers)) if not self.covered[r] and not self.skipped[r]]
+        self.missing = [rows[r][0].name for r in lacking]  # layers whose type the table lacks
+        if lacking and not allow_missing:
+            self._raise_lacking(lacking)
+        # the tightest range of each group over the rows that read it: one cheap check per
         # prediction; a violation is then located layer by layer
         self.gmin = np.zeros(len(self.group_names), np.int64)
         self.gmax = np.full(len(self.group_names), np.iinfo(np.int64).max)
-        for i in np.flatnonzero(self.covered):
-            ranges = [(self.cin_g[i], self.in_lo[i], self.in_hi[i])]
-            if self.two[i]:
-                ranges.append((self.cout_g[i], self.out_lo[i], self.out_hi[i]))
+        for r in np.flatnonzero(self.covered):
+            ranges = [(self.cin_g[r], self.in_lo[r], self.in_hi[r])]
+            if self.two[r]:
+                ranges.append((self.cout_g[r], self.out_lo[r], self.out_hi[r]))
             for g, lo, hi in ranges:
                 self.gmin[g], self.gmax[g] = max(self.gmin[g], lo), min(self.gmax[g], hi)
+        # one vectorised test per prediction covers both the assignment's validity and the
+        # table's range; anything it flags is then explained by the slow paths
+        self.ok_lo = np.maximum(np.maximum(self.min, self.gmin), 1)
+        self.ok_hi = np.minimum(self.full, self.gmax)
+        self.zero_ok = np.where(self.min == 0, 0, -1)
         self.defaults = [(n, int(self.full[i])) for i, n in enumerate(self.group_names)]
         self.known = frozenset(self.group_names)
-        self._plans: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._plans: dict[bytes, tuple[np.ndarray, ...]] = {}
+
+    def _raise_lacking(self, rows: list[int]) -> None:
+        lacking: dict[str, list[str]] = {}
+        for r in rows:
+            layer, key = self.rows[r]
+            lacking.setdefault(key or f"(no type for {layer.op})", []).append(layer.name)
+        listed = "; ".join(f"{k} (layers {', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in lacking.items())
+        incomplete = self.table.meta.get("incomplete_types") or {}
+        hint = (f" — not finished in this table: {', '.join(k for k in lacking if k in incomplete)}; "
+                "run build-tables again to complete it") if any(k in incomplete for k in lacking) else ""
+        raise PredictionError(
+            f"table {self.table.path} (built for {self.table.arch_name}) lacks layer types of {self.arch.name}: "
+            f"{listed}{hint}. Build a table for this architecture, or pass allow_missing / --allow-missing to "
+            "leave them out."
+        )
 
     def _vector(self, widths: Mapping[str, int]) -> np.ndarray:
         vec = np.array([widths.get(n, d) for n, d in self.defaults])
         if vec.dtype.kind != "i" or not self.known.issuperset(widths) or (vec > self.full).any() \
                 or (vec < self.min).any():
-            return self._checked_vector(widths)
+            valid = self.arch.channels(self.arch.validate(widths))  # raises the precise WidthError
+            return np.array([valid[n] for n in self.group_names], np.int64)
         return vec
 
-    def _checked_vector(self, widths: Mapping[str, int]) -> np.ndarray:
-        valid = self.arch.channels(self.arch.validate(widths))  # raises the precise WidthError
-        return np.array([valid[n] for n in self.group_names], np.int64)
+    def runtime_rows(self, vec: np.ndarray) -> np.ndarray:
+        """Row indices of what the device runs for this assignment (uncovered rows included)."""
+        zero_names = frozenset(n for n, v in zip(self.group_names, vec) if v == 0)
+        return np.array([self.row_of[step] for step in runtime_plan(self.arch, zero_names)], np.int64)
 
-    def _plan(self, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        zero = vec == 0
-        sig = zero.tobytes()
+    def _plan(self, vec: np.ndarray) -> tuple[np.ndarray, ...]:
+        sig = (vec == 0).tobytes()
         plan = self._plans.get(sig)
         if plan is None:
-            zero_names = frozenset(n for n, z in zip(self.group_names, zero) if z)
-            idx = np.array([i for i, _ in self.arch.plan(zero_names)], np.int64)
-            idx = idx[self.covered[idx]]
-            two = self.two[idx].astype(np.int64)
-            const = self.base[idx] - self.in_lo[idx] * self.ncols[idx] - two * self.out_lo[idx]
-            plan = (idx, const, self.ncols[idx], two)
+            rows = self.runtime_rows(vec)
+            lacking = [int(r) for r in rows if not self.covered[r] and not self.skipped[r]]
+            if lacking and not self.allow_missing:
+                self._raise_lacking(lacking)
+            rows = rows[self.covered[rows]]
+            two = self.two[rows].astype(np.int64)
+            const = self.base[rows] - self.in_lo[rows] * self.ncols[rows] - two * self.out_lo[rows]
+            plan = (rows, const, self.ncols[rows], two, self.cin_g[rows], self.cout_g[rows])
             self._plans[sig] = plan
         return plan
 
-    def _indices(self, vec: np.ndarray, plan: np.ndarray) -> np.ndarray:
-        c_in = vec[self.cin_g[plan]]
-        c_out = np.where(self.two[plan], vec[self.cout_g[plan]], 0)
-        bad = (c_in < self.in_lo[plan]) | (c_in > self.in_hi[plan]) | \
-              (self.two[plan] & ((c_out < self.out_lo[plan]) | (c_out > self.out_hi[plan])))
+    def _check_range(self, vec: np.ndarray, rows: np.ndarray) -> None:
+        c_in = vec[self.cin_g[rows]]
+        c_out = vec[self.cout_g[rows]]
+        bad = (c_in < self.in_lo[rows]) | (c_in > self.in_hi[rows]) | \
+              (self.two[rows] & ((c_out < self.out_lo[rows]) | (c_out > self.out_hi[rows])))
         if bad.any():
-            i = int(plan[np.argmax(bad)])
-            layer = self.arch.layers[i]
+            r = int(rows[np.argmax(bad)])
+            layer, key = self.rows[r]
             raise PredictionError(
-                f"layer {layer.name} ({self.layer_key[i]}) needs cell c_in={int(vec[self.cin_g[i]])}, "
-                f"c_out={int(vec[self.cout_g[i]])}, outside the table's range c_in {self.in_lo[i]}..{self.in_hi[i]}"
-                + (f", c_out {self.out_lo[i]}..{self.out_hi[i]}" if self.two[i] else "")
+                f"layer {layer.name} ({key}) needs cell c_in={int(vec[self.cin_g[r]])}, "
+                f"c_out={int(vec[self.cout_g[r]])}, outside the table's range c_in {self.in_lo[r]}..{self.in_hi[r]}"
+                + (f", c_out {self.out_lo[r]}..{self.out_hi[r]}" if self.two[r] else "")
                 + f"; the table {self.table.path} cannot predict it without extrapolating"
             )
-        return self.base[plan] + (c_in - self.in_lo[plan]) * self.ncols[plan] + \
-            np.where(self.two[plan], c_out - self.out_lo[plan], 0)
+
+    def _cells(self, vec: np.ndarray, plan: tuple) -> np.ndarray:
+        _, const, ncols, two, cin_g, cout_g = plan
+        return self.flat[const + vec[cin_g] * ncols + two * vec[cout_g]]
 
     def predict(self, widths: Mapping[str, int]) -> float:
-        vec = self._vector(widths)
-        if ((vec != 0) & ((vec < self.gmin) | (vec > self.gmax))).any():
-            idx = self._plan(vec)[0]
-            self._indices(vec, idx)  # names the layer outside the table's range
-        idx, const, ncols, two = self._plan(vec)
-        return float(self.flat[const + vec[self.cin_g[idx]] * ncols + two * vec[self.cout_g[idx]]].sum())
+        """Predicted latency in seconds."""
+        vec = np.array([widths.get(n, d) for n, d in self.defaults])
+        if vec.dtype.kind != "i" or not self.known.issuperset(widths) or \
+                (((vec < self.ok_lo) | (vec > self.ok_hi)) & (vec != self.zero_ok)).any():
+            vec = self._vector(widths)  # raises a WidthError if the assignment is invalid
+            self._check_range(vec, self._plan(vec)[0])  # names a layer outside the table's range
+        return float(self._cells(vec, self._plan(vec)).sum())
 
     def breakdown(self, widths: Mapping[str, int]) -> list[LayerLatency]:
         vec = self._vector(widths)
-        zero_names = frozenset(n for n, v in zip(self.group_names, vec) if v == 0)
+        plan = self._plan(vec)
+        rows = plan[0]
+        self._check_range(vec, rows)
+        seconds = dict(zip(rows.tolist(), self._cells(vec, plan).tolist()))
         out = []
-        for i, _ in self.arch.plan(zero_names):
-            layer = self.arch.layers[i]
-            c_in, c_out = int(vec[self.cin_g[i]]), int(vec[self.cout_g[i]])
-            if self.covered[i]:
-                idx = self._indices(vec, np.array([i]))
-                out.append(LayerLatency(layer.name, self.layer_key[i], c_in, c_out, float(self.flat[idx[0]])))
-            else:
-                out.append(LayerLatency(layer.name, None, c_in, c_out, None))
+        for r in self.runtime_rows(vec).tolist():
+            layer, key = self.rows[r]
+            c_in, c_out = int(vec[self.cin_g[r]]), int(vec[self.cout_g[r]])
+            out.append(LayerLatency(layer.name, key if r in seconds else None, c_in, c_out, seconds.get(r)))
         return out

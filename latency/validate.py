@@ -119,6 +119,33 @@ def corrected_prediction(layer_seconds: Sequence[float], overhead_s: float) -> f
     return overhead_corrected(float(np.sum(layer_seconds)), len(layer_seconds), overhead_s)
 
 
+def folded_layers(arch: Arch, widths: Mapping[str, int]) -> tuple[str, ...]:
+    """Layers of the architecture that the TFLite converter removes from the whole network.
+
+    A batch-norm (+ activation) that reads a convolution without activation whose output
+    nothing else reads is fused into that convolution (its MUL and ADD become the conv's
+    bias, the ReLU its fused activation). In the full WRN every such conv output also feeds
+    a residual addition, so nothing is folded; removing blocks makes it happen (e.g. a stage
+    whose blocks are all removed leaves its shortcut conv feeding the next block's BN alone).
+    The single-layer model of that BN is timed in the table, the network never runs it.
+    """
+    active = arch.active_layers(widths)
+    readers: dict[str, int] = {}
+    for a in active:
+        for src in a.inputs:
+            readers[src] = readers.get(src, 0) + 1
+    by_name = {a.layer.name: a for a in active}
+    out = []
+    for a in active:
+        if a.layer.op != "bn_act" or len(a.inputs) != 1:
+            continue
+        src = by_name.get(a.inputs[0])
+        if src is not None and src.layer.op in ("conv", "dwconv") and src.layer.act is None \
+                and readers.get(src.layer.name, 0) == 1:
+            out.append(a.layer.name)
+    return tuple(out)
+
+
 # =============================================================================== networks
 
 @dataclass(frozen=True)
@@ -257,7 +284,8 @@ def _ensure_schema(store: TableStore) -> None:
                 {"id": int, "arch": str, "widths": str, "label": str, "device": str, "run_id": int,
                  "pass_index": int, "seconds": float, "measured_at": float, "temperature_c": float}, pk="id")
         cols = db["whole_networks"].columns_dict
-        for name, kind in (("throttled", int), ("model_sha256", str), ("runs", int), ("warmup", int)):
+        for name, kind in (("throttled", int), ("model_sha256", str), ("runs", int), ("warmup", int),
+                           ("ops", str)):
             if name not in cols:
                 db["whole_networks"].add_column(name, kind)
         # one row per (network, device, pass): a resumed or repeated report cannot double-count
@@ -268,6 +296,13 @@ def _ensure_schema(store: TableStore) -> None:
                 {"id": int, "device": str, "run_id": int, "probe": str, "n_ops": int, "pass_index": int,
                  "seconds": float, "measured_at": float, "model_sha256": str}, pk="id")
             db.execute("create unique index invoke_probes_pass on invoke_probes (device, probe, pass_index)")
+        if "exact_cells" not in db.table_names():
+            # single-layer models at the exact widths of validated networks (no interpolation,
+            # no smoothing): they separate the table's error from the bias of summing
+            db["exact_cells"].create(
+                {"id": int, "type_key": str, "c_in": int, "c_out": int, "device": str, "run_id": int,
+                 "pass_index": int, "seconds": float, "measured_at": float}, pk="id")
+            db.execute("create unique index exact_cells_pass on exact_cells (type_key, c_in, c_out, device, pass_index)")
 
 
 def stored_passes(store: TableStore, arch: Arch, device: str) -> dict[str, set[int]]:
@@ -431,6 +466,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
             report(f"converting network {i + 1}/{len(needed)}: {by_key[k].label}")
         models[k] = convert(arch, by_key[k].widths)
     ids = {k: i for i, k in enumerate(needed)}  # opaque ids for the device
+    ops = {k: json.dumps(dict(sorted(model_op_counts(m).items()))) for k, m in models.items()}
     result.info, run_id = info, store.start_run(info)
     result.run_id = run_id
     status = "interrupted"
@@ -447,6 +483,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
                     "throttled": None if t.throttled is None else int(t.throttled),
                     "model_sha256": _sha(models[by_id[t.cell_id]]),
                     "runs": result.info.settings.get("runs"), "warmup": result.info.settings.get("warmup"),
+                    "ops": ops[by_id[t.cell_id]],
                 } for t in timings]
                 result.measured_now += _add_rows(store, "whole_networks", rows)
                 if report:
@@ -459,6 +496,88 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
         store.end_run(run_id, status)
     result.wall_s = time.time() - started
     return result
+
+
+def network_cells(arch: Arch, widths: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """(type key, c_in, c_out) of every active layer, as the table keys its cells (one-axis
+    types have c_out = 0)."""
+    from .layer_types import network_layer_types, type_key
+
+    types = network_layer_types([arch])
+    out = []
+    for a in arch.active_layers(widths):
+        t = types[type_key(a.layer)]
+        out.append((t.key, a.c_in, a.c_out if t.two_axes else 0))
+    return out
+
+
+async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
+                              info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False,
+                              batch_size: int = 32, cooldown_s: float = 0.0, report: Report = None) -> int:
+    """Times the single-layer model of every layer of the networks at its exact widths
+    (rendered exactly as the table builder renders cells), each cell once per pass, in
+    shuffled order; returns the passes stored now. `device` is started by the caller."""
+    from .generate import CellModels
+    from .layer_types import network_layer_types
+
+    _ensure_schema(store)
+    cells = sorted({c for n in networks for c in network_cells(arch, n.widths)})
+    keys = [json.dumps(c) for c in cells]
+    if remeasure:
+        with store.db.conn:
+            store.db.conn.executemany("delete from exact_cells where type_key = ? and c_in = ? and c_out = ? "
+                                      "and device = ?", [(*c, device.name) for c in cells])
+    done: dict[str, set[int]] = {}
+    for k, i, o, p in store.db.execute("select type_key, c_in, c_out, pass_index from exact_cells where device = ?",
+                                       [device.name]):
+        done.setdefault(json.dumps([k, i, o]), set()).add(p)
+    plan = plan_passes(keys, done, passes, seed)
+    if not plan:
+        return 0
+    renderer = CellModels(network_layer_types([arch]))
+    needed = sorted({k for _, ks in plan for k in ks})
+    if report:
+        report(f"rendering {len(needed)} single-layer models at the networks' exact widths")
+    models = {k: renderer.render(*json.loads(k)) for k in needed}
+    ids = {k: i for i, k in enumerate(needed)}
+    run_id = store.start_run(info)
+    stored = 0
+    status = "interrupted"
+    try:
+        for p, ks in plan:
+            by_id = {ids[k]: json.loads(k) for k in ks}
+
+            def commit(timings: list[Timing], p: int = p) -> None:
+                nonlocal stored
+                stored += _add_rows(store, "exact_cells", [{
+                    "type_key": by_id[t.cell_id][0], "c_in": by_id[t.cell_id][1], "c_out": by_id[t.cell_id][2],
+                    "device": device.name, "run_id": run_id, "pass_index": p, "seconds": t.seconds,
+                    "measured_at": t.measured_at} for t in timings])
+
+            if report:
+                report(f"exact single-layer models, pass {p + 1}/{passes}: {len(ks)} cells")
+            await _measure_batches(device, [ModelJob(ids[k], models[k]) for k in ks], batch_size, cooldown_s, commit)
+        status = "finished"
+    finally:
+        store.end_run(run_id, status)
+    return stored
+
+
+def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str) -> dict[str, float]:
+    """network key -> sum over the layers it runs (`folded_layers` left out) of the exact
+    cell's mean over passes (networks with every cell measured only)."""
+    _ensure_schema(store)
+    means = {(k, i, o): float(s) for k, i, o, s in store.db.execute(
+        "select type_key, c_in, c_out, avg(seconds) from exact_cells where device = ? group by type_key, c_in, c_out",
+        [device])}
+    out = {}
+    for n in networks:
+        folded = set(folded_layers(arch, n.widths))
+        cells = [c for a, c in zip(arch.active_layers(n.widths), network_cells(arch, n.widths))
+                 if a.layer.name not in folded]
+        if all(c in means for c in cells):
+            out[n.key] = sum(means[c] for c in cells)
+    return out
 
 
 # ======================================================================== invoke overhead
@@ -623,23 +742,43 @@ def model_op_counts(model: bytes) -> Counter:
     return Counter(name for name, _ in describe_model(model))
 
 
-def op_coverage(arch: Arch, widths: Mapping[str, int], model: bytes) -> dict:
-    """Ops of the whole network against the ops of the single-layer models the table sums
-    for it (rendered exactly as the table builder renders them). `extra_in_network` are ops
-    no table cell times; `extra_in_layers` ops the cells time that the network does not run."""
+def stored_ops(store: TableStore, arch: Arch, device: str) -> dict[str, Counter]:
+    """network key -> op counts of the model that was timed (stored with its passes)."""
+    _ensure_schema(store)
+    return {k: Counter(json.loads(o)) for k, o in store.db.execute(
+        "select widths, ops from whole_networks where arch = ? and device = ? and ops is not null",
+        [arch.name, device])}
+
+
+def type_op_counts(arch: Arch) -> dict[str, Counter]:
+    """Ops of the single-layer model of every layer type of `arch`, rendered as the table
+    builder renders cells (one converter call per type)."""
     from .generate import CellModels
-    from .layer_types import network_layer_types, type_key
+    from .layer_types import network_layer_types
 
     types = network_layer_types([arch])
     cells = CellModels(types)
-    layers: Counter = Counter()
+    # the largest cell: a one-channel squeeze-excite converts with an extra RESHAPE
+    return {k: model_op_counts(cells.render(k, t.in_hi, t.out_hi if t.two_axes else 0)) for k, t in types.items()}
+
+
+def op_check(arch: Arch, widths: Mapping[str, int], network_ops: Counter,
+             per_type: Mapping[str, Counter]) -> dict:
+    """The network's ops against those of the cells summed for it, with and without the
+    layers `folded_layers` says the converter removes: `extra_in_network` are ops no cell
+    times, `extra_in_layers` ops cells time that the network does not run."""
+    from .layer_types import type_key
+
+    folded = set(folded_layers(arch, widths))
+    every, kept = Counter(), Counter()
     for a in arch.active_layers(widths):
-        t = types[type_key(a.layer)]
-        c_out = a.c_out if t.two_axes else 0
-        layers.update(model_op_counts(cells.render(t.key, a.c_in, c_out)))
-    network = model_op_counts(model)
-    return {"network": dict(network), "layers": dict(layers),
-            "extra_in_network": dict(network - layers), "extra_in_layers": dict(layers - network)}
+        ops = per_type[type_key(a.layer)]
+        every.update(ops)
+        if a.layer.name not in folded:
+            kept.update(ops)
+    return {"network": dict(network_ops), "layers": dict(every), "folded": sorted(folded),
+            "extra_in_network": dict(network_ops - every), "extra_in_layers": dict(every - network_ops),
+            "matches_after_folding": kept == network_ops}
 
 
 # ============================================================================= comparison
@@ -655,6 +794,9 @@ class Comparison:
     measured: Measured
     params: int
     macs: int
+    exact_sum_s: float | None = None  # sum of the exact single-layer models it runs, when measured
+    folded: tuple[str, ...] = ()  # layers the converter removes (not in the adopted prediction)
+    unfolded_sum_s: float = 0.0  # sum of the cells of the layers the network runs
 
     @property
     def measured_s(self) -> float:
@@ -670,45 +812,83 @@ class Comparison:
 
 
 def compare(table, arch: Arch, networks: Sequence[Network], measured: Mapping[str, Measured],
-            overhead: OverheadEstimate | None, allow_missing: bool = False) -> list[Comparison]:
-    """Predictions of every network (from the per-layer breakdown, so the plain sum and the
-    corrected value come from the same cells) next to its stored measurement."""
+            overhead: OverheadEstimate | None, allow_missing: bool = False,
+            exact: Mapping[str, float] | None = None) -> list[Comparison]:
+    """Predictions of every network next to its stored measurement, all from the per-layer
+    breakdown: the plain sum of the cells (what the table predicts today), and the adopted
+    prediction: the layers the converter folds away left out, then the per-invoke overhead
+    counted once (`corrected_prediction`)."""
     out = []
     predictor = table.predictor(arch, allow_missing=allow_missing)
     for net in networks:
         if net.key not in measured:
             raise ValidationError(f"network {net.label} has no stored measurement")
-        layers = [l.seconds for l in predictor.breakdown(net.widths) if l.seconds is not None]
-        total = float(np.sum(layers))
-        predicted = corrected_prediction(layers, overhead.seconds) if overhead else total
-        out.append(Comparison(net, total, predicted, len(layers), measured[net.key],
-                              network_params(arch, net.widths), network_macs(arch, net.widths)))
+        folded = folded_layers(arch, net.widths)
+        cells = [l for l in predictor.breakdown(net.widths) if l.seconds is not None]
+        runs = [l.seconds for l in cells if l.layer not in folded]
+        total = float(np.sum([l.seconds for l in cells]))
+        predicted = corrected_prediction(runs, overhead.seconds) if overhead else float(np.sum(runs))
+        out.append(Comparison(net, total, predicted, len(runs), measured[net.key],
+                              network_params(arch, net.widths), network_macs(arch, net.widths),
+                              (exact or {}).get(net.key), folded, float(np.sum(runs))))
     return out
+
+
+#: passes of one network further apart than this (max - min, % of the mean) were disturbed
+SPREAD_LIMIT_PCT = 5.0
+
+
+def pass_spread_pct(seconds: Sequence[float]) -> float:
+    a = np.asarray(seconds, float)
+    return float(100 * (a.max() - a.min()) / a.mean())
 
 
 def comparison_metrics(rows: Sequence[Comparison]) -> dict:
     m = validation_metrics([r.predicted_s for r in rows], [r.measured_s for r in rows])
+    # another process on the device shows as passes of one network that disagree
+    m["disturbed"] = [r.network.label for r in rows if pass_spread_pct(r.measured.seconds) > SPREAD_LIMIT_PCT]
     m["uncorrected"] = validation_metrics([r.sum_of_layers_s for r in rows], [r.measured_s for r in rows])
+    m["folding_only"] = validation_metrics([r.unfolded_sum_s for r in rows], [r.measured_s for r in rows])
+    if rows and all(r.exact_sum_s is not None for r in rows):
+        m["exact_cells"] = validation_metrics([r.exact_sum_s for r in rows], [r.measured_s for r in rows])
     return m
 
 
 def bias_analysis(rows: Sequence[Comparison], overhead: OverheadEstimate | None) -> dict:
-    """What explains sum-of-layers minus measured: the residual regressed on the number of
-    layers (per-layer bias, compare with the measured overhead) and on the weight count
-    (cache pressure), with and without the overhead correction."""
+    """The numbers that say where sum-of-layers minus measured comes from (seconds, percent).
+
+    - per extra layer, (sum - measured) / (n - 1): a per-invoke overhead counted once per layer
+      shows up here as a constant, to compare with the measured overhead;
+    - with exact single-layer timings (no interpolation, no smoothing), the same for their
+      sum (the bias of summing alone) and the table's own error against them;
+    - the remaining relative error against the weight count (cache pressure grows with it).
+    """
     n = np.array([r.n_layers for r in rows], float)
-    resid_raw = np.array([r.sum_of_layers_s - r.measured_s for r in rows])
-    resid = np.array([r.predicted_s - r.measured_s for r in rows])
+    meas = np.array([r.measured_s for r in rows])
+    resid_raw = np.array([r.sum_of_layers_s for r in rows]) - meas
+    resid = np.array([r.predicted_s for r in rows]) - meas
     params = np.array([r.params for r in rows], float)
+    extra = np.maximum(n - 1, 1)
     out: dict = {"overhead_s": overhead.seconds if overhead else None,
                  "per_op_s": overhead.per_op_s if overhead else None,
                  "expected_overcount_s_mean": float(((n - 1) * overhead.seconds).mean()) if overhead else None,
-                 "residual_raw_s_mean": float(resid_raw.mean()), "residual_s_mean": float(resid.mean())}
-    if len(rows) >= 2:
-        # per-layer excess of the plain sum: (sum - measured) / (n - 1), one value per network
-        out["raw_excess_per_extra_layer_s_median"] = float(np.median(resid_raw / np.maximum(n - 1, 1)))
+                 "residual_raw_s_mean": float(resid_raw.mean()), "residual_s_mean": float(resid.mean()),
+                 "raw_excess_per_extra_layer_s_median": float(np.median(resid_raw / extra))}
+    if rows and all(r.exact_sum_s is not None for r in rows):
+        exact = np.array([r.exact_sum_s for r in rows])
+        per_layer = (exact - meas) / extra
+        out.update({
+            "exact_excess_per_extra_layer_s_median": float(np.median(per_layer)),
+            "exact_excess_per_extra_layer_s_mean": float(per_layer.mean()),
+            "exact_error_pct_mean": float((100 * (exact - meas) / meas).mean()),
+            "table_vs_exact_pct_mean": float((100 * (resid_raw + meas - exact) / exact).mean()),
+            "table_vs_exact_ape_mean": float(np.abs(100 * (resid_raw + meas - exact) / exact).mean()),
+        })
+        if overhead:
+            corrected = exact - (n - 1) * overhead.seconds
+            out["exact_corrected_error_pct_mean"] = float((100 * (corrected - meas) / meas).mean())
+            out["exact_corrected_ape_mean"] = float(np.abs(100 * (corrected - meas) / meas).mean())
     if len(rows) >= 3 and np.ptp(params) > 0:
-        rel = resid / np.array([r.measured_s for r in rows])
-        fit_rel = np.polyfit(params, rel, 1)
-        out["relative_residual_per_million_params"] = float(fit_rel[0] * 1e6)
+        fit_rel = np.polyfit(params, resid / meas, 1)
+        out["relative_residual_per_million_params"] = float(fit_rel[0] * 1e8)  # percent per 1e6 weights
     return out

@@ -42,3 +42,19 @@ def widths_from_thesis(arch: Arch, per_layer: Mapping[str, int]) -> dict[str, in
         widths[group] = channels
         origin.setdefault(group, name)
     return arch.validate(widths)
+
+
+def load_widths_any(arch: Arch, path) -> dict[str, int]:
+    """A width assignment file in our format, or per-layer thesis names (`Conv_0`, ...)."""
+    import json
+    from pathlib import Path
+
+    from .arch import load_widths
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return load_widths(arch, path)  # reports the error in the usual words
+    if isinstance(data, dict) and data and all(isinstance(k, str) and _NAME.fullmatch(k) for k in data):
+        return widths_from_thesis(arch, data)
+    return load_widths(arch, path)

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if table.coverage_note():
             log(f"note: {table.coverage_note()}")
         groups = tuple(args.groups) if args.groups else None
-        common = dict(save_at=args.save_at, resume=args.resume, log=log, table_name=str(args.table))
+        common = dict(save_at=args.save_at, resume=args.resume, log=log)
         if args.algorithm == "uniform":
             from .uniform import run_uniform
 

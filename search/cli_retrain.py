@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed of initialisation, batch order and augmentation (default {DEFAULTS['seed']})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA with mixed precision when available, else CPU (default auto)")
+    p.add_argument("--threads", type=int,
+                   help="PyTorch CPU threads (default: PyTorch's choice, one per core; fewer helps on a busy machine)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0,
                    help="also save a checkpoint inside an epoch this often (default 10)")
     p.add_argument("--progress-seconds", type=float, default=60.0,
@@ -57,6 +59,9 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                                            "device") if getattr(args, k) is not None}
     if args.resume:
         saved = config_from_state(read_state(args.out))
+        if "arch" in given and given["arch"] != saved.arch:  # before the widths are read against it
+            raise RetrainError(f"cannot resume {args.out} with different settings: arch: run has {saved.arch!r}, "
+                               f"now {given['arch']!r}")
         settings = saved.as_dict()
         settings.update(given)
         if args.widths is not None:
@@ -76,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint_minutes <= 0 or args.progress_seconds <= 0:
         parser.error("--checkpoint-minutes and --progress-seconds must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         cfg = build_config(args)
     except (RetrainError, WidthError, DatasetError, CheckpointError) as exc:

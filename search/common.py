@@ -84,6 +84,11 @@ def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def table_fingerprint(predictor: Predictor) -> str:
+    """Identifies the cost model (the table's values for this architecture), not its path."""
+    return hashlib.sha1(predictor.flat.tobytes()).hexdigest()
+
+
 def net_from_state(arch: Arch, widths: Mapping[str, int], state: Mapping[str, torch.Tensor]) -> ArchNet:
     net = build_torch(arch, widths)
     net.load_state_dict(state)

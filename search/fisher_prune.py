@@ -16,7 +16,7 @@ from latency.table import Predictor
 from models.torch_builder import ArchNet, carry_over
 from .channels import Removal, choose_removal, min_width
 from .common import SearchResult, check_reachable, check_target, fingerprint, net_from_state, record_saved_points, \
-    write_outputs
+    table_fingerprint, write_outputs
 from .data import SearchData, derive_seed
 from .finetune import FinetuneSettings, finetune, holdout_error
 from .fisher import FisherAccumulator
@@ -46,7 +46,7 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
                finetune_settings: FinetuneSettings = FinetuneSettings(), seed: int = 0,
                save_at: Sequence[float] = (), groups: Sequence[str] | None = None, eval_every: int = 0,
                resume: bool = False, callback: Callback | None = None, log: Log = stderr_log,
-               table_name: str = "", plot: bool = True) -> SearchResult:
+               plot: bool = True) -> SearchResult:
     """Removes one channel at a time until the predicted latency is at most `target` x the
     initial one and every `save_at` fraction has been passed. `callback("removal", info)`
     after each checkpoint. The held-out error is measured every `eval_every` removals (0:
@@ -64,7 +64,8 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
     config = {"algorithm": "fisher", "arch": arch.name, "target": target, "seed": seed, "save_at": points,
               "initial_widths": dict(net.widths), "base": fingerprint(net.state_dict()),
               "data": data_fingerprint(data), "finetune": finetune_settings.as_dict(),
-              "groups": list(groups) if groups is not None else None, "eval_every": eval_every, "table": table_name}
+              "groups": list(groups) if groups is not None else None, "eval_every": eval_every,
+              "table": table_fingerprint(predictor)}
     saved_state = run.start(config, resume)
     initial_widths = dict(net.widths)
     initial = predictor.predict(initial_widths)
@@ -128,7 +129,7 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
                           saved, run.path, net)
     run.checkpoint({"config": config, "iteration": iteration, "widths": dict(net.widths),
                     "state_dict": net.state_dict(), "history": history, "saved": saved, "finished": True})
-    write_outputs(run, result, table_name, finished=True, plot=plot)
+    write_outputs(run, result, str(predictor.table.path), finished=True, plot=plot)
     log(f"fisher: done after {iteration} removals: {latency * 1e3:.3f} ms = {latency / initial:.3f} of "
         f"{initial * 1e3:.3f} ms, held-out error {error:.2%}; results in {run.path}")
     return result

@@ -22,7 +22,7 @@ from models.torch_builder import ArchNet
 from .channels import Outcome, channels_to_keep, fewest_to_meet, l2_scores, largest_gain, min_width, pick_best, \
     removal_gains
 from .common import SearchResult, check_reachable, check_target, fingerprint, net_from_state, record_saved_points, \
-    write_outputs
+    table_fingerprint, write_outputs
 from .data import SearchData, derive_seed
 from .finetune import FinetuneSettings, holdout_error, probe_fisher
 from .parallel import CandidateTask, check_backend, run_candidates, worker_threads
@@ -105,7 +105,7 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
                  settings: NetAdaptSettings = NetAdaptSettings(), finetune: FinetuneSettings = FinetuneSettings(),
                  seed: int = 0, save_at: Sequence[float] = (), jobs: int = 1, backend: str = "loky",
                  threads: int | None = None, resume: bool = False, callback: Callback | None = None,
-                 log: Log = stderr_log, table_name: str = "", plot: bool = True) -> SearchResult:
+                 log: Log = stderr_log, plot: bool = True) -> SearchResult:
     """Prunes `net` until its predicted latency is at most `target` x the initial one.
 
     `callback(event, info)` is called with "candidate" after each candidate's result and
@@ -127,7 +127,7 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
     config = {"algorithm": "netadapt", "arch": arch.name, "target": target, "seed": seed, "save_at": points,
               "initial_widths": dict(net.widths), "base": fingerprint(net.state_dict()),
               "data": data_fingerprint(data), "settings": settings.as_dict(), "finetune": finetune.as_dict(),
-              "table": table_name}
+              "table": table_fingerprint(predictor)}
     saved_state = run.start(config, resume)
 
     initial_widths = dict(net.widths)
@@ -222,7 +222,7 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
                             "base_error": base_error, "initial_latency": initial})
             result = SearchResult("netadapt", arch, widths, initial_widths, initial, latency, target, history,
                                   saved, run.path, net)
-            write_outputs(run, result, table_name, finished=False, plot=False)
+            write_outputs(run, result, str(predictor.table.path), finished=False, plot=False)
             log(f"iteration {iteration - 1}: pruned {p.group} by {p.removed} channel{'s' if p.removed > 1 else ''}"
                 f"{' (block removed)' if entry['block_removed'] else ''} -> {_ms(latency)} "
                 f"({latency / initial:.3f} of initial, target {target:.2f}), held-out error {base_error:.2%}, "
@@ -238,7 +238,7 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
     run.checkpoint({"config": config, "iteration": iteration, "widths": widths, "state_dict": net.state_dict(),
                     "history": history, "saved": saved, "step": step, "base_error": base_error,
                     "initial_latency": initial, "finished": True})
-    write_outputs(run, result, table_name, finished=True, plot=plot)
+    write_outputs(run, result, str(predictor.table.path), finished=True, plot=plot)
     log(f"netadapt: done after {iteration} iterations: {_ms(latency)} = {latency / initial:.3f} of "
         f"{_ms(initial)} (target {target:.2f}), held-out error {base_error:.2%}; results in {run.path}")
     return result

@@ -408,8 +408,7 @@ def train(cfg: RetrainConfig, out: str | Path, resume: bool = False, should_stop
             "log": history,
         }, out / CHECKPOINT)
 
-    log(f"retrain {cfg.arch} ({n_params:,} parameters) on {cfg.data}"
-        f"{' (synthetic)' if data.synthetic else ''}: {data.train_images.shape[0]} training / "
+    log(f"retrain {cfg.arch} ({n_params:,} parameters) on {cfg.data}: {data.train_images.shape[0]} training / "
         f"{data.test_images.shape[0]} test images; {cfg.epochs} epochs of {steps} batches of {cfg.batch_size}; "
         f"{dev_name}, {'float16 autocast' if s.amp else 'float32'}; run directory {out}")
     if state is not None:

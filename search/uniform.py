@@ -11,7 +11,7 @@ from typing import Sequence
 from latency.table import Predictor
 from models.torch_builder import ArchNet, carry_over
 from .channels import channels_to_keep, l2_scores, uniform_factor
-from .common import SearchResult, TargetUnreachable, check_target, write_outputs
+from .common import SearchResult, TargetUnreachable, check_target, table_fingerprint, write_outputs
 from .runs import Log, RunDir, stderr_log
 
 
@@ -23,14 +23,14 @@ def scale_network(net: ArchNet, widths: dict[str, int]) -> ArchNet:
 
 def run_uniform(net: ArchNet, predictor: Predictor, run_dir: str | Path, target: float, *,
                 save_at: Sequence[float] = (), resume: bool = False, log: Log = stderr_log,
-                table_name: str = "", plot: bool = True) -> SearchResult:
+                plot: bool = True) -> SearchResult:
     """Scales to `target` and to every `save_at` fraction; instant, so `resume` only lets a
     finished run's directory be reused with the same settings."""
     arch = net.arch
     target, points, stop = check_target(target, save_at)
     run = RunDir(run_dir)
     config = {"algorithm": "uniform", "arch": arch.name, "target": target, "save_at": points,
-              "initial_widths": dict(net.widths), "table": table_name}
+              "initial_widths": dict(net.widths), "table": table_fingerprint(predictor)}
     run.start(config, resume)
     initial_widths = dict(net.widths)
     initial = predictor.predict(initial_widths)
@@ -53,5 +53,5 @@ def run_uniform(net: ArchNet, predictor: Predictor, run_dir: str | Path, target:
                           target, history, saved, run.path, pruned)
     run.checkpoint({"config": config, "iteration": len(history), "widths": final["widths"],
                     "state_dict": pruned.state_dict(), "history": history, "saved": saved, "finished": True})
-    write_outputs(run, result, table_name, finished=True, plot=plot)
+    write_outputs(run, result, str(predictor.table.path), finished=True, plot=plot)
     return result

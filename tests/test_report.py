@@ -14,6 +14,11 @@ from latency import cli_report
 from latency.table import LatencyTable
 from latency.validate import (
     corrected_prediction,
+    folded_layers,
+    model_op_counts,
+    network_model,
+    op_check,
+    type_op_counts,
     network_macs,
     overhead_corrected,
     sample_networks,
@@ -58,7 +63,7 @@ def reported(small_table, tmp_path_factory, widths_dir):
     table = _copy_table(small_table(ARCH), tmp / "table.sqlite")
     out = tmp / "rep"
     rc = cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                          "--out", str(out), *FAST])
+                          "--exact-layers", "--out", str(out), *FAST])
     assert rc == 0
     return table, out
 
@@ -97,13 +102,15 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert stored["device"] == "local" and stored["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
     assert 0 <= overhead < 50e-6 and metrics["correction"]["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
 
-    # predicted: the table's cells of the active layers, minus (n - 1) overheads
+    # predicted: the table's cells of the layers the network runs, minus (n - 1) overheads
     lut = LatencyTable.open(table)
     pred, meas = [], []
     for n in nets:
-        cells = [l.seconds for l in lut.breakdown(arch, n["widths"])]
-        assert n["sum_of_layers_s"] == pytest.approx(sum(cells), rel=1e-9)
+        every = lut.breakdown(arch, n["widths"])
+        assert n["sum_of_layers_s"] == pytest.approx(sum(l.seconds for l in every), rel=1e-9)
         assert n["sum_of_layers_s"] == pytest.approx(lut.predict(arch, n["widths"]), rel=1e-9)
+        assert n["folded_layers"] == list(folded_layers(arch, n["widths"]))
+        cells = [l.seconds for l in every if l.layer not in n["folded_layers"]]
         assert n["predicted_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * overhead, rel=1e-9)
         pred.append(n["predicted_s"])
         meas.append(n["measured_s"])
@@ -119,6 +126,18 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert metrics["slope"] == pytest.approx(np.polyfit(pred, meas, 1)[0])
     for error, n in zip(100 * (pred - meas) / meas, nets):
         assert n["error_pct"] == pytest.approx(error)
+
+    # exact single-layer models: one row per (cell, pass); the network's sum of cell means
+    exact: dict[tuple, list[float]] = {}
+    for k, i, o, sec in _rows(table, "select type_key, c_in, c_out, seconds from exact_cells where device = 'local'"):
+        exact.setdefault((k, i, o), []).append(sec)
+    assert exact and all(len(v) == 2 for v in exact.values())
+    for n in nets:
+        cells = [(l.type_key, l.c_in, l.c_out if lut.types[l.type_key].two_axes else 0)
+                 for l in lut.breakdown(arch, n["widths"]) if l.layer not in n["folded_layers"]]
+        assert n["exact_sum_s"] == pytest.approx(sum(np.mean(exact[c]) for c in cells), rel=1e-9)
+    assert metrics["exact_cells"]["mape"] == pytest.approx(
+        np.mean([abs(n["exact_sum_s"] - n["measured_s"]) / n["measured_s"] * 100 for n in nets]))
 
     # scatter.png is a real PNG of the figure
     png = (out / "scatter.png").read_bytes()
@@ -144,19 +163,20 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     breakdown = md.split("## Worst network")[1]
     layer_rows = [l for l in breakdown.splitlines() if l.startswith("| ") and not l.startswith("| layer")]
     assert len(layer_rows) == len(arch.active_layers(worst["widths"]))
-    assert "in the network but in no cell" in md
+    # every timed model's ops are those of the cells summed for it (folded batch-norms aside)
+    assert metrics["op_check"]["checked"] == 4 and metrics["op_check"]["match_after_folding"] == 4
     assert "table.sqlite" in md and str(table.parent) not in md  # no machine paths
 
 
 def test_rerun_does_not_measure_again(reported, widths_dir, tmp_path) -> None:
     table, _ = reported
     counts = lambda: [_rows(table, f"select count(*) from {t}")[0][0]  # noqa: E731
-                      for t in ("whole_networks", "invoke_probes", "runs")]
+                      for t in ("whole_networks", "invoke_probes", "exact_cells", "runs")]
     before = counts()
     assert before[0] == 4 * 2  # 4 networks x 2 passes
     out = tmp_path / "again"
     assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--out", str(out), "--no-op-check", *FAST]) == 0
+                            "--exact-layers", "--out", str(out), "--no-op-check", *FAST]) == 0
     assert counts() == before
     again = json.loads((out / "metrics.json").read_text())
     assert again["measurement"]["measured_now"] == 0 and again["measurement"]["already_stored"] == 8
@@ -253,3 +273,19 @@ def test_sampling_is_seeded_and_spans_the_range(name) -> None:
     assert any(v == 0 for n in a if n.source == "random" for v in n.widths.values())  # blocks removed
     macs = [network_macs(arch, n.widths) for n in a]
     assert max(macs) / min(macs) > 20
+
+
+def test_converter_folds_a_batch_norm_after_a_lone_conv() -> None:
+    arch = get_arch(ARCH)
+    assert folded_layers(arch, arch.full_widths()) == ()  # every conv output also feeds an addition
+    # stage 2's only block removed: its shortcut conv alone feeds stage 3's batch-norm
+    widths = arch.validate({"s2b0": 0})
+    assert folded_layers(arch, widths) == ("s3b0.bn",)
+    per_type = type_op_counts(arch)
+    check = op_check(arch, widths, model_op_counts(network_model(arch, widths)), per_type)
+    assert check["extra_in_layers"] == {"MUL": 1, "ADD": 1} and check["extra_in_network"] == {}
+    assert check["matches_after_folding"]
+    mb = get_arch("mbv2-tiny")
+    half = {g.name: max(1, g.full // 2) for g in mb.prunable_groups} | {"s2b1": 0}
+    mb_check = op_check(mb, mb.validate(half), model_op_counts(network_model(mb, half)), type_op_counts(mb))
+    assert mb_check["folded"] == [] and mb_check["matches_after_folding"]

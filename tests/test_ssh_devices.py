@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tools" / "tflite_runner.py"
 
 # Two layer types (a 3x3 conv whose two layers share one type, and the head), grid step 4:
-# 30 cells, templates convert in a few seconds.
+# 12 cells, templates convert in a few seconds.
 TINY = Arch(
     name="ssh-test-net",
     groups=(WidthGroup("image", 3, prunable=False), WidthGroup("classes", 10, prunable=False),
@@ -52,13 +52,13 @@ TINY = Arch(
         Layer("head", "head", ("conv",), "b", "classes", 16),
     ),
 )
-GRID_STEP = 4
+GRID_STEP = 8
 PASSES = 2
 RUNS = 3
 
 
 def settings(**overrides: object) -> BuildSettings:
-    values: dict = dict(passes=PASSES, grid_step=GRID_STEP, sigma=1.0, batch_size=6, max_failures=3)
+    values: dict = dict(passes=PASSES, grid_step=GRID_STEP, sigma=1.0, batch_size=4, max_failures=3)
     values.update(overrides)
     return BuildSettings(**values)
 
@@ -70,8 +70,11 @@ def ssh_devices(tmp_path: Path, profiles: dict[str, dict], names: list[str],
 
 
 def rows(table: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(table) as db:
+    db = sqlite3.connect(f"file:{table}?mode=ro", uri=True)  # read-only: never creates the file
+    try:
         return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def coverage(table: Path) -> list[tuple]:
@@ -206,7 +209,7 @@ def test_build_over_ssh_covers_the_same_cells_as_a_local_build(
 def _count(table: Path) -> int:
     try:
         return rows(table, "select count(*) from measurements")[0][0]
-    except sqlite3.OperationalError:  # not created yet
+    except sqlite3.OperationalError:  # not created yet (or no table yet)
         return 0
 
 
@@ -275,37 +278,18 @@ def test_hanging_timer_is_killed_retried_and_the_device_retired(running_sshd: Ss
         f"exec sleep {marker}\n"
     )
     hang.chmod(hang.stat().st_mode | stat.S_IXUSR)
-    profile = running_sshd.profile(tmp_path / "work", python=str(hang), call_timeout_s=2.0, retries=1)
+    profile = running_sshd.profile(tmp_path / "work", python=str(hang), call_timeout_s=1.5, retries=1)
     devices = ssh_devices(tmp_path, {"hang-pi": profile}, ["hang-pi"])
 
+    # the device tries twice (retries=1), then its DeviceError retires it (max_failures=1)
     with pytest.raises(BuildError) as raised:
-        build(tmp_path / "t.sqlite", devices, settings(max_failures=2))
+        build(tmp_path / "t.sqlite", devices, settings(max_failures=1))
     message = str(raised.value)
-    assert "every device failed" in message and "hang-pi:" in message
-    assert "failed 2 time(s)" in message and "call_timeout_s=2" in message and "killed" in message
+    assert "every device failed" in message and "hang-pi: timing cells [" in message
+    assert "failed 2 time(s)" in message and "call_timeout_s=1.5" in message and "killed" in message
     assert rows(tmp_path / "t.sqlite", "select count(*) from measurements") == [(0,)]
     # the overrunning remote calls were killed, not left sleeping on the device
     asyncio.run(_wait_for(lambda: not processes_with(f"sleep {marker}"), "the killed calls to exit", 10))
-
-
-def test_device_error_on_hang_is_a_device_error(running_sshd: SshServer, tmp_path: Path) -> None:
-    hang = tmp_path / "hanging-python"
-    hang.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "--info" ] && exec {sys.executable} "$@"; done\n'
-                    "exec sleep 1000439\n")
-    hang.chmod(0o755)
-    (device,) = ssh_devices(tmp_path, {"hang-pi": running_sshd.profile(
-        tmp_path / "work", python=str(hang), call_timeout_s=1.0, retries=0)}, ["hang-pi"])
-    from tests.test_tflite_runner import build_models
-
-    async def scenario() -> None:
-        await device.start()
-        try:
-            await device.measure([ModelJob(1, build_models()["dense"])])
-        finally:
-            await device.close()
-
-    with pytest.raises(DeviceError, match=r"hang-pi: timing cells \[1\] failed 1 time"):
-        asyncio.run(scenario())
 
 
 def test_unknown_or_changed_host_key_is_refused_with_how_to_trust(running_sshd: SshServer, tmp_path: Path) -> None:
@@ -382,6 +366,6 @@ def test_benchmark_model_timer(running_sshd: SshServer, tmp_path: Path) -> None:
     assert 0 < timings[0].seconds < timings[1].seconds  # 1-channel vs 128-channel conv
     assert not list((tmp_path / "work").glob("batch-*"))  # unpacked models cleaned up
 
-    with pytest.raises(DeviceError, match=r"bm-broken: cell 5: no inference timing found; raw benchmark output:\n"
+    with pytest.raises(DeviceError, match=r"(?s)bm-broken: cell 5: no inference timing found; raw benchmark output:\n"
                                           r".*no timings here"):
         asyncio.run(measure("bm-broken"))

@@ -66,22 +66,29 @@ def test_small_table_content(small_table, arch_name):
 
 
 def test_prediction_matches_cells(small_table):
-    """The predicted latency is exactly the smoothed cells of the active layers."""
+    """The predicted latency is exactly the smoothed cells of what the device runs: the active
+    layers, with a batch-norm folded into a conv that became its only input."""
+    from latency.fusion import fused_layer, runtime_plan
+    from latency.layer_types import type_key
+
     arch = get_arch("wrn-10-1")
     table = LatencyTable.open(small_table("wrn-10-1"))
     widths = dict(arch.full_widths(), s2=17, s1b0=0, s3b0=5)
+    ch = arch.channels(widths)
     db = sqlite3.connect(table.path)
     total = 0.0
-    from latency.layer_types import type_key
-
-    for a in arch.active_layers(widths):
-        key = type_key(a.layer)
+    steps = runtime_plan(arch, frozenset(g for g, c in ch.items() if c == 0))
+    assert any(folded is not None for _, folded in steps)  # the stem now feeds s2b0.bn alone
+    for i, folded in steps:
+        layer = arch.layers[i] if folded is None else fused_layer(arch.layers[i], arch.layers[folded])
+        key = type_key(layer)
         t = table.types[key]
-        c_out = a.c_out if t.two_axes else 0
+        c_out = ch[layer.c_out] if t.two_axes else 0
         total += db.execute("select smoothed from aggregates where type_key=? and c_in=? and c_out=?",
-                            (key, a.c_in, c_out)).fetchone()[0]
+                            (key, ch[layer.c_in], c_out)).fetchone()[0]
     assert table.predict(arch, widths) == pytest.approx(total, rel=1e-12)
-    assert "s1b0.conv1" not in {p.layer for p in table.breakdown(arch, widths)}
+    names = {p.layer for p in table.breakdown(arch, widths)}
+    assert "s1b0.conv1" not in names and "stem+s2b0.bn" in names and "s2b0.bn" not in names
 
 
 def test_smoothed_values_are_gaussian_of_filled_means(small_table):

@@ -108,11 +108,19 @@ class _PoolIndex:
             words = np.frombuffer(model, dtype="<u4", count=n, offset=residue)
             probes = np.arange(0, n - 1, _PROBE_STRIDE)
             keys = self._pairs(words, probes)
-            idx = np.minimum(np.searchsorted(self.sorted_keys, keys), len(self.sorted_keys) - 1)
+            by_key = np.argsort(keys)  # sorted needles make the search cache-friendly
+            idx = np.empty_like(by_key)
+            idx[by_key] = np.searchsorted(self.sorted_keys, keys[by_key])
+            idx = np.minimum(idx, len(self.sorted_keys) - 1)
             hits = np.nonzero(self.sorted_keys[idx] == keys)[0]
+            if not len(hits):
+                continue
+            at, pool_at = probes[hits], self.order[idx[hits]].astype(np.int64)
+            # one run per slice: a hit continuing the previous one (same offset) adds nothing
+            fresh = np.ones(len(hits), dtype=bool)
+            fresh[1:] = (np.diff(hits) != 1) | (np.diff(pool_at - at) != 0)
             covered_to = -1
-            for h in hits:
-                j, p = int(probes[h]), int(self.order[idx[h]])
+            for j, p in zip(at[fresh].tolist(), pool_at[fresh].tolist()):
                 if j < covered_to:
                     continue  # inside the run found from an earlier probe
                 # extend the match backwards and forwards word by word (vectorised)
@@ -260,16 +268,16 @@ if __name__ == "__main__":
 
 
 def decode_batch(data: bytes, pool: bytes | None = None) -> list[tuple[int, bytes]]:
-    """This side's decoder (tests, tools): (cell_id, model) pairs of an `encode_batch` blob."""
+    """This side's run of the device's decoder (tests, tools): (cell_id, model) pairs of an
+    `encode_batch` blob, with `pool` standing in for the pool file the batch names."""
     namespace: dict[str, Any] = {"__name__": "netadapt_feed", "__file__": FEEDER_NAME}
     exec(compile(FEEDER_SOURCE, FEEDER_NAME, "exec"), namespace)
-    if pool is None:
-        return namespace["decode_batch"](data, pool_dir="/nonexistent")
     import tempfile
 
-    sha = hashlib.sha256(pool).hexdigest()
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, f"pool-{sha[:16]}.bin").write_bytes(pool)
+        head = json.loads(zlib.decompressobj().decompress(data, 4096).split(b"\n", 1)[0])
+        if pool is not None and head.get("pool"):
+            Path(tmp, f"pool-{head['pool'][:16]}.bin").write_bytes(pool)
         return namespace["decode_batch"](data, pool_dir=tmp)
 
 

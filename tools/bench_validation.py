@@ -1,0 +1,107 @@
+"""Full-size validation on the local CPU: build a table per architecture, then a latency report
+of sampled whole networks against it, and a summary of the figures.
+
+    python -m tools.bench_validation --arch wrn-16-2 --arch mbv2-cifar --grid step:4 --passes 1 \
+        --runs 20 --sample 24 --reports-dir reports/bench
+
+Both steps are the product's CLIs (`build-tables`, `latency-report`) called in-process, so
+both resume: a finished table is not measured again, stored networks are not re-timed. The
+summary (`summary.md`, `summary.json` in the reports directory) holds the exact commands.
+
+On a shared machine other processes disturb the timings; `--max-load L` waits (up to
+`--max-wait` s) before each step until the 1-minute load average is below L, and the load
+seen at each step's start is recorded in the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _wait_quiet(max_load: float | None, max_wait: float) -> float:
+    """Waits until the 1-minute load average is below `max_load`; returns the load then."""
+    start = time.time()
+    load = os.getloadavg()[0]
+    while max_load is not None and load >= max_load and time.time() - start < max_wait:
+        time.sleep(10)
+        load = os.getloadavg()[0]
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", action="append", default=[], help="architecture(s) (default wrn-16-2, mbv2-cifar)")
+    p.add_argument("--grid", default="step:4")
+    p.add_argument("--passes", type=int, default=1, help="table passes (1)")
+    p.add_argument("--runs", type=int, default=20, help="runs per table cell (20)")
+    p.add_argument("--sample", type=int, default=24, help="sampled networks per architecture (24)")
+    p.add_argument("--report-passes", type=int, default=3)
+    p.add_argument("--report-runs", type=int, default=50)
+    p.add_argument("--cooldown", type=float, default=0.0, help="seconds between models in the report (0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tables-dir", default="reports/bench/tables", help="(under reports/: git ignores it)")
+    p.add_argument("--reports-dir", default="reports/bench")
+    p.add_argument("--max-load", type=float, help="wait before each step until the 1-min load average is below this")
+    p.add_argument("--max-wait", type=float, default=600.0)
+    args = p.parse_args(argv)
+
+    from latency import cli_build, cli_report
+
+    arches = args.arch or ["wrn-16-2", "mbv2-cifar"]
+    tables, reports = Path(args.tables_dir), Path(args.reports_dir)
+    tables.mkdir(parents=True, exist_ok=True)
+    reports.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for arch in arches:
+        table = tables / f"local-{arch}.sqlite"
+        out = reports / f"local-{arch}"
+        build = ["--device", "local", "--arch", arch, "--grid", args.grid, "--passes", str(args.passes),
+                 "--runs", str(args.runs), "--out", str(table), "--quiet"]
+        report = ["--table", str(table), "--device", "local", "--arch", arch, "--sample", str(args.sample),
+                  "--seed", str(args.seed), "--passes", str(args.report_passes), "--runs", str(args.report_runs),
+                  "--cooldown", str(args.cooldown),
+                  "--exact-layers", "--out", str(out)]
+        load_build = _wait_quiet(args.max_load, args.max_wait)
+        t0 = time.time()
+        rc = cli_build.main(build)
+        build_s = time.time() - t0
+        if rc:
+            print(f"build-tables failed for {arch} (exit {rc})", file=sys.stderr)
+            return rc
+        load_report = _wait_quiet(args.max_load, args.max_wait)
+        t0 = time.time()
+        rc = cli_report.main(report)
+        report_s = time.time() - t0
+        if rc:
+            print(f"latency-report failed for {arch} (exit {rc})", file=sys.stderr)
+            return rc
+        m = json.loads((out / "metrics.json").read_text())
+        summary.append({
+            "arch": arch, "build_command": "build-tables " + " ".join(build),
+            "report_command": "latency-report " + " ".join(report), "build_wall_s": build_s,
+            "report_wall_s": report_s, "load_at_build": load_build, "load_at_report": load_report,
+            **{k: m[k] for k in ("n", "mape", "max_ape", "pearson", "spearman", "slope", "within_5", "within_10",
+                                 "mean_error")},
+            "uncorrected": {k: m["uncorrected"][k] for k in ("mape", "max_ape", "pearson", "mean_error")},
+            "overhead_us": (m["correction"] or {}).get("seconds", 0.0) * 1e6,
+        })
+    (reports / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = ["| arch | n | MAPE % | worst % | Pearson | slope | mean err % | plain-sum MAPE % | overhead µs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['arch']} | {s['n']} | {s['mape']:.2f} | {s['max_ape']:.2f} | {s['pearson']:.5f} | "
+                     f"{s['slope']:.4f} | {s['mean_error']:+.2f} | {s['uncorrected']['mape']:.2f} | "
+                     f"{s['overhead_us']:.2f} |")
+    lines += [""] + [f"- `{s['build_command']}` ({s['build_wall_s']:.0f} s)\n- `{s['report_command']}` "
+                     f"({s['report_wall_s']:.0f} s)" for s in summary]
+    (reports / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
