@@ -161,8 +161,8 @@ def uniform_factor(arch: Arch, start: Mapping[str, int], predict: Predict, targe
     """The factor whose uniformly scaled network is predicted at or under `target` seconds:
     a bisection over the distinct factors, then checked.
 
-    The table is not monotone, so the bisection can stop just above a bump whose network
-    misses the target: then the next smaller factors are tried in order."""
+    The table is not monotone, so the bisection can end on a network that misses the target
+    (a bump, or an outlier at the smallest widths): then every factor is tried, largest first."""
     factors = distinct_factors(arch, start)
     meets: dict[int, bool] = {}
 
@@ -174,15 +174,16 @@ def uniform_factor(arch: Arch, start: Mapping[str, int], predict: Predict, targe
     top = len(factors) - 1
     if ok(top):
         return factors[top], scaled_widths(arch, start, factors[top])
-    lo, hi = 0, top  # bisection invariant (for a monotone table): ok(lo), not ok(hi)
-    if ok(lo):
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                lo = mid
-            else:
-                hi = mid
-    for i in range(lo, -1, -1):  # the check
+    lo, hi = 0, top  # bisection invariant for a monotone table: ok(lo), not ok(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    if ok(lo):  # the check
+        return factors[lo], scaled_widths(arch, start, factors[lo])
+    for i in range(top - 1, -1, -1):  # a bump defeated the bisection: every factor, largest first
         if ok(i):
             return factors[i], scaled_widths(arch, start, factors[i])
     raise ValueError("no uniform scaling of the network is predicted at or under the target")

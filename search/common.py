@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from models.arch import Arch
@@ -51,27 +53,61 @@ def check_target(target: float, save_at: Sequence[float]) -> tuple[float, list[f
     return float(target), points, points[-1]
 
 
-def smallest_widths(arch: Arch, groups: Sequence[str] | None = None, start: Mapping[str, int] | None = None
-                    ) -> dict[str, int]:
-    """Every group the search may prune at its minimum (blocks removed)."""
-    out = dict(start or arch.full_widths())
-    for g in arch.prunable_groups:
-        if groups is None or g.name in groups:
-            out[g.name] = min(out[g.name], min_width(g))
-    return out
+def latency_lower_bound(arch: Arch, predictor: Predictor, start: Mapping[str, int],
+                        groups: Sequence[str] | None = None) -> float:
+    """No network the search can reach from `start` is predicted faster than this (a bound,
+    not a prediction: tables are not monotone). Every layer that survives even with all
+    removable blocks gone counts at its fastest cell within the widths the search may give
+    it; a conv that may absorb the batch-norm after it counts at its fastest form, and a
+    batch-norm that may be absorbed counts 0."""
+    lows = np.zeros(len(predictor.group_names), np.int64)
+    highs = np.zeros(len(predictor.group_names), np.int64)
+    for k, name in enumerate(predictor.group_names):
+        g = arch.group_by_name[name]
+        w = int(start.get(name, g.full)) if g.prunable else g.full
+        may_prune = g.prunable and (groups is None or name in groups)
+        lows[k], highs[k] = (min(w, min_width(g)) if may_prune else w), w
+    zero = frozenset(n for n, lo in zip(predictor.group_names, lows) if lo == 0)
+    forms: dict[int, list[int]] = {}  # layer index -> rows that can run it
+    absorbable: set[int] = set()
+    for (i, j), row in predictor.row_of.items():
+        forms.setdefault(i, []).append(row)
+        if j is not None:
+            absorbable.add(j)
+
+    def fastest(r: int) -> float:
+        if predictor.skipped[r]:
+            return 0.0  # an op the table declares it does not time
+        if not predictor.covered[r]:
+            return math.inf  # predictions through this row fail anyway
+        ci = np.arange(max(lows[predictor.cin_g[r]], 1, predictor.in_lo[r]),
+                       min(highs[predictor.cin_g[r]], predictor.in_hi[r]) + 1)
+        co = np.arange(max(lows[predictor.cout_g[r]], 1, predictor.out_lo[r]),
+                       min(highs[predictor.cout_g[r]], predictor.out_hi[r]) + 1) if predictor.two[r] else np.zeros(1, np.int64)
+        if ci.size == 0 or co.size == 0:
+            return math.inf
+        idx = predictor.base[r] + (ci[:, None] - predictor.in_lo[r]) * predictor.ncols[r] \
+            + (co[None, :] - predictor.out_lo[r]) * predictor.two[r]
+        return float(predictor.flat[idx].min())
+
+    total = 0.0
+    for i, _ in arch.plan(zero):
+        if i in absorbable:
+            continue
+        best = min(fastest(r) for r in forms[i])
+        total += best if math.isfinite(best) else 0.0
+    return total
 
 
 def check_reachable(arch: Arch, predictor: Predictor, widths: Mapping[str, int], target_latency: float,
                     groups: Sequence[str] | None = None) -> None:
-    """Fails early when even the smallest network the search could reach is predicted above
-    the target (the table is not monotone, so this is a guide, not a proof)."""
-    smallest = smallest_widths(arch, groups, widths)
-    low = predictor.predict(smallest)
+    """Fails early when no network the search could reach can meet the target."""
+    low = latency_lower_bound(arch, predictor, widths, groups)
     if low > target_latency:
         raise TargetUnreachable(
-            f"target not reachable: {target_latency * 1e3:.3f} ms requested, but even the smallest network "
-            f"(every prunable group at its minimum{', blocks removed' if any(g.may_be_zero for g in arch.prunable_groups) else ''}) "
-            f"is predicted at {low * 1e3:.3f} ms ({low / predictor.predict(widths):.3f} of the initial latency)"
+            f"target not reachable: {target_latency * 1e3:.4f} ms requested, but no network this search can reach "
+            f"is predicted under {low * 1e3:.4f} ms ({low / predictor.predict(widths):.3f} of the initial latency: "
+            "every layer that remains at its fastest cell)"
         )
 
 

@@ -58,6 +58,10 @@ LR_SCHEDULE = "cosine decay to 0, updated every iteration"
 AUGMENTATION = "reflect-pad 4, random 32x32 crop, horizontal flip p=0.5"
 EVAL_BATCH = 500
 
+# scaler.step skips the optimiser step when float16 gradients overflow (the first steps of a
+# run, while the loss scale settles); the scheduler's "step order" warning that follows is expected
+warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+
 Log = Callable[[str], None]
 StopCheck = Callable[[int, int], bool]  # (epoch index, batches done in it) -> stop now?
 
@@ -153,7 +157,8 @@ def resolve_device(name: str) -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'' if n == 1 else 's'})"
 
 
 def data_fingerprint(data: CifarData) -> str:
@@ -419,9 +424,6 @@ def train(cfg: RetrainConfig, out: str | Path, resume: bool = False, should_stop
 
     net.train()
     last_save = last_progress = time.perf_counter()
-    # scaler.step skips the optimiser step when float16 gradients overflow; the scheduler's
-    # "step order" warning that follows is expected
-    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
     while epoch < cfg.epochs:
         loader.epoch = epoch  # the batch order and augmentation of this epoch, whatever came before
         dev_loss = torch.tensor(partial["loss_sum"], dtype=torch.float64, device=device)

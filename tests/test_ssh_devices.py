@@ -301,9 +301,21 @@ def test_unknown_or_changed_host_key_is_refused_with_how_to_trust(running_sshd: 
         asyncio.run(device.start())
     message = str(raised.value)
     assert "not a trusted host" in message
-    assert f"ssh-keyscan -p {running_sshd.port} -t ssh-ed25519 127.0.0.1 >> {empty}" in message
+    keyscan = f"ssh-keyscan -p {running_sshd.port} -t ed25519 127.0.0.1 >> {empty}"
+    assert keyscan in message
     assert running_sshd.fingerprint() in message
     assert not work.exists()  # nothing was uploaded to an untrusted host
+    # following the advice makes the device trusted
+    subprocess.run(keyscan, shell=True, check=True, capture_output=True)
+    (device,) = ssh_devices(tmp_path, {"pi": running_sshd.profile(work, known_hosts=str(empty))}, ["pi"])
+
+    async def start_and_close() -> str:
+        try:
+            return (await device.start()).kind
+        finally:
+            await device.close()
+
+    assert asyncio.run(start_and_close()) == "ssh"
 
     other = tmp_path / "other"
     subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)

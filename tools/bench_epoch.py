@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     argv_shown = sys.argv[1:] if argv is None else argv
-    print("command: python -m tools.bench_epoch " + " ".join(shlex.quote(a) for a in argv_shown), flush=True)
+    print(" ".join(["command: python -m tools.bench_epoch", *map(shlex.quote, argv_shown)]), flush=True)
 
     device = resolve_device(args.device)
     # content does not change the cost of a dense float network: random pixels will do

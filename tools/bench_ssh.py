@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -37,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _drain(devices: list, batches: list) -> tuple[float, dict[str, int]]:
-    """Wall seconds for the devices to time every batch from one shared queue (like the builder)."""
+async def _drain(devices: list, batches: list, seconds: dict[int, float]) -> tuple[float, dict[str, int]]:
+    """Wall seconds for the devices to time every batch from one shared queue (like the builder);
+    fills `seconds` with each cell's timing."""
     queue: asyncio.Queue = asyncio.Queue()
     for b in batches:
         queue.put_nowait(b)
@@ -49,6 +51,7 @@ async def _drain(devices: list, batches: list) -> tuple[float, dict[str, int]]:
             batch = queue.get_nowait()
             timings = await device.measure(batch)
             assert [t.cell_id for t in timings] == [j.cell_id for j in batch]
+            seconds.update((t.cell_id, t.seconds) for t in timings)
             done[device.name] += len(batch)
 
     started = time.perf_counter()
@@ -107,7 +110,8 @@ async def _bench(args: argparse.Namespace) -> None:
     local = LocalDevice(settings=timing)
     await local.start()
     await local.measure(batches[0][:1])  # warm the worker like the SSH runs' start()
-    wall, _ = await _drain([local], batches)
+    local_seconds: dict[int, float] = {}
+    wall, _ = await _drain([local], batches, local_seconds)
     await local.close()
     figures.append(("local (LiteRT worker process)", n / wall, ""))
 
@@ -128,14 +132,18 @@ async def _bench(args: argparse.Namespace) -> None:
                 for d in devices:
                     await d.start()
                 start_s = time.perf_counter() - t0
+                seconds: dict[int, float] = {}
                 try:
-                    wall, split = await _drain(devices, batches)
+                    wall, split = await _drain(devices, batches, seconds)
                 finally:
                     for d in devices:
                         await d.close()
                 sent = sum(d.transfer.sent_bytes for d in devices)
                 setup = sum(d.transfer.setup_bytes for d in devices)
-                detail = (f"{sent / n:,.0f} B/cell sent; start {start_s:.1f} s, setup upload {setup / 2**20:.1f} MiB"
+                # same runtime on the same CPU: the per-cell timings should agree with the local ones
+                ratio = statistics.median(seconds[c] / local_seconds[c] for c in seconds)
+                detail = (f"{sent / n:,.0f} B/cell sent; timing/local median {ratio:.2f}; "
+                          f"start {start_s:.1f} s, setup upload {setup / 2**20:.1f} MiB"
                           + (f"; cells per device {split}" if len(devices) > 1 else ""))
                 figures.append((label, n / wall, detail))
         finally:

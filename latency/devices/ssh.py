@@ -380,8 +380,10 @@ class SshDevice(Device):
             except Exception:  # noqa: BLE001 - unreadable file: treat as "not known"
                 known = False
         bracket = p.host if p.port == 22 else f"[{p.host}]:{p.port}"
-        keyscan = (f"ssh-keyscan -p {p.port}{' -t ' + key_type if key_type else ''} {p.host} "
-                   f">> {p.known_hosts}")
+        # ssh-keyscan -t takes short type names; restricting it to the offered type means the
+        # line it writes is the key whose fingerprint is shown
+        short = next((t for t in ("ed25519", "ecdsa", "rsa", "dsa") if t in key_type.replace("dss", "dsa")), "")
+        keyscan = f"ssh-keyscan -p {p.port}{' -t ' + short if short else ''} {p.host} >> {p.known_hosts}"
         check = ("compare it with the key on the device itself (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` "
                  "there, e.g. on its console)")
         if known:
@@ -449,7 +451,7 @@ class SshDevice(Device):
                 return await op(await self._connection())
             except _Transient as exc:
                 last = exc
-            except (OSError, asyncio.IncompleteReadError) as exc:
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
                 last = _Transient(f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 import asyncssh
@@ -488,13 +490,11 @@ class SshDevice(Device):
             if line.startswith(_PID_TAG):
                 return int(line[len(_PID_TAG):])
 
-    async def _exec(self, conn: Any, command: str, timeout_s: float, stdin: bytes | None = None) -> _Result:
+    async def _exec(self, conn: Any, command: str, timeout_s: float) -> _Result:
         """One remote command with a deadline; on overrun its process group is killed (_Transient)."""
         process = await conn.create_process(f'echo "{_PID_TAG.decode()}$$"; {command}', encoding=None)
         pid = None
         try:
-            if stdin is not None:
-                process.stdin.write(stdin)
             process.stdin.write_eof()
 
             async def body() -> _Result:
@@ -587,9 +587,10 @@ class SshDevice(Device):
             if result.status != 0:
                 raise self._exit_problem(result, f"`{p.python} {RUNNER_NAME} --info`")
             lines = [ln for ln in result.stdout.splitlines() if ln.startswith(b"{")]
-            if not lines:
-                raise DeviceError(f"{self.name}: --info printed no JSON: {_tail(result.stdout + result.stderr)}")
-            return json.loads(lines[-1])
+            try:
+                return json.loads(lines[-1])
+            except (IndexError, ValueError):
+                raise DeviceError(f"{self.name}: --info printed no JSON: {_tail(result.stdout + result.stderr)}") from None
 
         runtime = await self._with_retries("start", info)
         binary_hash = None
@@ -679,7 +680,10 @@ class SshDevice(Device):
                         break  # anything else is chatter (e.g. from a login script)
                 if not line:
                     return await self._runner_stopped(process, len(timings), len(batch))
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise DeviceError(f"{self.name}: unreadable runner output {_tail(line)!r}") from None
                 if record.get("cell_id") != job.cell_id:
                     raise DeviceError(f"{self.name}: expected cell {job.cell_id}, the runner reported {record!r}")
                 if "error" in record:
