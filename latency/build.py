@@ -110,7 +110,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             try:
                 info = await device.start()
             except DeviceError as exc:
-                result.retired.append(f"{device.name}: {exc}")
+                result.retired.append(str(exc))
                 if report:
                     report(f"device {device.name} could not start: {exc}")
                 continue
@@ -158,11 +158,11 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                     pending.put_nowait((p, batch))  # the batch goes back for any device
                     failures += 1
                     if report:
-                        report(f"device {device.name}: {exc} (failure {failures}/{settings.max_failures})")
+                        report(f"{exc} (failure {failures}/{settings.max_failures} of device {device.name})")
                     if failures >= settings.max_failures:
                         if item is not None:
                             pending.put_nowait(item)
-                        result.retired.append(f"{device.name}: {exc}")
+                        result.retired.append(str(exc))
                         if report:
                             report(f"device {device.name} retired; its cells go to the other devices")
                         return

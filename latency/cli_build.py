@@ -26,10 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="full",
                    help="'full' (every channel count) or 'step:K' (every K-th count plus the edges; the rest "
                         "interpolated). Default full")
-    p.add_argument("--passes", type=int, default=3, help="passes over all cells, each in a new random order (3)")
-    p.add_argument("--runs", type=int, default=50, help="timed invocations per model and pass (50)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed invocations before them (2)")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
+    p.add_argument("--passes", type=int,
+                   help="passes over all cells, each in a new random order (default: the device profile's, else 3)")
+    p.add_argument("--runs", type=int, help="timed invocations per model and pass (default: profile's, else 50)")
+    p.add_argument("--warmup", type=int, help="untimed invocations before them (default: profile's, else 2)")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: profile's, else 1)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes timing at once (1: concurrent timings disturb each other)")
     p.add_argument("--sigma", type=float, default=3.0, help="Gaussian smoothing sigma in channels; 0 = off (3)")
@@ -55,20 +56,28 @@ def main(argv: list[str] | None = None) -> int:
         arch = get_arch(args.arch)
         step = parse_grid(args.grid)
         for name in ("passes", "runs", "threads", "workers", "batch_size"):
-            if getattr(args, name) < 1:
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if args.warmup < 0 or args.sigma < 0:
+        if (args.warmup is not None and args.warmup < 0) or args.sigma < 0:
             raise ValueError("--warmup and --sigma must be >= 0")
-        timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads)
-        devices = make_devices(args.device, timing, args.workers, args.devices_file)
+        given = {k: getattr(args, k) for k in ("runs", "warmup", "threads") if getattr(args, k) is not None}
+        timing = TimingSettings(**given)
+        devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
+        passes = args.passes
+        if passes is None and args.device != "local":
+            from latency.devices.profiles import passes_for
+
+            passes = passes_for([n.strip() for n in args.device.split(",")], args.devices_file)
+        passes = passes or 3
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
-    settings = BuildSettings(passes=args.passes, grid_step=step, sigma=args.sigma, batch_size=args.batch_size,
+    runs = getattr(devices[0], "settings", timing).runs
+    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, batch_size=args.batch_size,
                              seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        result = asyncio.run(build_table(arch, out, devices, settings, args.runs, report))
+        result = asyncio.run(build_table(arch, out, devices, settings, runs, report))
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished batch is saved in {out}; run the same command again to continue",
               file=sys.stderr)

@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cooldown", type=float, default=0.0, help="seconds of pause between models and calls (0)")
     p.add_argument("--batch-size", type=int, default=4, help="networks per device call (4)")
     p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
+    p.add_argument("--max-spread", type=float, metavar="PCT",
+                   help="measure a network again (all passes) when its passes are more than PCT %% apart "
+                        "(max - min over mean): another process or a throttled CPU disturbed it")
+    p.add_argument("--retries", type=int, default=2, help="times a disturbed network is measured again (2)")
     p.add_argument("--measured-in", metavar="OLD_TABLE",
                    help="copy the stored measurements of these networks from another table file (e.g. the one a "
                         "rebuilt table replaces) before measuring what is still missing")
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("passes", "runs", "threads", "batch_size"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if args.warmup < 0 or args.cooldown < 0 or args.sample < 0:
-            raise ValueError("--warmup, --cooldown and --sample must be >= 0")
+        if args.warmup < 0 or args.cooldown < 0 or args.sample < 0 or args.retries < 0:
+            raise ValueError("--warmup, --cooldown, --sample and --retries must be >= 0")
+        if args.max_spread is not None and args.max_spread <= 0:
+            raise ValueError("--max-spread must be > 0")
         arch = get_arch(args.arch)
         networks = v.load_networks(arch, args.widths) + (v.sample_networks(arch, args.sample, args.seed)
                                                           if args.sample else [])
@@ -113,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                                                         args.remeasure, args.cooldown, report)
                 result = await v.measure_networks(store, arch, networks, device, info, args.passes, args.seed,
                                                   args.remeasure, args.batch_size, args.cooldown, report)
+                for attempt in range(args.retries if args.max_spread is not None else 0):
+                    stored = v.measured_networks(store, arch, device.name)
+                    disturbed = [n for n in networks if v.pass_spread_pct(stored[n.key].seconds) > args.max_spread]
+                    if not disturbed:
+                        break
+                    if report:
+                        report(f"measuring {len(disturbed)} networks again (passes more than {args.max_spread} % "
+                               f"apart), attempt {attempt + 1}/{args.retries}")
+                    again = await v.measure_networks(store, arch, disturbed, device, info, args.passes,
+                                                     args.seed + attempt + 1, True, args.batch_size, args.cooldown,
+                                                     report)
+                    result.measured_now += again.measured_now
                 if args.exact_layers:
                     await v.measure_exact_cells(store, arch, networks, device, info, args.passes, args.seed,
                                                 args.remeasure, cooldown_s=args.cooldown, report=report)
@@ -161,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_op_check:
         if report:
             report("op check: the ops of every timed network against those of its layers' cells")
-        per_type = v.type_op_counts(arch)
-        checks = {n.label: v.op_check(arch, n.widths, ops_of[n.key], per_type) for n in networks if n.key in ops_of}
-        op_check = {"networks": checks, "checked": len(checks),
-                    "match_after_folding": sum(c["matches_after_folding"] for c in checks.values()),
-                    "with_folded_layers": sum(bool(c["folded"]) for c in checks.values())}
+        from latency.generate import CellModels
+        from latency.layer_types import network_layer_types
+
+        generator = CellModels(network_layer_types([arch]))
+        checks = {n.label: v.op_check(arch, n.widths, ops_of[n.key], generator) for n in networks if n.key in ops_of}
+        op_check = {"networks": checks, "checked": len(checks), "match": sum(c["matches"] for c in checks.values()),
+                    "with_fused_layers": sum(bool(c["fused"]) for c in checks.values())}
     runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
     inp = ReportInput(
         arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,

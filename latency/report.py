@@ -73,8 +73,7 @@ def metrics_document(inp: ReportInput) -> dict:
             "layers": r.n_layers, "params": r.params, "macs": r.macs,
             "predicted_s": r.predicted_s, "sum_of_layers_s": r.sum_of_layers_s, "measured_s": r.measured_s,
             "measured_passes_s": list(r.measured.seconds), "error_pct": r.error_pct, "exact_sum_s": r.exact_sum_s,
-            "sum_of_layers_error_pct": r.raw_error_pct, "folded_layers": list(r.folded),
-            "unfolded_sum_s": r.unfolded_sum_s,
+            "sum_of_layers_error_pct": r.raw_error_pct,
         } for r in inp.rows],
         "op_check": inp.op_check,
     })
@@ -127,25 +126,21 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     if inp.overhead:
         o = inp.overhead
         lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
-                     f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`; batch-norms "
-                     f"the converter folds into a preceding convolution are left out")
+                     f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`")
     else:
-        lines.append("- prediction: the sum of the cells of the layers the network runs (batch-norms the converter "
-                     "folds into a preceding convolution left out; no per-invoke overhead measured on the "
-                     "table's device)")
+        lines.append("- prediction: the plain sum of the cells of the layers the network runs (no per-invoke "
+                     "overhead measured on the table's device)")
     lines += [f"- note: {n}" for n in inp.notes]
     if metrics["disturbed"]:
         lines.append(f"- note: {len(metrics['disturbed'])} of {len(rows)} networks have passes more than "
                      f"{SPREAD_LIMIT_PCT:.0f} % apart (another process disturbed the device?): "
                      f"{', '.join(metrics['disturbed'])}")
-    f = metrics["folding_only"]
-    lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers | folded layers left out |",
-              "|---|---:|---:|---:|"]
+    lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers |", "|---|---:|---:|"]
     for key, name, fmt in (("n", "networks", "d"), ("mape", "MAPE %", ".2f"), ("max_ape", "worst APE %", ".2f"),
                            ("mean_error", "mean signed error %", "+.2f"), ("pearson", "Pearson r", ".5f"),
                            ("spearman", "Spearman ρ", ".5f"), ("slope", "slope (measured on predicted)", ".4f"),
                            ("within_5", "within 5 %", ".0%"), ("within_10", "within 10 %", ".0%")):
-        lines.append(f"| {name} | {_num(metrics[key], fmt)} | {_num(u[key], fmt)} | {_num(f[key], fmt)} |")
+        lines.append(f"| {name} | {_num(metrics[key], fmt)} | {_num(u[key], fmt)} |")
     has_exact = all(r.exact_sum_s is not None for r in rows)
     lines += ["", "## Networks", "",
               "| # | network | source | layers | params | predicted ms | sum of layers ms | measured ms | "
@@ -183,16 +178,15 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     if inp.op_check:
         oc = inp.op_check
         lines += ["", f"Ops of every timed network (its .tflite) against the ops of the single-layer models the table "
-                      f"sums for it: {oc['match_after_folding']} of {oc['checked']} match once the batch-norms the "
-                      f"converter folds into a preceding convolution are left out ({oc['with_folded_layers']} networks "
-                      f"have such layers; the prediction leaves them out)."]
-        shown = [(k, c) for k, c in oc["networks"].items() if c["folded"] or not c["matches_after_folding"]]
+                      f"sums for it: {oc['match']} of {oc['checked']} match ({oc['with_fused_layers']} networks run a "
+                      f"batch-norm the converter folds into the conv before it, timed as that fused conv)."]
+        shown = [(k, c) for k, c in oc["networks"].items() if c["fused"] or not c["matches"]]
         if shown:
-            lines += ["", "| network | folded layers | ops in no cell | cell ops the network lacks | match after folding |",
+            lines += ["", "| network | fused layers | ops in no cell | cell ops the network lacks | match |",
                       "|---|---|---|---|---|"]
             for label, c in shown:
-                lines.append(f"| {label} | {', '.join(c['folded']) or '-'} | {_ops(c['extra_in_network']) or '-'} | "
-                             f"{_ops(c['extra_in_layers']) or '-'} | {'yes' if c['matches_after_folding'] else 'NO'} |")
+                lines.append(f"| {label} | {', '.join(c['fused']) or '-'} | {_ops(c['extra_in_network']) or '-'} | "
+                             f"{_ops(c['extra_in_layers']) or '-'} | {'yes' if c['matches'] else 'NO'} |")
     w = worst(rows)
     lines += ["", f"## Worst network: {w.network.label} ({w.error_pct:+.2f} %)", "",
               f"Predicted {_ms(w.predicted_s)} ms, measured {_ms(w.measured_s)} ms "
@@ -201,8 +195,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     total = sum(l.seconds for l in inp.worst_breakdown if l.seconds is not None) or 1.0
     for l in inp.worst_breakdown:
         share = "-" if l.seconds is None else f"{100 * l.seconds / total:.1f}"
-        folded = " (folded by the converter: left out)" if l.layer in w.folded else ""
-        lines.append(f"| {l.layer}{folded} | {l.type_key or '(not in table)'} | {l.c_in} | {l.c_out} | {_ms(l.seconds)} | "
+        lines.append(f"| {l.layer} | {l.type_key or '(not in table)'} | {l.c_in} | {l.c_out} | {_ms(l.seconds)} | "
                      f"{share} |")
     lines.append("")
     return "\n".join(lines)

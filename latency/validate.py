@@ -13,6 +13,12 @@ against n (the slope is the per-op dispatch cost, which the network pays per lay
 is stored in the table file (`invoke_probes` rows, `invoke_overhead` meta) and applied by
 `overhead_corrected` / `corrected_prediction`.
 
+Two more measurements separate the other candidate biases: every timed network's ops are
+checked against the ops of the cells summed for it (`op_check`: ops missing from the table),
+and, on request, every layer is timed as a single-layer model at its exact widths
+(`exact_cells`): their sum against the network isolates the bias of summing from the table's
+own interpolation, smoothing and cell noise.
+
 Pure functions (metrics, sampling, the correction) take and return plain values.
 """
 from __future__ import annotations
@@ -24,13 +30,14 @@ import math
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from models.arch import Arch, WidthError, load_widths, widths_to_json
+from models.arch import Arch, WidthError
+from models.thesis_names import load_widths_any
 from .devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing
 from .store import TableStore
 
@@ -119,33 +126,6 @@ def corrected_prediction(layer_seconds: Sequence[float], overhead_s: float) -> f
     return overhead_corrected(float(np.sum(layer_seconds)), len(layer_seconds), overhead_s)
 
 
-def folded_layers(arch: Arch, widths: Mapping[str, int]) -> tuple[str, ...]:
-    """Layers of the architecture that the TFLite converter removes from the whole network.
-
-    A batch-norm (+ activation) that reads a convolution without activation whose output
-    nothing else reads is fused into that convolution (its MUL and ADD become the conv's
-    bias, the ReLU its fused activation). In the full WRN every such conv output also feeds
-    a residual addition, so nothing is folded; removing blocks makes it happen (e.g. a stage
-    whose blocks are all removed leaves its shortcut conv feeding the next block's BN alone).
-    The single-layer model of that BN is timed in the table, the network never runs it.
-    """
-    active = arch.active_layers(widths)
-    readers: dict[str, int] = {}
-    for a in active:
-        for src in a.inputs:
-            readers[src] = readers.get(src, 0) + 1
-    by_name = {a.layer.name: a for a in active}
-    out = []
-    for a in active:
-        if a.layer.op != "bn_act" or len(a.inputs) != 1:
-            continue
-        src = by_name.get(a.inputs[0])
-        if src is not None and src.layer.op in ("conv", "dwconv") and src.layer.act is None \
-                and readers.get(src.layer.name, 0) == 1:
-            out.append(a.layer.name)
-    return tuple(out)
-
-
 # =============================================================================== networks
 
 @dataclass(frozen=True)
@@ -180,7 +160,7 @@ def load_networks(arch: Arch, paths: Iterable[str | Path]) -> list[Network]:
             raise ValidationError(f"{path}: no such widths file or directory")
         for f in files:
             try:
-                widths = load_widths(arch, f)
+                widths = load_widths_any(arch, f)  # our format, or the thesis's per-layer names
             except WidthError as exc:
                 raise ValidationError(f"{exc} (is it a width assignment for {arch.name}?)") from exc
             out.append(Network(f.stem, widths, "file"))
@@ -499,15 +479,19 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
 
 
 def network_cells(arch: Arch, widths: Mapping[str, int]) -> list[tuple[str, int, int]]:
-    """(type key, c_in, c_out) of every active layer, as the table keys its cells (one-axis
-    types have c_out = 0)."""
+    """(type key, c_in, c_out) of every layer the device runs for `widths` (a batch-norm the
+    converter folds into a conv makes one fused layer, `fusion.runtime_plan`), keyed as the
+    table keys its cells (one-axis types have c_out = 0)."""
+    from .fusion import fused_layer, runtime_plan
     from .layer_types import network_layer_types, type_key
 
     types = network_layer_types([arch])
+    ch = arch.channels(arch.validate(widths))
     out = []
-    for a in arch.active_layers(widths):
-        t = types[type_key(a.layer)]
-        out.append((t.key, a.c_in, a.c_out if t.two_axes else 0))
+    for i, folded in runtime_plan(arch, frozenset(g for g, c in ch.items() if c == 0)):
+        layer = arch.layers[i] if folded is None else fused_layer(arch.layers[i], arch.layers[folded])
+        t = types[type_key(layer)]
+        out.append((t.key, ch[layer.c_in], ch[layer.c_out] if t.two_axes else 0))
     return out
 
 
@@ -564,17 +548,15 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
 
 
 def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str) -> dict[str, float]:
-    """network key -> sum over the layers it runs (`folded_layers` left out) of the exact
-    cell's mean over passes (networks with every cell measured only)."""
+    """network key -> sum over the layers it runs of the exact cell's mean over passes
+    (networks with every cell measured only)."""
     _ensure_schema(store)
     means = {(k, i, o): float(s) for k, i, o, s in store.db.execute(
         "select type_key, c_in, c_out, avg(seconds) from exact_cells where device = ? group by type_key, c_in, c_out",
         [device])}
     out = {}
     for n in networks:
-        folded = set(folded_layers(arch, n.widths))
-        cells = [c for a, c in zip(arch.active_layers(n.widths), network_cells(arch, n.widths))
-                 if a.layer.name not in folded]
+        cells = network_cells(arch, n.widths)
         if all(c in means for c in cells):
             out[n.key] = sum(means[c] for c in cells)
     return out
@@ -750,35 +732,20 @@ def stored_ops(store: TableStore, arch: Arch, device: str) -> dict[str, Counter]
         [arch.name, device])}
 
 
-def type_op_counts(arch: Arch) -> dict[str, Counter]:
-    """Ops of the single-layer model of every layer type of `arch`, rendered as the table
-    builder renders cells (one converter call per type)."""
-    from .generate import CellModels
-    from .layer_types import network_layer_types
+def op_check(arch: Arch, widths: Mapping[str, int], network_ops: Counter, generator) -> dict:
+    """The ops of the timed network model against the ops of the cells the table sums for it
+    (`op_map.expected_ops`, fused batch-norms included): `extra_in_network` are ops no cell
+    times, `extra_in_layers` ops cells time that the network does not run. `generator` is a
+    `CellModels` of the architecture's types (one converter call per type, cached)."""
+    from .fusion import fused_layer, runtime_plan
+    from .op_map import expected_ops
 
-    types = network_layer_types([arch])
-    cells = CellModels(types)
-    # the largest cell: a one-channel squeeze-excite converts with an extra RESHAPE
-    return {k: model_op_counts(cells.render(k, t.in_hi, t.out_hi if t.two_axes else 0)) for k, t in types.items()}
-
-
-def op_check(arch: Arch, widths: Mapping[str, int], network_ops: Counter,
-             per_type: Mapping[str, Counter]) -> dict:
-    """The network's ops against those of the cells summed for it, with and without the
-    layers `folded_layers` says the converter removes: `extra_in_network` are ops no cell
-    times, `extra_in_layers` ops cells time that the network does not run."""
-    from .layer_types import type_key
-
-    folded = set(folded_layers(arch, widths))
-    every, kept = Counter(), Counter()
-    for a in arch.active_layers(widths):
-        ops = per_type[type_key(a.layer)]
-        every.update(ops)
-        if a.layer.name not in folded:
-            kept.update(ops)
-    return {"network": dict(network_ops), "layers": dict(every), "folded": sorted(folded),
-            "extra_in_network": dict(network_ops - every), "extra_in_layers": dict(every - network_ops),
-            "matches_after_folding": kept == network_ops}
+    expected = expected_ops(arch, generator, widths)
+    zero = frozenset(g for g, c in arch.channels(arch.validate(widths)).items() if c == 0)
+    fused = [fused_layer(arch.layers[i], arch.layers[f]).name for i, f in runtime_plan(arch, zero) if f is not None]
+    return {"network": dict(network_ops), "expected": dict(expected), "fused": fused,
+            "extra_in_network": dict(network_ops - expected), "extra_in_layers": dict(expected - network_ops),
+            "matches": network_ops == expected}
 
 
 # ============================================================================= comparison
@@ -795,8 +762,6 @@ class Comparison:
     params: int
     macs: int
     exact_sum_s: float | None = None  # sum of the exact single-layer models it runs, when measured
-    folded: tuple[str, ...] = ()  # layers the converter removes (not in the adopted prediction)
-    unfolded_sum_s: float = 0.0  # sum of the cells of the layers the network runs
 
     @property
     def measured_s(self) -> float:
@@ -814,23 +779,21 @@ class Comparison:
 def compare(table, arch: Arch, networks: Sequence[Network], measured: Mapping[str, Measured],
             overhead: OverheadEstimate | None, allow_missing: bool = False,
             exact: Mapping[str, float] | None = None) -> list[Comparison]:
-    """Predictions of every network next to its stored measurement, all from the per-layer
-    breakdown: the plain sum of the cells (what the table predicts today), and the adopted
-    prediction: the layers the converter folds away left out, then the per-invoke overhead
-    counted once (`corrected_prediction`)."""
+    """Predictions of every network next to its stored measurement, both from the table's
+    per-layer breakdown (the layers the device runs, fused batch-norms included): the plain
+    sum (`LatencyTable.predict` without a correction) and the adopted prediction, with the
+    per-invoke overhead counted once (`corrected_prediction`)."""
     out = []
     predictor = table.predictor(arch, allow_missing=allow_missing)
     for net in networks:
         if net.key not in measured:
             raise ValidationError(f"network {net.label} has no stored measurement")
-        folded = folded_layers(arch, net.widths)
-        cells = [l for l in predictor.breakdown(net.widths) if l.seconds is not None]
-        runs = [l.seconds for l in cells if l.layer not in folded]
-        total = float(np.sum([l.seconds for l in cells]))
-        predicted = corrected_prediction(runs, overhead.seconds) if overhead else float(np.sum(runs))
-        out.append(Comparison(net, total, predicted, len(runs), measured[net.key],
+        cells = [l.seconds for l in predictor.breakdown(net.widths) if l.seconds is not None]
+        total = float(np.sum(cells))
+        predicted = corrected_prediction(cells, overhead.seconds) if overhead else total
+        out.append(Comparison(net, total, predicted, len(cells), measured[net.key],
                               network_params(arch, net.widths), network_macs(arch, net.widths),
-                              (exact or {}).get(net.key), folded, float(np.sum(runs))))
+                              (exact or {}).get(net.key)))
     return out
 
 
@@ -848,7 +811,6 @@ def comparison_metrics(rows: Sequence[Comparison]) -> dict:
     # another process on the device shows as passes of one network that disagree
     m["disturbed"] = [r.network.label for r in rows if pass_spread_pct(r.measured.seconds) > SPREAD_LIMIT_PCT]
     m["uncorrected"] = validation_metrics([r.sum_of_layers_s for r in rows], [r.measured_s for r in rows])
-    m["folding_only"] = validation_metrics([r.unfolded_sum_s for r in rows], [r.measured_s for r in rows])
     if rows and all(r.exact_sum_s is not None for r in rows):
         m["exact_cells"] = validation_metrics([r.exact_sum_s for r in rows], [r.measured_s for r in rows])
     return m

@@ -12,7 +12,7 @@ import torch
 
 from models.arch import Arch
 from models.torch_builder import ArchNet, build_torch
-from latency.table import Predictor
+from latency.table import PredictionError, Predictor
 from .channels import min_width
 from .checkpoint_io import save_model
 from .runs import RunDir, SearchError, plot_channels, widths_document, write_json
@@ -51,6 +51,15 @@ def check_target(target: float, save_at: Sequence[float]) -> tuple[float, list[f
             raise SearchError(f"--save-at fractions must be in (0, 1); got {f}")
     points = sorted({float(f) for f in save_at} | {float(target)}, reverse=True)
     return float(target), points, points[-1]
+
+
+def smallest_widths(arch: Arch, start: Mapping[str, int], groups: Sequence[str] | None = None) -> dict[str, int]:
+    """Every group the search may prune at its minimum (blocks removed)."""
+    out = {g.name: int(start.get(g.name, g.full)) for g in arch.prunable_groups}
+    for g in arch.prunable_groups:
+        if groups is None or g.name in groups:
+            out[g.name] = min(out[g.name], min_width(g))
+    return out
 
 
 def latency_lower_bound(arch: Arch, predictor: Predictor, start: Mapping[str, int],
@@ -101,7 +110,22 @@ def latency_lower_bound(arch: Arch, predictor: Predictor, start: Mapping[str, in
 
 def check_reachable(arch: Arch, predictor: Predictor, widths: Mapping[str, int], target_latency: float,
                     groups: Sequence[str] | None = None) -> None:
-    """Fails early when no network the search could reach can meet the target."""
+    """Fails early (not hours into a run) when the table cannot predict the networks the
+    search will visit (a block removed folds a batch-norm into a conv: a layer type of its
+    own), or when no network the search could reach can meet the target."""
+    probes = [smallest_widths(arch, widths, groups)]
+    probes += [dict(widths, **{g.name: 0}) for g in arch.prunable_groups
+               if g.may_be_zero and widths.get(g.name, g.full) > 0 and (groups is None or g.name in groups)]
+    for probe in probes:
+        vec = np.array([probe.get(n, arch.group_by_name[n].full) for n in predictor.group_names], np.int64)
+        lacking = [r for r in predictor.runtime_rows(vec) if not predictor.covered[r] and not predictor.skipped[r]]
+        if lacking and not predictor.allow_missing:
+            zeros = sorted(n for n, v in zip(predictor.group_names, vec) if v == 0)
+            listed = ", ".join(f"{predictor.rows[r][0].name} ({predictor.rows[r][1] or 'no type'})" for r in lacking)
+            raise PredictionError(
+                f"table {predictor.table.path} lacks layer types that this search needs once "
+                f"{', '.join(zeros) or 'groups'} {'are' if len(zeros) > 1 else 'is'} removed: {listed}; "
+                "rebuild the table with the current build-tables (it times those fused layers too)")
     low = latency_lower_bound(arch, predictor, widths, groups)
     if low > target_latency:
         raise TargetUnreachable(
@@ -121,8 +145,14 @@ def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def table_fingerprint(predictor: Predictor) -> str:
-    """Identifies the cost model (the table's values for this architecture), not its path."""
-    return hashlib.sha1(predictor.flat.tobytes()).hexdigest()
+    """Identifies the cost model (the table's values), not its path; independent of the order
+    in which the table lists its layer types."""
+    h = hashlib.sha1()
+    values = predictor.table.values
+    for key in sorted(values):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(values[key], dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 def net_from_state(arch: Arch, widths: Mapping[str, int], state: Mapping[str, torch.Tensor]) -> ArchNet:

@@ -78,7 +78,7 @@ class SearchData:
         n = self.train_idx.size
         batch_size = min(batch_size, n)
         gen = torch.Generator().manual_seed(seed)
-        mean, std = torch.from_numpy(self.mean), torch.from_numpy(self.std)
+        mean, std = torch.tensor(self.mean), torch.tensor(self.std)  # copies: a worker may get read-only arrays
         done = 0
         while done < n_batches:
             order = self.train_idx[torch.randperm(n, generator=gen).numpy()]
@@ -92,7 +92,7 @@ class SearchData:
                 done += 1
 
     def holdout_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        mean, std = torch.from_numpy(self.mean), torch.from_numpy(self.std)
+        mean, std = torch.tensor(self.mean), torch.tensor(self.std)  # copies: a worker may get read-only arrays
         for start in range(0, self.holdout_idx.size, batch_size):
             idx = self.holdout_idx[start:start + batch_size]
             self._emit("holdout", idx)

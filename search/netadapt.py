@@ -161,6 +161,10 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
             eligible = [g for g in considered if widths[g] > min_widths[g]]
             tried = sample(eligible, settings.sample_groups, seed, iteration)
             plans, skipped = plan_iteration(predictor, widths, tried, min_widths, step, settings.allow_small_prunings)
+            if not plans and len(tried) < len(eligible):  # the sample drew only groups that cannot meet the step
+                rest = [g for g in eligible if g not in tried]
+                plans, more = plan_iteration(predictor, widths, rest, min_widths, step, settings.allow_small_prunings)
+                skipped += more
             if not plans:
                 raise SearchError(
                     f"iteration {iteration}: no width group can lower the predicted latency by the step of {_ms(step)} "

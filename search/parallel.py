@@ -105,7 +105,8 @@ def run_candidates(tasks: Sequence[CandidateTask], jobs: int = 1, backend: str =
     import joblib
 
     with _backend_context(backend):
-        parallel = joblib.Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator")
+        # results as they come (for progress lines) where the backend can stream them
+        parallel = joblib.Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator" if backend == "loky" else "list")
         for i, result in enumerate(parallel(joblib.delayed(evaluate_candidate)(t) for t in tasks)):
             results.append(result)
             if on_result:

@@ -138,10 +138,9 @@ def plot_channels(arch: Arch, original: Mapping[str, int], pruned: Mapping[str, 
                   title: str = "", saved: list[dict] | None = None) -> None:
     """Output channels of every convolution (and squeeze-excite hidden width) against the
     original network, in the style of the thesis's Figures 4.7 / 4.15: removed layers at 0."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure on the Agg canvas: no pyplot, so no global backend is switched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     layers = [l for l in arch.layers if l.op in ("conv", "dwconv", "se")]
     ch_orig = arch.channels(arch.validate(original))
@@ -150,7 +149,9 @@ def plot_channels(arch: Arch, original: Mapping[str, int], pruned: Mapping[str, 
     x = np.arange(len(layers))
     before = [ch_orig[l.c_out] for l in layers]
     after = [ch_new[l.c_out] if l.name in alive else 0 for l in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(layers) + 2), 4.2))
+    fig = Figure(figsize=(max(6.0, 0.28 * len(layers) + 2), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.bar(x, before, color="#c9d6e8", label="original", width=0.8)
     for point in saved or []:
         w = point["widths"]
@@ -167,5 +168,4 @@ def plot_channels(arch: Arch, original: Mapping[str, int], pruned: Mapping[str, 
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     os.replace(tmp, path)

@@ -12,13 +12,13 @@ import pytest
 
 from latency import cli_report
 from latency.table import LatencyTable
+from latency.generate import CellModels
+from latency.layer_types import network_layer_types
 from latency.validate import (
     corrected_prediction,
-    folded_layers,
     model_op_counts,
     network_model,
     op_check,
-    type_op_counts,
     network_macs,
     overhead_corrected,
     sample_networks,
@@ -106,11 +106,9 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     lut = LatencyTable.open(table)
     pred, meas = [], []
     for n in nets:
-        every = lut.breakdown(arch, n["widths"])
-        assert n["sum_of_layers_s"] == pytest.approx(sum(l.seconds for l in every), rel=1e-9)
+        cells = [l.seconds for l in lut.breakdown(arch, n["widths"])]
+        assert n["sum_of_layers_s"] == pytest.approx(sum(cells), rel=1e-9)
         assert n["sum_of_layers_s"] == pytest.approx(lut.predict(arch, n["widths"]), rel=1e-9)
-        assert n["folded_layers"] == list(folded_layers(arch, n["widths"]))
-        cells = [l.seconds for l in every if l.layer not in n["folded_layers"]]
         assert n["predicted_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * overhead, rel=1e-9)
         pred.append(n["predicted_s"])
         meas.append(n["measured_s"])
@@ -134,7 +132,7 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert exact and all(len(v) == 2 for v in exact.values())
     for n in nets:
         cells = [(l.type_key, l.c_in, l.c_out if lut.types[l.type_key].two_axes else 0)
-                 for l in lut.breakdown(arch, n["widths"]) if l.layer not in n["folded_layers"]]
+                 for l in lut.breakdown(arch, n["widths"])]
         assert n["exact_sum_s"] == pytest.approx(sum(np.mean(exact[c]) for c in cells), rel=1e-9)
     assert metrics["exact_cells"]["mape"] == pytest.approx(
         np.mean([abs(n["exact_sum_s"] - n["measured_s"]) / n["measured_s"] * 100 for n in nets]))
@@ -162,9 +160,9 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert f"## Worst network: {worst['label']}" in md
     breakdown = md.split("## Worst network")[1]
     layer_rows = [l for l in breakdown.splitlines() if l.startswith("| ") and not l.startswith("| layer")]
-    assert len(layer_rows) == len(arch.active_layers(worst["widths"]))
-    # every timed model's ops are those of the cells summed for it (folded batch-norms aside)
-    assert metrics["op_check"]["checked"] == 4 and metrics["op_check"]["match_after_folding"] == 4
+    assert len(layer_rows) == len(lut.breakdown(arch, worst["widths"]))
+    # every timed model's ops are those of the cells summed for it
+    assert metrics["op_check"]["checked"] == 4 and metrics["op_check"]["match"] == 4
     assert "table.sqlite" in md and str(table.parent) not in md  # no machine paths
 
 
@@ -275,17 +273,13 @@ def test_sampling_is_seeded_and_spans_the_range(name) -> None:
     assert max(macs) / min(macs) > 20
 
 
-def test_converter_folds_a_batch_norm_after_a_lone_conv() -> None:
+def test_op_check_of_a_network_with_a_fused_batch_norm() -> None:
     arch = get_arch(ARCH)
-    assert folded_layers(arch, arch.full_widths()) == ()  # every conv output also feeds an addition
-    # stage 2's only block removed: its shortcut conv alone feeds stage 3's batch-norm
+    # stage 2's only block removed: its shortcut conv alone feeds stage 3's batch-norm, which
+    # the converter folds into it
     widths = arch.validate({"s2b0": 0})
-    assert folded_layers(arch, widths) == ("s3b0.bn",)
-    per_type = type_op_counts(arch)
-    check = op_check(arch, widths, model_op_counts(network_model(arch, widths)), per_type)
-    assert check["extra_in_layers"] == {"MUL": 1, "ADD": 1} and check["extra_in_network"] == {}
-    assert check["matches_after_folding"]
-    mb = get_arch("mbv2-tiny")
-    half = {g.name: max(1, g.full // 2) for g in mb.prunable_groups} | {"s2b1": 0}
-    mb_check = op_check(mb, mb.validate(half), model_op_counts(network_model(mb, half)), type_op_counts(mb))
-    assert mb_check["folded"] == [] and mb_check["matches_after_folding"]
+    check = op_check(arch, widths, model_op_counts(network_model(arch, widths)),
+                     CellModels(network_layer_types([arch])))
+    assert check["fused"] == ["s2b0.shortcut+s3b0.bn"]
+    assert check["matches"] and check["extra_in_network"] == {} == check["extra_in_layers"]
+    assert check["network"]["MUL"] == 3  # s1b0.bn, s2b0.bn, head.bn; s3b0.bn is gone

@@ -143,3 +143,35 @@ def test_group_sampling_is_seeded():
     assert a == b and len(a) == 3 and set(a) <= set(groups)
     assert sample(groups, 1.0, 1, 4) == groups
     assert any(sample(groups, 0.3, 1, i) != a for i in range(5, 10))
+
+
+def test_uniform_factor_survives_an_outlier_at_the_smallest_widths():
+    """A measured outlier (one slow cell at 1 channel) breaks the bisection's assumption that
+    the smallest network meets the target: the check then tries every factor."""
+    arch = get_arch("wrn-10-1")
+    start = arch.full_widths()
+
+    def predict(widths):
+        outlier = 1000.0 if widths["s1"] == 1 else 0.0
+        return sum(widths.values()) + outlier
+
+    target = 0.6 * sum(start.values())
+    factor, widths = uniform_factor(arch, start, predict, target)
+    assert predict(widths) <= target
+    larger = [f for f in distinct_factors(arch, start) if f > factor]
+    assert all(predict(scaled_widths(arch, start, f)) > target for f in larger)
+
+
+def test_small_prunings_compete_only_when_allowed(small_table):
+    arch = get_arch("wrn-10-1")
+    predictor = LatencyTable.open(small_table("wrn-10-1")).predictor(arch)
+    widths = arch.full_widths()
+    mins = {g.name: min_width(g) for g in arch.prunable_groups}
+    step = 10 * predictor.predict(widths)  # no group can meet it
+    plans, skipped = plan_iteration(predictor, widths, list(mins), mins, step, allow_small=False)
+    assert plans == [] and skipped == list(mins)
+    plans, skipped = plan_iteration(predictor, widths, list(mins), mins, step, allow_small=True)
+    assert plans and all(p.small for p in plans)
+    for p in plans:
+        gains = removal_gains(predictor.predict, widths, p.group, mins[p.group])
+        assert p.removed == largest_gain(gains) and p.gain == gains.max() > 0

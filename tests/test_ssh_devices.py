@@ -7,6 +7,7 @@ parsing tests need no server; the others skip (with the reason) where sshd is no
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -202,7 +203,7 @@ def test_build_over_ssh_covers_the_same_cells_as_a_local_build(
     (kind, runtime, status), = rows(out, "select kind, runtime, status from runs")
     assert (kind, runtime, status) == ("ssh", "ai-edge-litert", "finished")
     # models travel as pool references: far fewer bytes than the models themselves
-    stats = devices[0].transfer
+    stats = devices[0].transfer_stats
     assert stats.models == len(coverage(out)) and stats.sent_bytes < 0.5 * stats.model_bytes
 
 
@@ -233,7 +234,8 @@ def test_sshd_killed_mid_build_reconnects_and_nothing_is_lost(running_sshd: SshS
     async def scenario() -> object:
         task = asyncio.create_task(build_table(TINY, out, devices, settings(max_failures=5), RUNS, lines.append))
         await _wait_for(lambda: _count(out) > 0 or task.done(), "a first committed batch")
-        running_sshd.stop()  # the device "reboots": its connection and runner die
+        running_sshd.stop()  # the device "reboots": its connection and runner die ...
+        shutil.rmtree(tmp_path / "work")  # ... and its /tmp is wiped: runner and pool must come back
         await _wait_for(lambda: any("failure 1/5" in ln for ln in lines) or task.done(), "the failure report")
         running_sshd.start()
         return await task
@@ -242,6 +244,7 @@ def test_sshd_killed_mid_build_reconnects_and_nothing_is_lost(running_sshd: SshS
     assert any("failure 1/5" in ln for ln in lines), lines
     assert result.retired == []
     assert_complete(out)
+    assert {p.name for p in (tmp_path / "work").iterdir()} >= {"tflite_runner.py", "netadapt_feed.py"}
 
 
 def test_interrupted_build_resumes_without_losing_or_duplicating(running_sshd: SshServer, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Benchmark of the SSH device against the local one, on this machine (loopback sshd).
 
-    python -m tools.bench_ssh [--arch wrn-40-2] [--cells 96] [--runs 10] [--batch-size 16]
+    python -m tools.bench_ssh [--arch wrn-40-2] [--cells 192] [--runs 10] [--batch-size 32] [--repeat 3]
 
 Needs a checkout (it starts OpenSSH servers with tests/sshd_fixture.py) and /usr/sbin/sshd.
 The same pre-rendered cells (a random sample of the architecture's full grid, so sizes are
@@ -30,12 +30,18 @@ from pathlib import Path
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn-40-2")
-    p.add_argument("--cells", type=int, default=96, help="cells sampled from the full grid (96)")
+    p.add_argument("--cells", type=int, default=192, help="cells sampled from the full grid (192)")
     p.add_argument("--runs", type=int, default=10, help="timed invocations per model (10)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="models per device call (32, as build-tables)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds per setup; the median is shown (3)")
     return p
+
+
+def _rates(n: int, walls: list[float]) -> tuple[float, str]:
+    rates = sorted(n / w for w in walls)
+    return statistics.median(rates), f"[{rates[0]:.1f}-{rates[-1]:.1f}]"
 
 
 async def _drain(devices: list, batches: list, seconds: dict[int, float]) -> tuple[float, dict[str, int]]:
@@ -111,9 +117,10 @@ async def _bench(args: argparse.Namespace) -> None:
     await local.start()
     await local.measure(batches[0][:1])  # warm the worker like the SSH runs' start()
     local_seconds: dict[int, float] = {}
-    wall, _ = await _drain([local], batches, local_seconds)
+    walls = [(await _drain([local], batches, local_seconds))[0] for _ in range(args.repeat)]
     await local.close()
-    figures.append(("local (LiteRT worker process)", n / wall, ""))
+    rate, spread = _rates(n, walls)
+    figures.append(("local (LiteRT worker process)", rate, spread))
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -133,28 +140,37 @@ async def _bench(args: argparse.Namespace) -> None:
                     await d.start()
                 start_s = time.perf_counter() - t0
                 seconds: dict[int, float] = {}
+                walls = []
                 try:
-                    wall, split = await _drain(devices, batches, seconds)
+                    for _ in range(args.repeat):
+                        wall, split = await _drain(devices, batches, seconds)
+                        walls.append(wall)
                 finally:
                     for d in devices:
                         await d.close()
-                sent = sum(d.transfer.sent_bytes for d in devices)
-                setup = sum(d.transfer.setup_bytes for d in devices)
+                sent = sum(d.transfer_stats.sent_bytes for d in devices)
+                setup = sum(d.transfer_stats.setup_bytes for d in devices)
                 # same runtime on the same CPU: the per-cell timings should agree with the local ones
                 ratio = statistics.median(seconds[c] / local_seconds[c] for c in seconds)
-                detail = (f"{sent / n:,.0f} B/cell sent; timing/local median {ratio:.2f}; "
+                rate, spread = _rates(n, walls)
+                detail = (f"{spread}; {sent / n / args.repeat:,.0f} B/cell sent; timing/local median {ratio:.2f}; "
                           f"start {start_s:.1f} s, setup upload {setup / 2**20:.1f} MiB"
                           + (f"; cells per device {split}" if len(devices) > 1 else ""))
-                figures.append((label, n / wall, detail))
+                figures.append((label, rate, detail))
         finally:
             for s in servers:
                 s.stop()
 
-    print("\nthroughput (same cells, same settings; device start not included):")
+    print(f"\nthroughput, median of {args.repeat} rounds [min-max] (same cells and settings; device start "
+          "not included):")
     for label, rate, detail in figures:
         print(f"  {label:34s} {rate:7.1f} cells/s  {detail}")
     local_rate = figures[0][1]
     print(f"  ssh x1 / local: {figures[1][1] / local_rate:.2f}; ssh x2 / ssh x1: {figures[3][1] / figures[1][1]:.2f}")
+    # what one device call costs beyond the timing itself (remote exec, interpreter start-up)
+    per_batch = (n / figures[1][1] - n / local_rate) / len(batches)
+    print(f"  fixed cost per SSH batch (transfer=pool) beyond local: {per_batch:.2f} s = "
+          f"{per_batch / args.batch_size * 1e3:.0f} ms/cell at {args.batch_size} cells per batch")
 
 
 def main(argv: list[str] | None = None) -> int:

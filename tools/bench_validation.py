@@ -8,8 +8,8 @@ Both steps are the product's CLIs (`build-tables`, `latency-report`) called in-p
 both resume: a finished table is not measured again, stored networks are not re-timed. The
 summary (`summary.md`, `summary.json` in the reports directory) holds the exact commands.
 
-On a shared machine other processes disturb the timings; `--max-load L` waits (up to
-`--max-wait` s) before each step until the 1-minute load average is below L, and the load
+On a shared machine other processes disturb the timings; `--min-idle F` waits (up to
+`--max-wait` s) before each step until the CPUs are at least F idle, and the idle fraction
 seen at each step's start is recorded in the summary.
 """
 from __future__ import annotations
@@ -22,14 +22,32 @@ import time
 from pathlib import Path
 
 
-def _wait_quiet(max_load: float | None, max_wait: float) -> float:
-    """Waits until the 1-minute load average is below `max_load`; returns the load then."""
-    start = time.time()
-    load = os.getloadavg()[0]
-    while max_load is not None and load >= max_load and time.time() - start < max_wait:
-        time.sleep(10)
-        load = os.getloadavg()[0]
-    return load
+def _idle_fraction(seconds: float = 5.0) -> float:
+    """Fraction of CPU time idle over the next `seconds` (Linux /proc/stat; 1.0 elsewhere)."""
+    def sample() -> list[int]:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+
+    try:
+        a = sample()
+        time.sleep(seconds)
+        b = sample()
+    except OSError:
+        return 1.0
+    total = sum(b) - sum(a)
+    return (b[3] + b[4] - a[3] - a[4]) / total if total else 1.0  # idle + iowait
+
+
+def _wait_quiet(min_idle: float | None, max_wait: float) -> float:
+    """Waits (up to `max_wait` s) until the CPUs were at least `min_idle` idle for three 5-s
+    windows in a row; returns the idle fraction of the last window."""
+    start, quiet, idle = time.time(), 0, _idle_fraction()
+    while min_idle is not None and time.time() - start < max_wait:
+        quiet = quiet + 1 if idle >= min_idle else 0
+        if quiet >= 3:
+            break
+        idle = _idle_fraction()
+    return idle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tables-dir", default="reports/bench/tables", help="(under reports/: git ignores it)")
     p.add_argument("--reports-dir", default="reports/bench")
-    p.add_argument("--max-load", type=float, help="wait before each step until the 1-min load average is below this")
+    p.add_argument("--min-idle", type=float,
+                   help="before each step wait until the CPUs are at least this idle (0..1) for 15 s")
+    p.add_argument("--max-spread", type=float, default=None,
+                   help="latency-report --max-spread: measure networks whose passes disagree by more %% again")
     p.add_argument("--max-wait", type=float, default=600.0)
     args = p.parse_args(argv)
 
@@ -65,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                   "--seed", str(args.seed), "--passes", str(args.report_passes), "--runs", str(args.report_runs),
                   "--cooldown", str(args.cooldown),
                   "--exact-layers", "--out", str(out)]
-        load_build = _wait_quiet(args.max_load, args.max_wait)
+        if args.max_spread is not None:
+            report += ["--max-spread", str(args.max_spread)]
+        idle_build = _wait_quiet(args.min_idle, args.max_wait)
         t0 = time.time()
         rc = cli_build.main(build)
         build_s = time.time() - t0
         if rc:
             print(f"build-tables failed for {arch} (exit {rc})", file=sys.stderr)
             return rc
-        load_report = _wait_quiet(args.max_load, args.max_wait)
+        idle_report = _wait_quiet(args.min_idle, args.max_wait)
         t0 = time.time()
         rc = cli_report.main(report)
         report_s = time.time() - t0
@@ -83,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({
             "arch": arch, "build_command": "build-tables " + " ".join(build),
             "report_command": "latency-report " + " ".join(report), "build_wall_s": build_s,
-            "report_wall_s": report_s, "load_at_build": load_build, "load_at_report": load_report,
+            "report_wall_s": report_s, "idle_before_build": idle_build, "idle_before_report": idle_report,
             **{k: m[k] for k in ("n", "mape", "max_ape", "pearson", "spearman", "slope", "within_5", "within_10",
                                  "mean_error")},
             "uncorrected": {k: m["uncorrected"][k] for k in ("mape", "max_ape", "pearson", "mean_error")},

@@ -19,8 +19,10 @@ def known_devices(devices_file: str | Path | None = None) -> list[str]:
 
 
 def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
-                 devices_file: str | Path | None = None) -> list[Device]:
-    """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles."""
+                 devices_file: str | Path | None = None, cli_set: set[str] | None = None) -> list[Device]:
+    """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles.
+
+    `cli_set`: the timing fields the user gave explicitly (they override a profile's)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise ValueError("--device is empty; known devices: " + ", ".join(known_devices(devices_file)))
@@ -34,4 +36,4 @@ def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
         from .profiles import devices_from_profiles
     except ImportError:
         raise ValueError(f"unknown device {spec!r}; known devices: local") from None
-    return devices_from_profiles(names, timing, devices_file)
+    return devices_from_profiles(names, timing, devices_file, cli_set=cli_set)

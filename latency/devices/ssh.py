@@ -36,12 +36,13 @@ batch only when all its timings came back.
 Transfer
 --------
 A table's models are rendered from a template with weights sliced from one fixed random pool
-(`latency.tflite_rewrite`), so they are big (WRN-40-2: ~96 KB mean) and incompressible by zlib
-(~8 %). With ``transfer = "pool"`` the pool is uploaded to the device once (8 MiB, cached there by
-its hash), and every model is sent as its few non-weight bytes plus (offset, length) references
-into the pool, zlib-compressed: the device rebuilds the exact same bytes (checked by CRC-32), so
-what is timed is unchanged. ``transfer = "zlib"`` sends whole models, compressed. `TransferStats`
-counts what was sent.
+(`latency.tflite_rewrite`), so they are big (WRN-40-2: ~75 KB mean, ~17 GB for a full 3-pass
+table) and zlib saves only ~8 %. With ``transfer = "pool"`` the pool is uploaded to the device
+once (8 MiB, cached there by its hash), and every model is sent as its few non-weight bytes plus
+(offset, length) references into the pool, zlib-compressed (~140-170 bytes per WRN-40-2 cell):
+the device rebuilds the exact same bytes (checked by CRC-32), so what is timed is unchanged.
+``transfer = "zlib"`` sends whole models, compressed. `SshDevice.transfer_stats` counts what was
+sent; ``python -m tools.bench_ssh`` measures it.
 """
 from __future__ import annotations
 
@@ -328,7 +329,7 @@ class SshDevice(Device):
         s = self.settings
         if s.runs < 1 or s.warmup < 0 or s.threads < 1 or s.cooldown_s < 0:
             raise ValueError(f"{self.name}: invalid timing settings {s}")
-        self.transfer = TransferStats()
+        self.transfer_stats = TransferStats()
         self._conn: Any = None  # asyncssh.SSHClientConnection
         self._conn_lock = asyncio.Lock()
         self._info: DeviceInfo | None = None
@@ -544,7 +545,7 @@ class SshDevice(Device):
             if await sftp.exists(path):
                 await sftp.remove(path)
             await sftp.rename(tmp, path)
-        self.transfer.setup_bytes += len(data)
+        self.transfer_stats.setup_bytes += len(data)
 
     async def _prepare(self, conn: Any) -> None:
         """Work dir, runner, feeder and pool on the device (re-checked after every reconnect)."""
@@ -645,9 +646,9 @@ class SshDevice(Device):
             op = lambda conn: self._runner_batch(conn, payload, batch)  # noqa: E731
         cells = ", ".join(str(job.cell_id) for job in batch[:8]) + (" ..." if len(batch) > 8 else "")
         timings = await self._with_retries(f"timing cells [{cells}]", op)
-        self.transfer.batches += 1
-        self.transfer.models += len(batch)
-        self.transfer.model_bytes += sum(len(job.model) for job in batch)
+        self.transfer_stats.batches += 1
+        self.transfer_stats.models += len(batch)
+        self.transfer_stats.model_bytes += sum(len(job.model) for job in batch)
         return timings
 
     def _check_seconds(self, job: ModelJob, value: Any, raw: str) -> float:
@@ -665,7 +666,7 @@ class SshDevice(Device):
                    f"--warmup_runs={s.warmup} --num_threads={s.threads} --cooldown={s.cooldown_s:g}")
         await self._cool_down()
         process = await conn.create_process(f'echo "{_PID_TAG.decode()}$$"; {command}', encoding=None)
-        self.transfer.sent_bytes += len(payload)
+        self.transfer_stats.sent_bytes += len(payload)
         pid = None
         per_model_s = p.call_timeout_s + s.cooldown_s
         timings: list[Timing] = []
@@ -726,7 +727,7 @@ class SshDevice(Device):
         async with conn.start_sftp_client() as sftp:  # models travel encoded; unpacked next to the binary
             async with sftp.open(f"{p.work_dir}/{tag}.bin", "wb") as f:
                 await f.write(payload)
-        self.transfer.sent_bytes += len(payload)
+        self.transfer_stats.sent_bytes += len(payload)
         try:
             unpacked = await self._exec(conn, f"{self._cd()} && exec {p.python} {FEEDER_NAME} unpack {tag}.bin {tag}",
                                         p.call_timeout_s)

@@ -1,0 +1,126 @@
+"""`prune-search` and the checkpoint format: errors, help, a killed run resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.families import get_arch
+from models.torch_builder import build_torch
+from search.checkpoint_io import CheckpointError, load_model, read_checkpoint, save_model
+from search.cli import main
+from tests.test_search_fixtures import one_thread, search_data, synthetic_dir, trained  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def base_checkpoint(trained, tmp_path):
+    return save_model(tmp_path / "base.pt", trained("wrn-10-1"))
+
+
+def cli_args(checkpoint, table, data_dir, out, *extra):
+    return ["--checkpoint", str(checkpoint), "--table", str(table), "--algorithm", "netadapt", "--data", "synthetic",
+            "--data-dir", str(data_dir), "--out", str(out), "--finetune-batches", "2", "--batch-size", "16",
+            "--eval-batch-size", "200", "--threads", "1", "--quiet", *extra]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    arch = get_arch("mbv2-se-tiny")
+    net = build_torch(arch, {"s2b1": 0, "last": 20})
+    path = save_model(tmp_path / "m.pt", net, extra={"epochs": 3})
+    data = read_checkpoint(path)
+    assert data["arch"] == "mbv2-se-tiny" and data["widths"]["s2b1"] == 0 and data["epochs"] == 3
+    back = load_model(path)
+    assert back.widths == net.widths
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="expected keys"):
+        load_model(tmp_path / "bare.pt")
+    # weights_only: a file that would run code when unpickled is refused
+    torch.save({"arch": "mbv2-se-tiny", "widths": {}, "state_dict": {}, "x": Path("/")}, tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(tmp_path / "code.pt")
+
+
+def test_help_explains(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("netadapt", "fisher", "uniform", "--target", "--resume", "--jobs", "--backend", "--save-at",
+                 "widths.json", "held-out"):
+        assert word in text
+
+
+def test_clear_errors(small_table, synthetic_dir, base_checkpoint, tmp_path, capsys):
+    wrn_table, mbv2_table = small_table("wrn-10-1"), small_table("mbv2-tiny")
+
+    def error_of(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert "does not exist" in error_of(cli_args(tmp_path / "nope.pt", wrn_table, synthetic_dir, tmp_path / "a",
+                                                 "--target", "0.8"))
+    assert "lacks layer types" in error_of(cli_args(base_checkpoint, mbv2_table, synthetic_dir, tmp_path / "b",
+                                                    "--target", "0.8"))
+    assert "not reachable" in error_of(cli_args(base_checkpoint, wrn_table, synthetic_dir, tmp_path / "c",
+                                                "--target", "0.001"))
+    assert "does not match" in error_of(cli_args(base_checkpoint, wrn_table, synthetic_dir, tmp_path / "d",
+                                                 "--target", "0.8", "--arch", "wrn-16-1"))
+    assert "--data-dir" in error_of(["--checkpoint", str(base_checkpoint), "--table", str(wrn_table),
+                                     "--target", "0.8", "--out", str(tmp_path / "e")])
+    assert "nothing to resume" in error_of(cli_args(base_checkpoint, wrn_table, synthetic_dir, tmp_path / "f",
+                                                    "--target", "0.8", "--resume"))
+
+
+def test_uniform_needs_no_data(small_table, base_checkpoint, tmp_path, capsys):
+    out = tmp_path / "u"
+    assert main(["--checkpoint", str(base_checkpoint), "--table", str(small_table("wrn-10-1")), "--target", "0.7",
+                 "--algorithm", "uniform", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "widths.json").read_text())
+    assert doc["algorithm"] == "uniform" and doc["fraction"] <= 0.7
+    assert "uniform: wrn-10-1" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_to_the_same_result(small_table, synthetic_dir, base_checkpoint, tmp_path):
+    table = small_table("wrn-10-1")
+    args = ["--target", "0.75", "--init-red-fact", "10", "--seed", "2"]
+    assert main(cli_args(base_checkpoint, table, synthetic_dir, tmp_path / "whole", *args)) == 0
+    whole = json.loads((tmp_path / "whole" / "widths.json").read_text())
+    iterations = len(json.loads((tmp_path / "whole" / "history.json").read_text()))
+    assert iterations >= 2  # so the kill lands after the first checkpoint, before the end
+
+    cut = tmp_path / "cut"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", *cli_args(base_checkpoint, table, synthetic_dir, cut,
+                                                                          *args)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (cut / "state.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-run: after the first checkpoint, during a later iteration
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    partial = json.loads((cut / "history.json").read_text())
+    assert 1 <= len(partial) < iterations
+
+    assert main(cli_args(base_checkpoint, table, synthetic_dir, cut, *args, "--resume")) == 0
+    resumed = json.loads((cut / "widths.json").read_text())
+    assert resumed["finished"] and resumed["widths"] == whole["widths"]
+    assert resumed["predicted_latency_s"] == whole["predicted_latency_s"]
+    history = json.loads((cut / "history.json").read_text())
+    assert [e["group"] for e in history] == \
+           [e["group"] for e in json.loads((tmp_path / "whole" / "history.json").read_text())]
