@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--measured-in", metavar="OLD_TABLE",
                    help="copy the stored measurements of these networks from another table file (e.g. the one a "
                         "rebuilt table replaces) before measuring what is still missing")
-    p.add_argument("--no-correction", action="store_true",
-                   help="do not subtract the per-invoke overheads from the predictions")
+    p.add_argument("--correction", choices=("none", "overhead"), default="none",
+                   help="'overhead': predict sum(cell - o) + o with the per-invoke overhead o measured on the table's "
+                        "device; 'none' (default): the plain sum, as LatencyTable.predict. The report shows both")
+    p.add_argument("--estimator", choices=("mean", "median", "min"), default="mean",
+                   help="how a model's passes combine: mean (the thesis's method, default); median or min resist "
+                        "passes slowed by another process on a shared device")
     p.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
     p.add_argument("--exact-layers", action="store_true",
                    help="also time every network layer's single-layer model at its exact widths (no interpolation, "
@@ -88,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         predictor = table.predictor(arch, allow_missing=args.allow_missing)
         for n in networks:  # fail before any device time is spent
             predictor.predict(n.widths)
+        if args.correction == "overhead" and args.no_overhead and v.table_overhead(table.meta) is None:
+            raise ValueError("--correction overhead needs the per-invoke overhead, which this table does not hold "
+                             "yet: drop --no-overhead to measure it")
         timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown)
         devices = make_devices(args.device, timing, 1, args.devices_file)
         if len(devices) != 1:
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                   "again to continue", file=sys.stderr)
             return 130
         measured = v.measured_networks(store, arch, device.name)
-        exact = v.exact_sums(store, arch, networks, device.name)
+        exact = v.exact_sums(store, arch, networks, device.name, args.estimator)
         ops_of = v.stored_ops(store, arch, device.name)
         meta = store.meta()
         runs = sorted({r for n in networks for r in measured[n.key].run_ids})
@@ -161,16 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"latency-report: error: networks lack passes after measuring: {', '.join(missing)}", file=sys.stderr)
         return 2
-    # the correction applies when the overhead was measured on the device the table was built on
-    applied = None if args.no_correction else v.table_overhead(meta)
-    if applied is not None and table_devices and applied.device not in table_devices:
-        applied = None
+    # an overhead describes the predictions only when measured on the device the table was built on
+    table_overhead = v.table_overhead(meta)
+    if table_overhead is not None and table_devices and table_overhead.device not in table_devices:
+        table_overhead = None
+    if args.correction == "overhead" and table_overhead is None:
+        print("latency-report: error: --correction overhead needs the per-invoke overhead measured on the table's "
+              f"device ({', '.join(table_devices) or 'unknown'}): run without --no-overhead on that device",
+              file=sys.stderr)
+        return 2
+    applied = table_overhead if args.correction == "overhead" else None
     notes = []
     if table_devices and device.name not in table_devices:
         notes.append(f"the table was measured on {', '.join(table_devices)}, the networks on {device.name}")
     if table.coverage_note():
         notes.append(table.coverage_note())
-    rows = v.compare(table, arch, networks, measured, applied, args.allow_missing, exact)
+    rows = v.compare(table, arch, networks, measured, table_overhead, applied is not None, args.allow_missing, exact,
+                     args.estimator)
 
     from latency.report import ReportInput, _num, worst, write_report
 
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma")}, rows=rows, overhead=applied,
         overhead_measured=measured_overhead or v.table_overhead(meta, device.name),
         worst_breakdown=predictor.breakdown(w.network.widths),
-        measurement={"runtime": ", ".join(runtimes), "runs": args.runs, "warmup": args.warmup, "passes": args.passes,
+        measurement={"runtime": ", ".join(runtimes), "estimator": args.estimator, "runs": args.runs, "warmup": args.warmup, "passes": args.passes,
                      "threads": args.threads, "run_ids": runs, "measured_now": result.measured_now,
                      "already_stored": result.already},
         op_check=op_check, notes=notes,
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"networks: {metrics['n']} (measured now: {result.measured_now} passes, already stored: {result.already})")
     print(f"MAPE {_num(metrics['mape'], '.2f')} %, worst {_num(metrics['max_ape'], '.2f')} %, "
           f"Pearson {_num(metrics['pearson'], '.5f')}, slope {_num(metrics['slope'], '.4f')}"
-          + (f"; plain sum: MAPE {_num(metrics['uncorrected']['mape'], '.2f')} %" if applied else ""))
+          + (f"; plain sum: MAPE {_num(metrics['alternatives']['sum_of_layers']['mape'], '.2f')} %" if applied else ""))
     return 0
 
 

@@ -64,6 +64,7 @@ def metrics_document(inp: ReportInput) -> dict:
     m.update({
         "arch": inp.arch, "device": inp.device, "table": inp.table_name,
         "prediction": "overhead_corrected" if inp.overhead else "sum_of_layers",
+        "estimator": inp.rows[0].estimator,
         "correction": inp.overhead.to_meta() if inp.overhead else None,
         "measured_overhead": inp.overhead_measured.to_meta() if inp.overhead_measured else None,
         "bias": bias_analysis(inp.rows, inp.overhead_measured or inp.overhead),
@@ -71,7 +72,8 @@ def metrics_document(inp: ReportInput) -> dict:
         "networks": [{
             "label": r.network.label, "source": r.network.source, "widths": r.network.widths,
             "layers": r.n_layers, "params": r.params, "macs": r.macs,
-            "predicted_s": r.predicted_s, "sum_of_layers_s": r.sum_of_layers_s, "measured_s": r.measured_s,
+            "predicted_s": r.predicted_s, "sum_of_layers_s": r.sum_of_layers_s,
+            "overhead_corrected_s": r.overhead_corrected_s, "measured_s": r.measured_s,
             "measured_passes_s": list(r.measured.seconds), "error_pct": r.error_pct, "exact_sum_s": r.exact_sum_s,
             "sum_of_layers_error_pct": r.raw_error_pct,
         } for r in inp.rows],
@@ -112,7 +114,6 @@ def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
 
 def report_markdown(inp: ReportInput, metrics: dict) -> str:
     rows = inp.rows
-    u = metrics["uncorrected"]
     meta = inp.table_meta
     ms = inp.measurement
     lines = [f"# Latency table validation: {inp.arch} on {inp.device}", ""]
@@ -120,7 +121,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
         f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, sigma {meta.get('sigma', '?')})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
-        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = mean of "
+        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = "
         f"the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
     ]
     if inp.overhead:
@@ -136,6 +137,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
                      f"{SPREAD_LIMIT_PCT:.0f} % apart (another process disturbed the device?): "
                      f"{', '.join(metrics['disturbed'])}")
     lines += ["", "## Summary", "", "| metric | prediction | plain sum of layers |", "|---|---:|---:|"]
+    u = metrics["alternatives"]["sum_of_layers"]
     for key, name, fmt in (("n", "networks", "d"), ("mape", "MAPE %", ".2f"), ("max_ape", "worst APE %", ".2f"),
                            ("mean_error", "mean signed error %", "+.2f"), ("pearson", "Pearson r", ".5f"),
                            ("spearman", "Spearman ρ", ".5f"), ("slope", "slope (measured on predicted)", ".4f"),
@@ -160,21 +162,37 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
             f"the intercept is what every single-layer model pays once and the network once in total, the slope "
             f"the per-op dispatch both pay.", "",
             "| probe | n ops | µs |", "|---|---:|---:|"]
-        for label, s in sorted(o.probes.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[-1])):
-            lines.append(f"| {label} | {label.rsplit('-', 1)[-1]} | {_us(s)} |")
+        for label, sec in sorted(o.probes.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[-1])):
+            lines.append(f"| {label} | {label.rsplit('-', 1)[-1]} | {_us(sec)} |")
         lines += ["", f"- intercept (overhead) o = {_us(o.seconds)} µs ± {_us(o.stderr_s)}, "
                       f"per-op slope {o.per_op_s * 1e9:.1f} ns",
-                  f"- the plain sum counts (n − 1) o too much: {_us(b['expected_overcount_s_mean'])} µs per network "
-                  f"on average here"]
-    lines += [f"- plain sum − measured: {_us(b['residual_raw_s_mean'])} µs per network on average "
-              f"(mean signed error {u['mean_error']:+.2f} %)"]
-    if "raw_excess_per_extra_layer_s_median" in b:
-        lines.append(f"- per extra layer (sum − measured) / (n − 1): median {_us(b['raw_excess_per_extra_layer_s_median'])} µs")
-    lines.append(f"- after the correction: {_us(b['residual_s_mean'])} µs per network "
-                 f"(mean signed error {metrics['mean_error']:+.2f} %)")
-    if "relative_residual_per_million_params" in b:
-        lines.append(f"- remaining relative error against weights (cache pressure): "
-                     f"{b['relative_residual_per_million_params']:+.2f} % per million weights")
+                  f"- if it were the bias, the plain sum would over-predict by (n − 1) o = "
+                  f"{b['overhead_pct_mean']:+.2f} % on average here, i.e. {_us(o.seconds)} µs per extra layer"]
+    lines.append(f"- plain sum of the table's cells − measured: mean signed error {b['sum_error_pct_mean']:+.2f} %, "
+                 f"median {_us(b['sum_excess_per_extra_layer_s_median'])} µs per extra layer (table error and "
+                 f"composition bias together)")
+    if "composition_error_pct_mean" in b:
+        lines += [
+            f"- exact single-layer models (every layer at its own widths, no interpolation or smoothing) summed − "
+            f"measured, the composition bias alone: median {_us(b['composition_per_extra_layer_s_median'])} µs per "
+            f"extra layer, mean signed error {b['composition_error_pct_mean']:+.2f} % (mean absolute "
+            f"{b['composition_ape_mean']:.2f} %)"]
+        if "composition_pct_per_weight_mb" in b:
+            lines.append(f"- its trend with the weight footprint (cache pressure): "
+                         f"{b['composition_pct_per_weight_mb']:+.2f} % per MB of weights "
+                         f"(Pearson {b['composition_vs_weights_pearson']:+.2f})")
+        lines.append(f"- the table's own error against the exact sums (grid interpolation, smoothing, cell noise): "
+                     f"mean {b['table_vs_exact_pct_mean']:+.2f} %, mean absolute {b['table_vs_exact_ape_mean']:.2f} %")
+    alts = metrics["alternatives"]
+    lines += ["", "| prediction | MAPE % | worst % | mean signed % | Pearson |", "|---|---:|---:|---:|---:|"]
+    names = {"sum_of_layers": "plain sum of the table's cells", "overhead_corrected": "… with (n − 1) o removed",
+             "exact_cells": "sum of exact single-layer models",
+             "exact_cells_overhead_corrected": "… with (n − 1) o removed"}
+    for key, name in names.items():
+        if key in alts:
+            a = alts[key]
+            lines.append(f"| {name} | {_num(a['mape'], '.2f')} | {_num(a['max_ape'], '.2f')} | "
+                         f"{_num(a['mean_error'], '+.2f')} | {_num(a['pearson'], '.5f')} |")
     if inp.op_check:
         oc = inp.op_check
         lines += ["", f"Ops of every timed network (its .tflite) against the ops of the single-layer models the table "

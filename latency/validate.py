@@ -294,6 +294,13 @@ def stored_passes(store: TableStore, arch: Arch, device: str) -> dict[str, set[i
     return out
 
 
+#: how the passes of one model combine into its latency: the thesis's method is the mean; the
+#: median and the minimum resist passes slowed down by another process on the device
+ESTIMATORS: dict[str, Callable[[Sequence[float]], float]] = {
+    "mean": lambda a: float(np.mean(a)), "median": lambda a: float(np.median(a)), "min": lambda a: float(np.min(a)),
+}
+
+
 @dataclass(frozen=True)
 class Measured:
     """A network's stored passes on one device."""
@@ -304,6 +311,9 @@ class Measured:
     @property
     def mean(self) -> float:
         return float(np.mean(self.seconds))
+
+    def value(self, estimator: str = "mean") -> float:
+        return ESTIMATORS[estimator](self.seconds)
 
     @property
     def std(self) -> float:
@@ -547,13 +557,16 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
     return stored
 
 
-def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str) -> dict[str, float]:
-    """network key -> sum over the layers it runs of the exact cell's mean over passes
-    (networks with every cell measured only)."""
+def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str,
+               estimator: str = "mean") -> dict[str, float]:
+    """network key -> sum over the layers it runs of the exact cell's passes combined by
+    `estimator` (networks with every cell measured only)."""
     _ensure_schema(store)
-    means = {(k, i, o): float(s) for k, i, o, s in store.db.execute(
-        "select type_key, c_in, c_out, avg(seconds) from exact_cells where device = ? group by type_key, c_in, c_out",
-        [device])}
+    passes: dict[tuple[str, int, int], list[float]] = {}
+    for k, i, o, sec in store.db.execute("select type_key, c_in, c_out, seconds from exact_cells where device = ?",
+                                         [device]):
+        passes.setdefault((k, i, o), []).append(sec)
+    means = {c: ESTIMATORS[estimator](v) for c, v in passes.items()}
     out = {}
     for n in networks:
         cells = network_cells(arch, n.widths)
@@ -752,20 +765,22 @@ def op_check(arch: Arch, widths: Mapping[str, int], network_ops: Counter, genera
 
 @dataclass(frozen=True)
 class Comparison:
-    """One network: the table's prediction and the device's measurement."""
+    """One network: the table's predictions and the device's measurement."""
 
     network: Network
-    sum_of_layers_s: float  # the plain sum of the table's cells
-    predicted_s: float  # the adopted prediction (overhead-corrected when an overhead is known)
+    sum_of_layers_s: float  # the plain sum of the table's cells (`LatencyTable.predict`)
+    overhead_corrected_s: float | None  # the sum with the per-invoke overhead counted once
+    predicted_s: float  # the adopted prediction: one of the two above
     n_layers: int  # layers the table timed for this network
     measured: Measured
     params: int
     macs: int
     exact_sum_s: float | None = None  # sum of the exact single-layer models it runs, when measured
+    estimator: str = "mean"  # how the passes combine
 
     @property
     def measured_s(self) -> float:
-        return self.measured.mean
+        return self.measured.value(self.estimator)
 
     @property
     def error_pct(self) -> float:
@@ -777,12 +792,14 @@ class Comparison:
 
 
 def compare(table, arch: Arch, networks: Sequence[Network], measured: Mapping[str, Measured],
-            overhead: OverheadEstimate | None, allow_missing: bool = False,
-            exact: Mapping[str, float] | None = None) -> list[Comparison]:
-    """Predictions of every network next to its stored measurement, both from the table's
+            overhead: OverheadEstimate | None, apply_overhead: bool = False, allow_missing: bool = False,
+            exact: Mapping[str, float] | None = None, estimator: str = "mean") -> list[Comparison]:
+    """Predictions of every network next to its stored measurement, all from the table's
     per-layer breakdown (the layers the device runs, fused batch-norms included): the plain
-    sum (`LatencyTable.predict` without a correction) and the adopted prediction, with the
-    per-invoke overhead counted once (`corrected_prediction`)."""
+    sum (what `LatencyTable.predict` returns), the sum with the per-invoke overhead counted
+    once (`corrected_prediction`, when an overhead is known), and the adopted one of the two."""
+    if apply_overhead and overhead is None:
+        raise ValidationError("the overhead correction needs an overhead measured on the table's device")
     out = []
     predictor = table.predictor(arch, allow_missing=allow_missing)
     for net in networks:
@@ -790,10 +807,10 @@ def compare(table, arch: Arch, networks: Sequence[Network], measured: Mapping[st
             raise ValidationError(f"network {net.label} has no stored measurement")
         cells = [l.seconds for l in predictor.breakdown(net.widths) if l.seconds is not None]
         total = float(np.sum(cells))
-        predicted = corrected_prediction(cells, overhead.seconds) if overhead else total
-        out.append(Comparison(net, total, predicted, len(cells), measured[net.key],
-                              network_params(arch, net.widths), network_macs(arch, net.widths),
-                              (exact or {}).get(net.key)))
+        corrected = corrected_prediction(cells, overhead.seconds) if overhead else None
+        out.append(Comparison(net, total, corrected, corrected if apply_overhead else total, len(cells),
+                              measured[net.key], network_params(arch, net.widths), network_macs(arch, net.widths),
+                              (exact or {}).get(net.key), estimator))
     return out
 
 
@@ -810,47 +827,57 @@ def comparison_metrics(rows: Sequence[Comparison]) -> dict:
     m = validation_metrics([r.predicted_s for r in rows], [r.measured_s for r in rows])
     # another process on the device shows as passes of one network that disagree
     m["disturbed"] = [r.network.label for r in rows if pass_spread_pct(r.measured.seconds) > SPREAD_LIMIT_PCT]
-    m["uncorrected"] = validation_metrics([r.sum_of_layers_s for r in rows], [r.measured_s for r in rows])
+    meas = [r.measured_s for r in rows]
+    alt = {"sum_of_layers": validation_metrics([r.sum_of_layers_s for r in rows], meas)}
+    if rows and all(r.overhead_corrected_s is not None for r in rows):
+        alt["overhead_corrected"] = validation_metrics([r.overhead_corrected_s for r in rows], meas)
     if rows and all(r.exact_sum_s is not None for r in rows):
-        m["exact_cells"] = validation_metrics([r.exact_sum_s for r in rows], [r.measured_s for r in rows])
+        alt["exact_cells"] = validation_metrics([r.exact_sum_s for r in rows], meas)
+        if "overhead_corrected" in alt:
+            oh = [(r.sum_of_layers_s - r.overhead_corrected_s) for r in rows]  # (n - 1) o
+            alt["exact_cells_overhead_corrected"] = validation_metrics(
+                [r.exact_sum_s - d for r, d in zip(rows, oh)], meas)
+    m["alternatives"] = alt
     return m
 
 
 def bias_analysis(rows: Sequence[Comparison], overhead: OverheadEstimate | None) -> dict:
     """The numbers that say where sum-of-layers minus measured comes from (seconds, percent).
 
-    - per extra layer, (sum - measured) / (n - 1): a per-invoke overhead counted once per layer
-      shows up here as a constant, to compare with the measured overhead;
-    - with exact single-layer timings (no interpolation, no smoothing), the same for their
-      sum (the bias of summing alone) and the table's own error against them;
-    - the remaining relative error against the weight count (cache pressure grows with it).
+    - the overhead hypothesis: the plain sum over-predicts by (n - 1) o, `overhead_pct_mean`
+      percent of the measurement on average;
+    - the table's plain sum against the measurement (`sum_error_pct_mean`): table error and
+      composition bias together;
+    - with exact single-layer timings (every layer at its own widths, no interpolation or
+      smoothing): the composition bias alone, per network as (exact sum - measured) / (n - 1)
+      per extra layer (a per-invoke overhead would make it equal o) and in percent; its trend
+      with the network's weight footprint (MB of float32 weights: cache pressure); and the
+      table's own error against the exact sums.
     """
     n = np.array([r.n_layers for r in rows], float)
     meas = np.array([r.measured_s for r in rows])
-    resid_raw = np.array([r.sum_of_layers_s for r in rows]) - meas
-    resid = np.array([r.predicted_s for r in rows]) - meas
-    params = np.array([r.params for r in rows], float)
+    plain = np.array([r.sum_of_layers_s for r in rows])
+    weights_mb = np.array([r.params for r in rows], float) * 4 / 1e6
     extra = np.maximum(n - 1, 1)
     out: dict = {"overhead_s": overhead.seconds if overhead else None,
                  "per_op_s": overhead.per_op_s if overhead else None,
-                 "expected_overcount_s_mean": float(((n - 1) * overhead.seconds).mean()) if overhead else None,
-                 "residual_raw_s_mean": float(resid_raw.mean()), "residual_s_mean": float(resid.mean()),
-                 "raw_excess_per_extra_layer_s_median": float(np.median(resid_raw / extra))}
+                 "overhead_pct_mean": float((100 * (n - 1) * overhead.seconds / meas).mean()) if overhead else None,
+                 "sum_error_pct_mean": float((100 * (plain - meas) / meas).mean()),
+                 "sum_excess_per_extra_layer_s_median": float(np.median((plain - meas) / extra))}
     if rows and all(r.exact_sum_s is not None for r in rows):
         exact = np.array([r.exact_sum_s for r in rows])
         per_layer = (exact - meas) / extra
+        composition = 100 * (exact - meas) / meas
         out.update({
-            "exact_excess_per_extra_layer_s_median": float(np.median(per_layer)),
-            "exact_excess_per_extra_layer_s_mean": float(per_layer.mean()),
-            "exact_error_pct_mean": float((100 * (exact - meas) / meas).mean()),
-            "table_vs_exact_pct_mean": float((100 * (resid_raw + meas - exact) / exact).mean()),
-            "table_vs_exact_ape_mean": float(np.abs(100 * (resid_raw + meas - exact) / exact).mean()),
+            "composition_per_extra_layer_s_median": float(np.median(per_layer)),
+            "composition_per_extra_layer_s": [float(x) for x in per_layer],
+            "composition_error_pct_mean": float(composition.mean()),
+            "composition_ape_mean": float(np.abs(composition).mean()),
+            "table_vs_exact_pct_mean": float((100 * (plain - exact) / exact).mean()),
+            "table_vs_exact_ape_mean": float(np.abs(100 * (plain - exact) / exact).mean()),
         })
-        if overhead:
-            corrected = exact - (n - 1) * overhead.seconds
-            out["exact_corrected_error_pct_mean"] = float((100 * (corrected - meas) / meas).mean())
-            out["exact_corrected_ape_mean"] = float(np.abs(100 * (corrected - meas) / meas).mean())
-    if len(rows) >= 3 and np.ptp(params) > 0:
-        fit_rel = np.polyfit(params, resid / meas, 1)
-        out["relative_residual_per_million_params"] = float(fit_rel[0] * 1e8)  # percent per 1e6 weights
+        if len(rows) >= 3 and np.ptp(weights_mb) > 0:
+            slope, _ = np.polyfit(weights_mb, composition, 1)
+            out["composition_pct_per_weight_mb"] = float(slope)
+            out["composition_vs_weights_pearson"] = float(np.corrcoef(weights_mb, composition)[0, 1])
     return out

@@ -31,7 +31,7 @@ def derive_seed(*parts: int | str) -> int:
             words.extend(p.encode())
             words.append(256)  # separator: ("ab", "c") != ("a", "bc")
         else:
-            words.append(int(p))
+            words.extend(divmod(int(p) % 2**64, 2**32))  # any int, negative seeds included
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

@@ -83,7 +83,7 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
 
     latency = predictor.predict(net.widths)
     error = history[-1]["holdout_error"] if history else None
-    t_report = time.perf_counter()
+    t_report = t_written = time.perf_counter()
     while latency > stop_latency:
         t0 = time.perf_counter()
         with FisherAccumulator(net) as acc:
@@ -115,6 +115,11 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
         history.append(entry)
         run.checkpoint({"config": config, "iteration": iteration, "widths": dict(net.widths),
                         "state_dict": net.state_dict(), "history": history, "saved": saved})
+        if reached or time.perf_counter() - t_written > 30:  # readable progress, not only at the end
+            t_written = time.perf_counter()
+            write_outputs(run, SearchResult("fisher", arch, dict(net.widths), initial_widths, initial, latency, target,
+                                            history, saved, run.path, net),
+                          str(predictor.table.path), finished=False, plot=False)
         if time.perf_counter() - t_report > 5 or latency <= stop_latency:
             t_report = time.perf_counter()
             log(f"removal {iteration}: {removal.group} channel {removal.channel} (fisher {removal.fisher:.3g}, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -123,6 +123,3 @@ def worker_threads(jobs: int, threads: int | None) -> int | None:
         return threads
     return 1 if jobs > 1 else None
 
-
-def state_without_grad(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in state.items()}

@@ -100,16 +100,20 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     meta = dict(_rows(table, "select key, value from meta"))
     stored = json.loads(meta["invoke_overhead"])
     assert stored["device"] == "local" and stored["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
-    assert 0 <= overhead < 50e-6 and metrics["correction"]["seconds"] == pytest.approx(overhead, rel=1e-6, abs=1e-12)
+    assert 0 <= overhead < 50e-6 and metrics["measured_overhead"]["seconds"] == pytest.approx(overhead, rel=1e-6,
+                                                                                               abs=1e-12)
+    assert metrics["correction"] is None and metrics["prediction"] == "sum_of_layers"  # the default
 
-    # predicted: the table's cells of the layers the network runs, minus (n - 1) overheads
+    # predicted: the table's cells of the layers the network runs (as LatencyTable.predict);
+    # the alternative: minus (n - 1) overheads
     lut = LatencyTable.open(table)
-    pred, meas = [], []
+    pred, meas, corrected = [], [], []
     for n in nets:
         cells = [l.seconds for l in lut.breakdown(arch, n["widths"])]
         assert n["sum_of_layers_s"] == pytest.approx(sum(cells), rel=1e-9)
-        assert n["sum_of_layers_s"] == pytest.approx(lut.predict(arch, n["widths"]), rel=1e-9)
-        assert n["predicted_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * overhead, rel=1e-9)
+        assert n["predicted_s"] == pytest.approx(lut.predict(arch, n["widths"]), rel=1e-9) == n["sum_of_layers_s"]
+        assert n["overhead_corrected_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * overhead, rel=1e-9)
+        corrected.append(n["overhead_corrected_s"])
         pred.append(n["predicted_s"])
         meas.append(n["measured_s"])
     pred, meas = np.array(pred), np.array(meas)
@@ -124,6 +128,8 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert metrics["slope"] == pytest.approx(np.polyfit(pred, meas, 1)[0])
     for error, n in zip(100 * (pred - meas) / meas, nets):
         assert n["error_pct"] == pytest.approx(error)
+    alt = metrics["alternatives"]["overhead_corrected"]
+    assert alt["mape"] == pytest.approx(np.mean(np.abs(np.array(corrected) - meas) / meas * 100))
 
     # exact single-layer models: one row per (cell, pass); the network's sum of cell means
     exact: dict[tuple, list[float]] = {}
@@ -134,7 +140,7 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
         cells = [(l.type_key, l.c_in, l.c_out if lut.types[l.type_key].two_axes else 0)
                  for l in lut.breakdown(arch, n["widths"])]
         assert n["exact_sum_s"] == pytest.approx(sum(np.mean(exact[c]) for c in cells), rel=1e-9)
-    assert metrics["exact_cells"]["mape"] == pytest.approx(
+    assert metrics["alternatives"]["exact_cells"]["mape"] == pytest.approx(
         np.mean([abs(n["exact_sum_s"] - n["measured_s"]) / n["measured_s"] * 100 for n in nets]))
 
     # scatter.png is a real PNG of the figure
@@ -199,17 +205,21 @@ def test_rebuilt_table_reuses_the_measurements(reported, small_table, widths_dir
     fresh = _copy_table(small_table(ARCH), tmp_path / "rebuilt.sqlite")
     out = tmp_path / "rebuilt"
     assert cli_report.main(["--table", str(fresh), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--measured-in", str(old), "--out", str(out), "--no-op-check", *FAST]) == 0
+                            "--measured-in", str(old), "--correction", "overhead", "--out", str(out), "--no-op-check",
+                            *FAST]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["measurement"]["measured_now"] == 0 and m["n"] == 4
     assert _rows(fresh, "select count(*) from whole_networks")[0][0] == 8
     assert _rows(fresh, "select count(*) from invoke_probes")[0][0] == 12
     settings = [json.loads(s) for (s,) in _rows(fresh, "select settings from runs where status = 'finished'")]
     assert any(s.get("copied_from", {}).get("table") == old.name for s in settings)
-    assert m["correction"] is not None  # the overhead came along with the probes
+    # the overhead came along with the probes, and --correction overhead applies it
+    assert m["correction"]["seconds"] > 0 and m["prediction"] == "overhead_corrected"
+    assert all(n["predicted_s"] == n["overhead_corrected_s"] < n["sum_of_layers_s"] for n in m["networks"])
 
 
-@pytest.mark.parametrize("case", ["unknown device", "other arch", "empty dir", "missing file", "no networks"])
+@pytest.mark.parametrize("case", ["unknown device", "other arch", "empty dir", "missing file", "no networks",
+                                  "correction without overhead"])
 def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> None:
     table = small_table(ARCH)
     args = ["--table", str(table), "--arch", ARCH, "--out", str(tmp_path / "r"), "--quiet"]
@@ -228,6 +238,9 @@ def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> No
     elif case == "missing file":
         args += ["--widths", str(tmp_path / "nope.json")]
         expect = "no such widths file"
+    elif case == "correction without overhead":
+        args += ["--sample", "1", "--correction", "overhead", "--no-overhead"]
+        expect = "needs the per-invoke overhead"
     else:
         expect = "no networks"
     rows_before = _rows(table, "select count(*) from whole_networks")[0][0]

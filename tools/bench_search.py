@@ -45,7 +45,8 @@ class Enough(Exception):
     """Raised from a callback to stop a run after the iterations measured."""
 
 
-def bench_fisher(net, predictor, data, workdir: Path, removals: int, ft: FinetuneSettings) -> list[float]:
+def bench_fisher(net, predictor, data, workdir: Path, removals: int, ft: FinetuneSettings
+                 ) -> list[tuple[float, float]]:
     marks: list[float] = []
     entries: list[dict] = []
 
@@ -60,8 +61,10 @@ def bench_fisher(net, predictor, data, workdir: Path, removals: int, ft: Finetun
                    log=lambda line: None, plot=False)
     except Enough:
         pass
-    # a removal = the time between two callbacks, less its fine-tuning (and Fisher accumulation)
-    return [(b - a) - e["seconds"]["finetune"] for a, b, e in zip(marks, marks[1:], entries[1:])]
+    # a removal = the time between two callbacks, less its fine-tuning (and Fisher accumulation);
+    # `removal` in the entry is the gains, the choice and the carry-over, the rest the checkpoint
+    return [((b - a) - e["seconds"]["finetune"], e["seconds"]["removal"])
+            for a, b, e in zip(marks, marks[1:], entries[1:])]
 
 
 def bench_netadapt(net, predictor, data, workdir: Path, name: str, iterations: int, jobs: int, threads: int | None,
@@ -75,7 +78,7 @@ def bench_netadapt(net, predictor, data, workdir: Path, name: str, iterations: i
                 raise Enough
 
     try:
-        run_netadapt(net, predictor, data, workdir / name, 0.5, settings=settings, finetune=ft, jobs=jobs,
+        run_netadapt(net, predictor, data, workdir / name, 0.8, settings=settings, finetune=ft, jobs=jobs,
                      threads=threads, callback=callback, log=lambda line: None, plot=False)
     except Enough:
         pass
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="wrn-40-2")
     p.add_argument("--table", default=str(REPO / "tables" / "rpi3b-wrn-40-2.sqlite"))
     p.add_argument("--removals", type=int, default=30, help="Fisher removals timed")
-    p.add_argument("--candidates", type=int, default=8, help="NetAdapt candidates per iteration (sampled groups)")
+    p.add_argument("--groups", default="s1b0,s1b2,s1b4,s2b0,s2b2,s2b4,s3b0,s3b2",
+                   help="NetAdapt groups tried (one candidate each; an even count splits evenly over 2 workers)")
     p.add_argument("--iterations", type=int, default=2, help="NetAdapt iterations timed per configuration")
     p.add_argument("--finetune-batches", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
@@ -116,17 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_fisher:
             before = torch.get_num_threads()
             torch.set_num_threads(1)
-            overhead = bench_fisher(net, predictor, data, workdir, args.removals,
-                                    FinetuneSettings(batches=1, batch_size=2))
+            timed = bench_fisher(net, predictor, data, workdir, args.removals,
+                                 FinetuneSettings(batches=1, batch_size=2))
             torch.set_num_threads(before)
+            overhead, choice = [t for t, _ in timed], [c for _, c in timed]
             print(f"\n[1] Fisher with cost, {arch.name}: time per removal excluding fine-tuning over "
                   f"{len(overhead)} removals: median {statistics.median(overhead) * 1e3:.1f} ms, "
-                  f"mean {statistics.mean(overhead) * 1e3:.1f} ms, max {max(overhead) * 1e3:.1f} ms")
+                  f"mean {statistics.mean(overhead) * 1e3:.1f} ms, max {max(overhead) * 1e3:.1f} ms; of which "
+                  f"latency gains + choice + weight carry-over median {statistics.median(choice) * 1e3:.1f} ms, "
+                  f"the rest (checkpoint, history) median "
+                  f"{statistics.median(o - c for o, c in timed) * 1e3:.1f} ms")
 
         if not args.skip_netadapt:
-            settings = NetAdaptSettings(sample_groups=min(1.0, args.candidates / groups))
+            settings = NetAdaptSettings(groups=tuple(g for g in args.groups.split(",") if g))
             print(f"\n[2] NetAdapt, {arch.name}: {args.iterations} iterations per configuration, "
-                  f"~{args.candidates} candidates each, fine-tune {ft.batches} x {ft.batch_size}, "
+                  f"groups {args.groups}, fine-tune {ft.batches} x {ft.batch_size}, "
                   f"held-out {data.holdout_idx.size} images")
             runs = {}
             configs = [("1 worker, 1 thread", 1, 1), ("2 workers, 1 thread each", 2, 1)]

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-passes", type=int, default=3)
     p.add_argument("--report-runs", type=int, default=50)
     p.add_argument("--cooldown", type=float, default=0.0, help="seconds between models in the report (0)")
+    p.add_argument("--estimator", default="mean", help="latency-report --estimator (mean)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tables-dir", default="reports/bench/tables", help="(under reports/: git ignores it)")
     p.add_argument("--reports-dir", default="reports/bench")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--runs", str(args.runs), "--out", str(table), "--quiet"]
         report = ["--table", str(table), "--device", "local", "--arch", arch, "--sample", str(args.sample),
                   "--seed", str(args.seed), "--passes", str(args.report_passes), "--runs", str(args.report_runs),
-                  "--cooldown", str(args.cooldown),
+                  "--cooldown", str(args.cooldown), "--estimator", args.estimator,
                   "--exact-layers", "--out", str(out)]
         if args.max_spread is not None:
             report += ["--max-spread", str(args.max_spread)]
@@ -109,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             "report_wall_s": report_s, "idle_before_build": idle_build, "idle_before_report": idle_report,
             **{k: m[k] for k in ("n", "mape", "max_ape", "pearson", "spearman", "slope", "within_5", "within_10",
                                  "mean_error")},
-            "uncorrected": {k: m["uncorrected"][k] for k in ("mape", "max_ape", "pearson", "mean_error")},
-            "overhead_us": (m["correction"] or {}).get("seconds", 0.0) * 1e6,
+            "alternatives": m["alternatives"], "bias": m["bias"], "disturbed": len(m["disturbed"]),
+            "overhead_us": (m["measured_overhead"] or {}).get("seconds", 0.0) * 1e6,
         })
     (reports / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["| arch | n | MAPE % | worst % | Pearson | slope | mean err % | plain-sum MAPE % | overhead µs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arch | n | MAPE % | worst % | Pearson | slope | mean err % | disturbed | overhead µs | "
+             "MAPE (n−1)o removed | exact-cells MAPE | exact-cells mean err % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
+        alt = s["alternatives"]
         lines.append(f"| {s['arch']} | {s['n']} | {s['mape']:.2f} | {s['max_ape']:.2f} | {s['pearson']:.5f} | "
-                     f"{s['slope']:.4f} | {s['mean_error']:+.2f} | {s['uncorrected']['mape']:.2f} | "
-                     f"{s['overhead_us']:.2f} |")
+                     f"{s['slope']:.4f} | {s['mean_error']:+.2f} | {s['disturbed']} | {s['overhead_us']:.2f} | "
+                     f"{alt.get('overhead_corrected', {}).get('mape', float('nan')):.2f} | "
+                     f"{alt.get('exact_cells', {}).get('mape', float('nan')):.2f} | "
+                     f"{alt.get('exact_cells', {}).get('mean_error', float('nan')):+.2f} |")
     lines += [""] + [f"- `{s['build_command']}` ({s['build_wall_s']:.0f} s)\n- `{s['report_command']}` "
                      f"({s['report_wall_s']:.0f} s)" for s in summary]
     (reports / "summary.md").write_text("\n".join(lines) + "\n")
