@@ -6,8 +6,6 @@ channel counts) and its output is rewritten for every other cell (`tflite_rewrit
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import threading
 
 import numpy as np
@@ -70,11 +68,9 @@ def _randomise(model, seed: int) -> None:
 
 def convert_cell(t: LayerType, c_in: int, c_out: int, seed: int = 0) -> bytes:
     """The converter's output for one cell (the slow reference path)."""
-    import tensorflow as tf
+    from models.keras_builder import convert_keras
 
-    model = single_layer_keras(t, c_in, c_out, seed)
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter's export chatter
-        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return convert_keras(single_layer_keras(t, c_in, c_out, seed))
 
 
 class CellModels:

@@ -20,9 +20,7 @@ the op kinds the product times; they import TensorFlow lazily so that render wor
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import math
 import struct
 from collections.abc import Mapping
@@ -526,10 +524,9 @@ def keras_layer_model(
 
 def convert_keras(model: Any) -> bytes:
     """float32 TFLite bytes of a Keras model (the converter's export chatter is swallowed)."""
-    import tensorflow as tf
+    from models.keras_builder import convert_keras as convert
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return convert(model)
 
 
 def build_template(

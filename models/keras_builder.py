@@ -112,10 +112,13 @@ def keras_from_torch(net: ArchNet):
 
 def convert_keras(model) -> bytes:
     """Float32 TFLite flatbuffer of a Keras model (batch 1)."""
+    import contextlib
+    import io
+
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter's export chatter
+        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
 def to_tflite(arch: Arch, widths: Mapping[str, int] | None = None, net: ArchNet | None = None) -> bytes:
