@@ -29,6 +29,7 @@ class BuildSettings:
     passes: int = 3
     grid_step: int = 1
     sigma: float = 3.0
+    estimator: str = "mean"  # of the passes, before smoothing: mean (thesis) or median
     batch_size: int = 32
     seed: int = 0
     max_failures: int = 3  # consecutive failed batches before a device is retired
@@ -87,7 +88,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         if batches:
             await _measure_all(arch, store, cells, types, devices, batches, settings, runs_per_cell, total, already,
                                result, report)
-        result.incomplete_types = finalize(store, settings.sigma)
+        result.incomplete_types = finalize(store, settings.sigma, settings.estimator)
         result.wall_s = time.time() - started
         return result
     finally:

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes timing at once (1: concurrent timings disturb each other)")
     p.add_argument("--sigma", type=float, default=3.0, help="Gaussian smoothing sigma in channels; 0 = off (3)")
+    p.add_argument("--estimator", choices=("mean", "median"), default="mean",
+                   help="per-cell value smoothed into the table: the mean of the passes (the thesis; default) or "
+                        "their median (robust to a pass disturbed by other work on a shared machine)")
     p.add_argument("--batch-size", type=int, default=32, help="models per device call (32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
     runs = getattr(devices[0], "settings", timing).runs
-    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, batch_size=args.batch_size,
+    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, estimator=args.estimator, batch_size=args.batch_size,
                              seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -15,9 +15,18 @@ def type_grid(t: LayerType) -> tuple[np.ndarray, np.ndarray]:
     return ins, outs
 
 
-def finalize(store: TableStore, sigma: float) -> dict[str, str]:
+ESTIMATORS = ("mean", "median")
+
+
+def finalize(store: TableStore, sigma: float, estimator: str = "mean") -> dict[str, str]:
     """Recomputes `aggregates` for every type whose grid is completely measured; returns the
-    types left out with the reason (incomplete), so nothing half-measured is ever predicted."""
+    types left out with the reason (incomplete), so nothing half-measured is ever predicted.
+
+    `estimator` is what is smoothed: the mean of the passes (the thesis) or their median (a
+    pass disturbed by another process on a shared machine then does not leak into the table)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    pick = 0 if estimator == "mean" else 1
     cells = store.cells()
     raw = store.raw_by_cell()
     by_type: dict[str, list[tuple[int, int, int]]] = {}
@@ -37,7 +46,7 @@ def finalize(store: TableStore, sigma: float) -> dict[str, str]:
         for cell_id, c_in, c_out in type_cells:
             i, j = c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0
             stats[(i, j)] = cell_stats(raw[cell_id])
-            mean[i, j] = stats[(i, j)][0]
+            mean[i, j] = stats[(i, j)][pick]
         measured_rows = sorted({i for i, _ in stats})
         measured_cols = sorted({j for _, j in stats})
         filled = fill_sparse(mean, measured_rows, measured_cols)
@@ -47,9 +56,10 @@ def finalize(store: TableStore, sigma: float) -> dict[str, str]:
                 s = stats.get((i, j))
                 rows.append({
                     "type_key": key, "c_in": int(c_in), "c_out": int(c_out),
-                    "mean": float(filled[i, j]), "median": s[1] if s else None, "std": s[2] if s else None,
-                    "count": s[3] if s else 0, "smoothed": float(smoothed[i, j]), "measured": int(s is not None),
+                    "mean": s[0] if s else None, "median": s[1] if s else None, "std": s[2] if s else None,
+                    "count": s[3] if s else 0, "value": float(filled[i, j]), "smoothed": float(smoothed[i, j]),
+                    "measured": int(s is not None),
                 })
     store.write_aggregates(rows)
-    store.set_meta(sigma=sigma, incomplete_types=skipped)
+    store.set_meta(sigma=sigma, estimator=estimator, incomplete_types=skipped)
     return skipped

@@ -84,10 +84,11 @@ def import_thesis_table(npz_path: str | Path, out: str | Path) -> Path:
             for i in range(n_in):
                 for j in range(n_out):
                     rows.append({"type_key": key, "c_in": i + 1, "c_out": out_lo + j, "mean": float(a[i, j]),
-                                 "median": None, "std": None, "count": 3, "smoothed": float(a[i, j]), "measured": 1})
+                                 "median": None, "std": None, "count": 3, "value": float(a[i, j]),
+                                 "smoothed": float(a[i, j]), "measured": 1})
         store.write_aggregates(rows)
         store.set_layer_map(thesis_layer_map())
-        store.set_meta(sigma=3, incomplete_types={}, imported_at=time.time())
+        store.set_meta(sigma=3, estimator="mean", incomplete_types={}, imported_at=time.time())
         store.end_run(run_id, "imported")
     finally:
         store.close()

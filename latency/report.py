@@ -121,16 +121,16 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
         f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, sigma {meta.get('sigma', '?')})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
-        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = "
-        f"the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
+        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = the "
+        f"{ms.get('estimator', 'mean')} of the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
     ]
     if inp.overhead:
         o = inp.overhead
         lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
                      f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`")
     else:
-        lines.append("- prediction: the plain sum of the cells of the layers the network runs (no per-invoke "
-                     "overhead measured on the table's device)")
+        lines.append("- prediction: the plain sum of the cells of the layers the network runs, as "
+                     "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")
     lines += [f"- note: {n}" for n in inp.notes]
     if metrics["disturbed"]:
         lines.append(f"- note: {len(metrics['disturbed'])} of {len(rows)} networks have passes more than "

@@ -8,8 +8,9 @@ Tables:
   start/end, settings).
 - `measurements`: raw timings, one per (cell, pass); UNIQUE(cell_id, pass_index), so a resumed
   build can never count a cell twice.
-- `aggregates`: per cell mean/median/std/count of the passes plus the smoothed value, for
-  every cell of each type's full range (interpolated cells are marked); derived, recomputable.
+- `aggregates`: per cell mean/median/std/count of the passes, `value` (the estimator chosen
+  for the table, interpolated where the grid is sparse) and `smoothed`, for every cell of each
+  type's full range (interpolated cells are marked); derived, recomputable.
 - `layer_map`: optional layer name -> type key overrides (imported tables keyed by layer).
 - `whole_networks`: whole networks measured on the device (validation reports).
 """
@@ -116,7 +117,7 @@ class TableStore:
             db["measurements"].create_index(["cell_id", "pass_index"], unique=True)
             db["aggregates"].create(
                 {"type_key": str, "c_in": int, "c_out": int, "mean": float, "median": float, "std": float,
-                 "count": int, "smoothed": float, "measured": int},
+                 "count": int, "value": float, "smoothed": float, "measured": int},
                 pk=("type_key", "c_in", "c_out"),
             )
             db["layer_map"].create({"layer": str, "type_key": str}, pk="layer")

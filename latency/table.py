@@ -48,12 +48,13 @@ class LatencyTable:
 
     @classmethod
     def open(cls, path: str | Path, smoothed: bool = True) -> "LatencyTable":
-        """Loads every finished layer type; `smoothed=False` gives the raw means of the passes."""
+        """Loads every finished layer type; `smoothed=False` gives the unsmoothed per-cell values
+        (mean or median of the passes, as the table was built; interpolated on sparse grids)."""
         store = TableStore.open(path)
         try:
             meta = store.meta()
             all_types = store.layer_types()
-            column = "smoothed" if smoothed else "mean"
+            column = "smoothed" if smoothed else "value"
             values = {k: np.full(t.shape, np.nan) for k, t in all_types.items()}
             measured = {k: np.zeros(t.shape, bool) for k, t in all_types.items()}
             for key, c_in, c_out, v, m in store.db.execute(

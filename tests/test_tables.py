@@ -270,3 +270,27 @@ def test_prediction_bad_inputs(small_table, tmp_path):
         LatencyTable.open(tmp_path / "missing.sqlite")
     p = cli("-m", "latency.cli_predict", "--table", str(PI_TABLE), "--arch", "wrn-16-1", check=False)
     assert p.returncode == 2 and "cannot predict wrn-16-1" in p.stderr
+
+
+def test_median_estimator_resists_a_disturbed_pass(tmp_path):
+    """A pass disturbed by other work (one cell 100x slower) moves the mean, not the median."""
+    from latency.devices.base import DeviceInfo, Timing
+    from latency.finalize import finalize
+    from latency.layer_types import LayerType
+    from latency.store import TableStore
+
+    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test")
+    t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
+    store.add_layer_type(t, 1, grid_cells(t, 1))
+    run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
+    cells = store.cells()
+    for p in range(3):
+        store.add_measurements(run, "local", p, [
+            Timing(cid, (100.0 if (p == 1 and c == 2) else 1.0) * c * 1e-6, 0.0) for cid, (_, c, _) in cells.items()])
+    for estimator, expected in (("mean", (100 + 1 + 1) / 3 * 2e-6), ("median", 2e-6)):
+        finalize(store, 0, estimator)
+        row = store.db.execute("select value, mean, median from aggregates where c_in = 2").fetchone()
+        assert row[0] == pytest.approx(expected) and row[1] == pytest.approx(34 * 2e-6)
+        assert row[2] == pytest.approx(2e-6)
+    with pytest.raises(ValueError, match="estimator"):
+        finalize(store, 0, "mode")
