@@ -89,6 +89,11 @@ class TableStore:
         version = store.meta().get("schema_version")
         if version != SCHEMA_VERSION:
             raise TableFileError(f"{path} has table schema version {version}; this version reads {SCHEMA_VERSION}")
+        if "value" not in db["aggregates"].columns_dict:
+            # files written before the per-cell estimator existed: their `mean` was the value
+            with db.conn:
+                db["aggregates"].add_column("value", float)
+                db.execute("update aggregates set value = mean")
         return store
 
     def _create_schema(self) -> None:
