@@ -49,7 +49,7 @@ def test_measure_batch_in_order(models: dict[str, bytes]) -> None:
     assert info.runtime_version == metadata.version("ai-edge-litert")
     assert info.host == socket.gethostname()
     assert info.threads == 1
-    assert info.settings["runs"] == 50 and info.settings["warmup"] == 5
+    assert info.settings["runs"] == 50 and info.settings["warmup"] == 2
     assert info.settings["workers"] == 1
 
 

@@ -5,7 +5,7 @@ against a full-grid build of the same table.
 
 Builds (or reuses) a full-grid local table, then, from the same measurements, keeps only the
 cells a step:K grid would measure, interpolates the rest and compares every interpolated cell
-with its measured full-grid value (the mean of its passes) and with the smoothed full grid
+with its measured full-grid value (the median of its passes) and with the smoothed full grid
 (sigma 3, which averages out the timing noise the raw cells carry). Same measurements, so the
 figures isolate the interpolation error.
 """
@@ -32,7 +32,7 @@ def interpolation_errors(store, step: int, sigma: float) -> tuple[int, int, np.n
         means[key] = np.full((len(ins), len(outs)), np.nan)
     for cell_id, (key, c_in, c_out) in cells.items():
         t = types[key]
-        means[key][c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0] = np.mean(raw[cell_id])
+        means[key][c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0] = np.median(raw[cell_id])
     n_sparse = n_full = 0
     vs_raw, vs_smooth = [], []
     for key, t in types.items():

@@ -14,7 +14,7 @@ class TimingSettings:
     """The thesis's method: warm-up, then the mean of `runs` invocations of one image."""
 
     runs: int = 50
-    warmup: int = 5
+    warmup: int = 2
     threads: int = 1
     cooldown_s: float = 0.0  # pause between calls (a Pi heats up; the local CPU needs none)
 
