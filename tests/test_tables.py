@@ -103,8 +103,9 @@ def test_smoothed_values_are_gaussian_of_filled_means(small_table):
 # -- resume after an interruption ----------------------------------------------------------------
 def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "t.sqlite"
-    args = ["-m", "latency.cli_build", "--device", "local", "--arch", "mbv2-tiny", "--grid", "step:2",
-            "--passes", "2", "--runs", "3", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
+    # enough runs per cell that measuring takes seconds, so the interrupt lands mid-build
+    args = ["-m", "latency.cli_build", "--device", "local", "--arch", "mbv2-tiny", "--grid", "step:4",
+            "--passes", "2", "--runs", "300", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
