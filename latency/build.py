@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +50,7 @@ class BuildResult:
 
 
 class BuildError(RuntimeError):
-    pass
+    """The build cannot go on (no device left); everything measured so far is saved."""
 
 
 def plan_batches(cell_ids: list[int], done: set[tuple[int, int]], passes: int, batch_size: int,
@@ -204,5 +204,3 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             progress.finish()
 
 
-def settings_dict(settings: BuildSettings) -> dict:
-    return asdict(settings)

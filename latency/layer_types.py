@@ -57,9 +57,7 @@ def type_key(layer: Layer) -> str:
         parts.append("bn")
     if layer.act:
         parts.append(layer.act)
-    if layer.op == "head" and layer.dropout:
-        pass  # dropout is not run at inference: same type
-    return "-".join(parts)
+    return "-".join(parts)  # a head's dropout does not run at inference: not part of the key
 
 
 def layer_axes(arch: Arch, layer: Layer) -> tuple[tuple[int, int], tuple[int, int] | None]:

@@ -13,10 +13,9 @@ from typing import Mapping
 import numpy as np
 
 from models.arch import Arch, Layer
-from .finalize import type_grid
 from .fusion import fused_layer, fusion_candidates, runtime_plan
 from .layer_types import LayerType, type_key
-from .store import TableFileError, TableStore
+from .store import TableStore
 
 OP_NAMES = {"add": "residual additions", "bn_act": "unfoldable batch-norms", "se": "squeeze-excite blocks",
             "head": "the pooling + dense head", "conv": "convolutions", "dwconv": "depthwise convolutions"}

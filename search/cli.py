@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             ValueError, OSError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
-        print(f"prune-search: interrupted; continue with the same command and --resume", file=sys.stderr)
+        print("prune-search: interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
     print(f"{result.algorithm}: {net.arch.name} at {result.latency * 1e3:.3f} ms predicted = "
           f"{result.fraction:.3f} of {result.initial_latency * 1e3:.3f} ms (target {args.target}); "
