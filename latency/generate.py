@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 
 from models.arch import INPUT, ActiveLayer, Layer
 from .layer_types import LayerType
-from .tflite_rewrite import ModelTemplate
+from .tflite_rewrite import ModelTemplate, randomise_weights
 
 MARKERS = (37, 41, 43, 47, 53, 59, 61, 67)
 
@@ -47,23 +46,8 @@ def single_layer_keras(t: LayerType, c_in: int, c_out: int, seed: int = 0):
     inputs = [keras.Input((t.in_size, t.in_size, c_in), batch_size=1, name=f"x{i}") for i in range(len(layer.inputs))]
     y = keras_layer(ActiveLayer(layer, layer.inputs, c_in, c_out), inputs)
     model = keras.Model(inputs if len(inputs) > 1 else inputs[0], y)
-    _randomise(model, seed)
+    randomise_weights(model, seed)  # untrained weights are trivial and the converter drops them
     return model
-
-
-def _randomise(model, seed: int) -> None:
-    # untrained Keras weights are trivial (unit BN, zero bias) and the converter may drop them
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        ws = layer.get_weights()
-        if not ws:
-            continue
-        if layer.__class__.__name__ == "BatchNormalization":
-            c = ws[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 1.5, c)])
-        else:
-            layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in ws])
 
 
 def convert_cell(t: LayerType, c_in: int, c_out: int, seed: int = 0) -> bytes:

@@ -444,7 +444,7 @@ def choose_markers(
     return dict(zip(KINDS[kind], free))
 
 
-def _set_random_weights(model: Any, seed: int) -> None:
+def randomise_weights(model: Any, seed: int) -> None:
     # Fresh Keras weights are trivial (zero biases, unit BN statistics) and the converter drops
     # an all-zero FULLY_CONNECTED bias; random "trained-like" weights keep the graph realistic.
     rng = np.random.default_rng(seed)
@@ -518,7 +518,7 @@ def keras_layer_model(
     else:
         raise ValueError(f"unknown kind {kind!r}; known: {sorted(KINDS)}")
     model = keras.Model(inputs, y)
-    _set_random_weights(model, seed)
+    randomise_weights(model, seed)
     return model
 
 
