@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_the_same_result(small_table, synthetic_dir, base_
                                                                           *args)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (cut / "state.pt").exists():
+    while not (cut / "history.json").exists():  # written right after the first checkpoint
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)

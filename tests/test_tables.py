@@ -104,8 +104,8 @@ def test_smoothed_values_are_gaussian_of_filled_means(small_table):
 def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "t.sqlite"
     # enough runs per cell that measuring takes seconds, so the interrupt lands mid-build
-    args = ["-m", "latency.cli_build", "--device", "local", "--arch", "mbv2-tiny", "--grid", "step:4",
-            "--passes", "2", "--runs", "300", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
+    args = ["-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:8",
+            "--passes", "2", "--runs", "200", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -120,7 +120,7 @@ def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
                 count = 0
             if count >= 40:
                 break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, f"the build ended before it could be interrupted:\n{proc.communicate()}"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
