@@ -53,6 +53,10 @@ class BuildError(RuntimeError):
     """The build cannot go on (no device left); everything measured so far is saved."""
 
 
+class BuildInterrupted(BuildError):
+    """Stopped on request (Ctrl-C): the batches in flight finished and were saved."""
+
+
 def plan_batches(cell_ids: list[int], done: set[tuple[int, int]], passes: int, batch_size: int,
                  seed: int) -> list[tuple[int, list[int]]]:
     """(pass, cell ids) batches of what is left to measure; each pass in its own shuffled order
@@ -67,7 +71,10 @@ def plan_batches(cell_ids: list[int], done: set[tuple[int, int]], passes: int, b
 
 
 async def build_table(arch: Arch, out: str | Path, devices: list[Device], settings: BuildSettings,
-                      runs_per_cell: int, report: Callable[[str], None] | None = None) -> BuildResult:
+                      runs_per_cell: int, report: Callable[[str], None] | None = None,
+                      stop: asyncio.Event | None = None) -> BuildResult:
+    """Measures what is left of the table in `out` and finalizes it. Setting `stop` makes every
+    device finish its batch in flight (committed) and take no new one; BuildInterrupted then."""
     if settings.passes < 1 or settings.batch_size < 1:
         raise ValueError("passes and batch size must be >= 1")
     if not devices:
@@ -87,7 +94,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         result = BuildResult(Path(out), len(cells), 0, already, 0.0, 0.0)
         if batches:
             await _measure_all(arch, store, cells, types, devices, batches, settings, runs_per_cell, total, already,
-                               result, report)
+                               result, report, stop or asyncio.Event())
         result.incomplete_types = finalize(store, settings.sigma, settings.estimator)
         result.wall_s = time.time() - started
         return result
@@ -97,7 +104,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
 
 async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
                        settings: BuildSettings, runs_per_cell: int, total: int, already: int,
-                       result: BuildResult, report: Callable[[str], None] | None) -> None:
+                       result: BuildResult, report: Callable[[str], None] | None, stop: asyncio.Event) -> None:
     generator = CellModels(types)
     loop = asyncio.get_running_loop()
     pending: asyncio.Queue = asyncio.Queue()
@@ -138,6 +145,8 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
 
         def take():
+            if stop.is_set():
+                return None
             try:
                 return pending.get_nowait()
             except asyncio.QueueEmpty:
@@ -186,6 +195,8 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        if stop.is_set():
+            raise BuildInterrupted(f"stopped on request; {result.measured_now:,} measurements taken in this run are saved")
         if not pending.empty():
             raise BuildError(
                 f"every device failed; {pending.qsize()} batches are left unmeasured (all finished ones are saved: "

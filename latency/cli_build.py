@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # heavy imports stay inside main: spawned device workers re-import the caller's main module
     parser = _parser()
     args = parser.parse_args(argv)
-    from latency.build import BuildError, BuildSettings, build_table
+    from latency.build import BuildError, BuildInterrupted, BuildSettings, build_table
     from latency.devices.base import DeviceError, TimingSettings
     from latency.devices.registry import make_devices
     from latency.layer_types import parse_grid
@@ -79,9 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, estimator=args.estimator, batch_size=args.batch_size,
                              seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    async def build():
+        # first Ctrl-C: finish the batches in flight, save them, stop; a second one aborts
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            stop.set()
+            print("\nstopping: finishing the batches in flight (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+            loop.remove_signal_handler(signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGINT, request_stop)
+        loop.add_signal_handler(signal.SIGTERM, request_stop)
+        return await build_table(arch, out, devices, settings, runs, report, stop)
+
     try:
-        result = asyncio.run(build_table(arch, out, devices, settings, runs, report))
-    except KeyboardInterrupt:
+        result = asyncio.run(build())
+    except (KeyboardInterrupt, BuildInterrupted):
         print(f"\ninterrupted: every finished batch is saved in {out}; run the same command again to continue",
               file=sys.stderr)
         return 130
