@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         "no smoothing), to separate the table's own error from the bias of summing layers")
     p.add_argument("--no-op-check", action="store_true",
                    help="skip comparing the ops of the worst network with those of its single-layer models")
-    p.add_argument("--raw", action="store_true", help="predict from the unsmoothed means of the passes")
+    p.add_argument("--raw", action="store_true", help="predict from the unsmoothed per-cell values (the table's estimator of the passes)")
     p.add_argument("--allow-missing", action="store_true", help="leave out layer types the table lacks")
     p.add_argument("--out", help="report directory (default reports/<device>-<arch>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

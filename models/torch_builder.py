@@ -21,8 +21,11 @@ def torch_key(layer_name: str) -> str:
     return layer_name.replace(".", "_")
 
 
+_ACTIVATIONS = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
 def _act(name: str | None) -> nn.Module:
-    return {None: nn.Identity(), "relu": nn.ReLU(), "relu6": nn.ReLU6()}[name]
+    return _ACTIVATIONS[name]()
 
 
 def same_padding(in_size: int, kernel: int, stride: int) -> tuple[int, int]:
