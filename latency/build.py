@@ -29,6 +29,7 @@ class BuildSettings:
     passes: int = 3
     grid_step: int = 1
     sigma: float = 3.0
+    edges: str = "linear"  # smoothing at the grid's edges: local linear fit, or 'nearest' (thesis)
     estimator: str = "mean"  # of the passes, before smoothing: mean (thesis) or median
     batch_size: int = 32
     seed: int = 0
@@ -44,7 +45,9 @@ class BuildResult:
     already_measured: int
     wall_s: float
     timed_s: float  # sum over timings of runs x latency: the pure timed compute
-    prepare_s: float = 0.0  # template conversion before the first measurement
+    prepare_s: float = 0.0  # template conversion and op check before the first measurement
+    measure_s: float = 0.0  # from the first batch handed to a device to the last one stored
+    finalize_s: float = 0.0  # aggregates, interpolation and smoothing
     incomplete_types: dict[str, str] = field(default_factory=dict)
     retired: list[str] = field(default_factory=list)
 
@@ -95,7 +98,9 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         if batches:
             await _measure_all(arch, store, cells, types, devices, batches, settings, runs_per_cell, total, already,
                                result, report, stop or asyncio.Event())
-        result.incomplete_types = finalize(store, settings.sigma, settings.estimator)
+        t_finalize = time.time()
+        result.incomplete_types = finalize(store, settings.sigma, settings.estimator, settings.edges)
+        result.finalize_s = time.time() - t_finalize
         result.wall_s = time.time() - started
         return result
     finally:
@@ -186,10 +191,12 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                 result.timed_s += sum(t.seconds for t in timings) * runs_per_cell
                 progress.advance(stored, p)
 
+        t_measure = time.time()
         tasks = [asyncio.create_task(worker(d, run_id)) for d, run_id in started
                  for _ in range(max(1, d.concurrency))]
         try:
             await asyncio.gather(*tasks)
+            result.measure_s = time.time() - t_measure
         except BaseException:
             for t in tasks:
                 t.cancel()

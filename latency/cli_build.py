@@ -32,9 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, help="timed invocations per model and pass (default: profile's, else 50)")
     p.add_argument("--warmup", type=int, help="untimed invocations before them (default: profile's, else 2)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: profile's, else 1)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local worker processes timing at once (1: concurrent timings disturb each other)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="local worker processes (2). One model is timed at a time; the other workers load their "
+                        "next model meanwhile, so the timed core never waits for an interpreter to be created. "
+                        "1: load and time in turn")
     p.add_argument("--sigma", type=float, default=3.0, help="Gaussian smoothing sigma in channels; 0 = off (3)")
+    p.add_argument("--edges", choices=("linear", "nearest"), default="linear",
+                   help="smoothing at the grid's edges: 'linear' (default) fits a local plane, so the edge cells "
+                        "(a full-width layer is on the edge of both axes) keep their level; 'nearest' is the "
+                        "thesis's plain Gaussian filter, which lowers them on a rising grid")
     p.add_argument("--estimator", choices=("mean", "median"), default="mean",
                    help="per-cell value smoothed into the table: the mean of the passes (the thesis; default) or "
                         "their median (robust to a pass disturbed by other work on a shared machine)")
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
     runs = getattr(devices[0], "settings", timing).runs
-    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, estimator=args.estimator, batch_size=args.batch_size,
+    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, edges=args.edges, estimator=args.estimator,
+                             batch_size=args.batch_size,
                              seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     async def build():

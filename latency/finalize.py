@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layer_types import LayerType
-from .smoothing import cell_stats, fill_sparse, smooth
+from .smoothing import EDGE_MODES, cell_stats, fill_sparse, smooth
 from .store import TableStore
 
 
@@ -18,12 +18,15 @@ def type_grid(t: LayerType) -> tuple[np.ndarray, np.ndarray]:
 ESTIMATORS = ("mean", "median")
 
 
-def finalize(store: TableStore, sigma: float, estimator: str = "mean") -> dict[str, str]:
+def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: str = "linear") -> dict[str, str]:
     """Recomputes `aggregates` for every type whose grid is completely measured; returns the
     types left out with the reason (incomplete), so nothing half-measured is ever predicted.
 
     `estimator` is what is smoothed: the mean of the passes (the thesis) or their median (a
-    pass disturbed by another process on a shared machine then does not leak into the table)."""
+    pass disturbed by another process on a shared machine then does not leak into the table).
+    `edges`: how smoothing treats the grid's edges (`smoothing.smooth`)."""
+    if edges not in EDGE_MODES:
+        raise ValueError(f"edges must be one of {EDGE_MODES}, got {edges!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     pick = 0 if estimator == "mean" else 1
@@ -50,7 +53,7 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean") -> dict[s
         measured_rows = sorted({i for i, _ in stats})
         measured_cols = sorted({j for _, j in stats})
         filled = fill_sparse(mean, measured_rows, measured_cols)
-        smoothed = smooth(filled, sigma)
+        smoothed = smooth(filled, sigma, edges)
         for i, c_in in enumerate(ins):
             for j, c_out in enumerate(outs):
                 s = stats.get((i, j))
@@ -61,5 +64,5 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean") -> dict[s
                     "measured": int(s is not None),
                 })
     store.write_aggregates(rows)
-    store.set_meta(sigma=sigma, estimator=estimator, incomplete_types=skipped)
+    store.set_meta(sigma=sigma, smoothing_edges=edges, estimator=estimator, incomplete_types=skipped)
     return skipped

@@ -40,14 +40,45 @@ def fill_sparse(values: np.ndarray, rows: Sequence[int], cols: Sequence[int]) ->
     return interp(np.stack([ii.ravel(), jj.ravel()], axis=1)).reshape(n_rows, n_cols)
 
 
-def smooth(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """2-D Gaussian filter over the (c_in, c_out) grid, as in the thesis (mode 'nearest');
-    sigma 0 returns the grid unchanged."""
+EDGE_MODES = ("linear", "nearest")
+
+
+def local_linear_operator(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """(n, n) matrix of 1-D Gaussian smoothing with a local linear fit at each point.
+
+    Row i fits a + b (j - i) to the points j within `truncate` sigma, weighted by the Gaussian,
+    and returns a. Where the window is symmetric (away from the edges) that is exactly the
+    normalised Gaussian average; near an edge it is not pulled towards the inside of the grid,
+    which on a latency rising with channels would lower every edge cell (a full-width layer
+    sits on the edge of both axes)."""
+    if n == 1 or sigma == 0:
+        return np.eye(n)
+    d = np.arange(n)[None, :] - np.arange(n)[:, None]  # j - i
+    w = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= truncate * sigma + 0.5)
+    s0, s1, s2 = w.sum(1), (w * d).sum(1), (w * d * d).sum(1)
+    det = s0 * s2 - s1 * s1
+    # a = sum_j w_j (s2 - s1 d_j) f_j / det; det > 0 whenever the window holds two points
+    return w * (s2[:, None] - s1[:, None] * d) / det[:, None]
+
+
+def smooth(grid: np.ndarray, sigma: float, edges: str = "linear") -> np.ndarray:
+    """2-D Gaussian filter over the (c_in, c_out) grid; sigma 0 returns the grid unchanged.
+
+    `edges`: 'linear' (default) fits a local plane at the edges, so a cell on the edge keeps the
+    level its neighbours' trend gives it; 'nearest' is `scipy.ndimage.gaussian_filter` with
+    mode 'nearest' (the thesis), which lowers the edge cells of a rising grid."""
     grid = np.asarray(grid, dtype=float)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if edges not in EDGE_MODES:
+        raise ValueError(f"unknown edge mode {edges!r}: use one of {', '.join(EDGE_MODES)}")
     if sigma == 0:
         return grid.copy()
     if np.isnan(grid).any():
         raise ValueError("cannot smooth a grid with unmeasured cells: fill it first")
-    return gaussian_filter(grid, sigma=sigma, mode="nearest")
+    if edges == "nearest":
+        return gaussian_filter(grid, sigma=sigma, mode="nearest")
+    # the Gaussian weights are separable, so the local fit on (1, dx, dy, dx dy) is the 1-D fit
+    # along one axis followed by the other
+    rows, cols = grid.shape
+    return local_linear_operator(rows, sigma) @ grid @ local_linear_operator(cols, sigma).T

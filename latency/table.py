@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from models.arch import Arch, Layer
-from .fusion import fused_layer, fusion_candidates, runtime_plan
+from .fusion import RuntimePlanner, fused_layer, fusion_candidates
 from .layer_types import LayerType, type_key
 from .store import TableStore
 
@@ -190,6 +190,7 @@ class Predictor:
         self.defaults = [(n, int(self.full[i])) for i, n in enumerate(self.group_names)]
         self.known = frozenset(self.group_names)
         self._plans: dict[bytes, tuple[np.ndarray, ...]] = {}
+        self._planner = RuntimePlanner(arch)
 
     def _raise_lacking(self, rows: list[int]) -> None:
         lacking: dict[str, list[str]] = {}
@@ -216,8 +217,8 @@ class Predictor:
 
     def runtime_rows(self, vec: np.ndarray) -> np.ndarray:
         """Row indices of what the device runs for this assignment (uncovered rows included)."""
-        zero_names = frozenset(n for n, v in zip(self.group_names, vec) if v == 0)
-        return np.array([self.row_of[step] for step in runtime_plan(self.arch, zero_names)], np.int64)
+        row_of = self.row_of
+        return np.array([row_of[step] for step in self._planner((vec == 0).tolist())], np.int64)
 
     def _plan(self, vec: np.ndarray) -> tuple[np.ndarray, ...]:
         sig = (vec == 0).tobytes()

@@ -50,7 +50,7 @@ def test_measure_batch_in_order(models: dict[str, bytes]) -> None:
     assert info.host == socket.gethostname()
     assert info.threads == 1
     assert info.settings["runs"] == 50 and info.settings["warmup"] == 2
-    assert info.settings["workers"] == 1
+    assert info.settings["workers"] == 2
 
 
 def test_broken_model_names_the_cell_and_device_recovers(models: dict[str, bytes]) -> None:
@@ -90,6 +90,29 @@ def test_two_workers_and_custom_settings(models: dict[str, bytes]) -> None:
     assert [t.cell_id for t in first] == [1, 2] and [t.cell_id for t in second] == [3]
     assert all(t.seconds > 0 for t in first + second)
     assert info.threads == 2 and info.settings["runs"] == 10 and info.settings["workers"] == 2
+
+
+def test_workers_never_time_two_models_at_once(models: dict[str, bytes]) -> None:
+    """Two workers take batches concurrently, but the timed runs (end: measured_at, length:
+    runs x seconds) of one never overlap those of the other: they share the timing token."""
+    runs = 40
+
+    async def scenario() -> list[Timing]:
+        device = LocalDevice(workers=2, settings=TimingSettings(runs=runs, warmup=1))
+        await device.start()
+        try:
+            batches = [[ModelJob(10 * b + i, models["conv_big"]) for i in range(6)] for b in range(4)]
+            return [t for r in await asyncio.gather(*(device.measure(b) for b in batches)) for t in r]
+        finally:
+            await device.close()
+
+    timings = sorted(asyncio.run(scenario()), key=lambda t: t.measured_at)
+    assert len(timings) == 24
+    spans = [(t.measured_at - runs * t.seconds, t.measured_at) for t in timings]
+    overlap = sum(max(0.0, prev_end - start) for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    # clocks differ by microseconds between the timer and time.time(); concurrent timing would
+    # overlap by about half of all the timed time
+    assert overlap < 0.02 * sum(end - start for start, end in spans)
 
 
 def test_measure_before_start_and_bad_arguments(models: dict[str, bytes]) -> None:

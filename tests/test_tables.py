@@ -91,13 +91,66 @@ def test_prediction_matches_cells(small_table):
     assert "s1b0.conv1" not in names and "stem+s2b0.bn" in names and "s2b0.bn" not in names
 
 
-def test_smoothed_values_are_gaussian_of_filled_means(small_table):
+@pytest.mark.parametrize("arch_name", ["wrn-10-1", "wrn-40-2", "mbv2-cifar", "mbv2-se-tiny"])
+def test_compiled_planner_equals_runtime_plan(arch_name):
+    """The integer planner prediction uses gives exactly runtime_plan's steps for every zero
+    set tried, and the same WidthError where a zero width removes the output or an input."""
+    import random
+
+    from latency.fusion import RuntimePlanner, runtime_plan
+    from models.arch import WidthError
+
+    arch = get_arch(arch_name)
+    planner = RuntimePlanner(arch)
+    names = [g.name for g in arch.groups]
+    droppable = [g.name for g in arch.groups if g.may_be_zero]
+    rng = random.Random(arch_name)
+    zero_sets = [frozenset()] + [frozenset(rng.sample(droppable, rng.randint(1, len(droppable))))
+                                 for _ in range(300)]
+    fused = 0
+    for zero in zero_sets:
+        expected = runtime_plan(arch, zero)
+        assert planner([n in zero for n in names]) == expected
+        fused += sum(f is not None for _, f in expected)
+    if arch_name.startswith("wrn"):
+        assert fused > 0  # the sets tried include folded batch-norms
+    # every prunable group at zero, the fixed ones too: errors, from both
+    everything = frozenset(names)
+    with pytest.raises(WidthError) as slow:
+        runtime_plan(arch, everything)
+    with pytest.raises(WidthError) as fast:
+        planner([True] * len(names))
+    assert str(fast.value) == str(slow.value)
+
+
+def _local_linear_reference(grid: np.ndarray, sigma: float, i: int, j: int) -> float:
+    """Weighted least squares of a + b dx + c dy + d dx dy around (i, j), Gaussian weights
+    within 4 sigma: the definition the table's smoothing implements, solved directly."""
+    rows, cols = grid.shape
+    ii, jj = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    dx, dy = (ii - i).ravel(), (jj - j).ravel()
+    reach = 4 * sigma + 0.5
+    w = np.exp(-0.5 * (dx ** 2 + dy ** 2) / sigma ** 2) * (np.abs(dx) <= reach) * (np.abs(dy) <= reach)
+    basis = [np.ones_like(dx), dx]
+    if cols > 1:
+        basis += [dy, dx * dy]
+    a = np.stack(basis, 1).astype(float) * np.sqrt(w)[:, None]
+    coef = np.linalg.lstsq(a, grid.ravel() * np.sqrt(w), rcond=None)[0]
+    return float(coef[0])
+
+
+def test_smoothed_values_are_local_linear_gaussian_of_filled_means(small_table):
     path = small_table("mbv2-tiny")
     raw = LatencyTable.open(path, smoothed=False)
     smoothed = LatencyTable.open(path)
-    sigma = json.loads(sqlite3.connect(path).execute("select value from meta where key='sigma'").fetchone()[0])
+    meta = dict(sqlite3.connect(path).execute("select key, value from meta").fetchall())
+    sigma = json.loads(meta["sigma"])
+    assert json.loads(meta["smoothing_edges"]) == "linear"
+    rng = np.random.default_rng(0)
     for key, grid in raw.values.items():
-        np.testing.assert_allclose(smoothed.values[key], gaussian_filter(grid, sigma=sigma, mode="nearest"), rtol=1e-9)
+        for i, j in [(0, 0), (grid.shape[0] - 1, grid.shape[1] - 1)] + [
+                (int(rng.integers(grid.shape[0])), int(rng.integers(grid.shape[1]))) for _ in range(3)]:
+            assert smoothed.values[key][i, j] == pytest.approx(_local_linear_reference(grid, sigma, i, j), rel=1e-9)
 
 
 # -- resume after an interruption ----------------------------------------------------------------
@@ -175,16 +228,38 @@ def test_fill_sparse_one_axis():
     np.testing.assert_allclose(fill_sparse(values, [0, 4, 8], [0])[:, 0], [1, 2, 3, 4, 5, 4.5, 4, 3.5, 3])
 
 
-def test_smooth():
+def test_smooth_nearest_is_the_thesis_gaussian():
     grid = np.zeros((15, 15))
     grid[7, 7] = 1.0
-    out = smooth(grid, 3)
+    out = smooth(grid, 3, edges="nearest")
     np.testing.assert_allclose(out, gaussian_filter(grid, 3, mode="nearest"))
     assert out.argmax() == 7 * 15 + 7 and out[7, 7] < 0.1
     np.testing.assert_allclose(out, out.T)
     np.testing.assert_array_equal(smooth(grid, 0), grid)
     with pytest.raises(ValueError):
         smooth(grid, -1)
+    with pytest.raises(ValueError, match="edge mode 'mirror'"):
+        smooth(grid, 3, edges="mirror")
+
+
+def test_smooth_linear_edges():
+    rng = np.random.default_rng(1)
+    # away from the edges it is the Gaussian filter itself
+    grid = rng.random((40, 30))
+    inner = (slice(13, 27), slice(13, 17))
+    np.testing.assert_allclose(smooth(grid, 3)[inner], gaussian_filter(grid, 3, mode="nearest")[inner], rtol=1e-12)
+    # a latency rising with both channel counts keeps its level everywhere, corners included,
+    # where the thesis's 'nearest' mode lowers the full-width corner
+    ci, co = np.meshgrid(np.arange(1, 33), np.arange(1, 25), indexing="ij")
+    plane = 2.0 + 0.5 * ci + 0.25 * co + 0.01 * ci * co
+    np.testing.assert_allclose(smooth(plane, 3), plane, rtol=1e-12)
+    assert gaussian_filter(plane, 3, mode="nearest")[-1, -1] < 0.96 * plane[-1, -1]  # 5 % low
+    # one-axis grids too; and noise is still smoothed away at the edge
+    line = (3.0 + 0.1 * np.arange(50))[:, None]
+    np.testing.assert_allclose(smooth(line, 3), line, rtol=1e-12)
+    noisy = plane * (1 + 0.05 * rng.standard_normal(plane.shape))
+    edge_error = lambda g: float(np.sqrt(np.mean((g / plane - 1)[:, -1] ** 2)))  # noqa: E731
+    assert edge_error(smooth(noisy, 3)) < 0.6 * edge_error(noisy)
 
 
 def test_grid_spec_and_axis_values():

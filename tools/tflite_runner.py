@@ -84,6 +84,8 @@ __all__ = [
     "read_temperature",
     "read_throttled",
     "runtime_info",
+    "load_model",
+    "time_loaded",
     "time_model",
 ]
 
@@ -304,14 +306,16 @@ def _check_counts(runs: int, warmup: int) -> None:
         raise ValueError("warmup must be >= 0, got %r" % (warmup,))
 
 
-def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
-    """Mean seconds per invocation of a .tflite model (bytes or a path).
+def load_model(model: ModelSource, threads: int = 1) -> Any:
+    """An interpreter for a .tflite model (bytes or a path), tensors allocated, random inputs set:
+    everything before the first invocation. Raises on a model the interpreter rejects."""
+    return _load(model, threads)
 
-    Random input set once, `warmup` untimed invocations, then perf_counter around `runs`
-    invocations divided by `runs`. Raises on a model the interpreter rejects.
-    """
+
+def time_loaded(interpreter: Any, runs: int = 50, warmup: int = 5) -> float:
+    """Mean seconds per invocation of a loaded interpreter: `warmup` untimed invocations, then
+    perf_counter around `runs` invocations divided by `runs`."""
     _check_counts(runs, warmup)
-    interpreter = _load(model, threads)
     invoke = interpreter.invoke
     for _ in range(warmup):
         invoke()
@@ -319,6 +323,16 @@ def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int
     if not (seconds > 0 and math.isfinite(seconds)):
         raise RuntimeError("implausible timing %r s" % (seconds,))
     return seconds
+
+
+def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
+    """Mean seconds per invocation of a .tflite model (bytes or a path).
+
+    Random input set once, `warmup` untimed invocations, then perf_counter around `runs`
+    invocations divided by `runs`. Raises on a model the interpreter rejects.
+    """
+    _check_counts(runs, warmup)
+    return time_loaded(_load(model, threads), runs, warmup)
 
 
 # ---------------------------------------------------------------------------- benchmark_model mode

@@ -3,7 +3,13 @@
 Workers are started with the 'spawn' context: forking a parent that has imported TensorFlow or
 PyTorch can deadlock or inherit their thread pools. Each batch goes to one worker in one call
 (models travel as bytes; the interpreter reads them from memory, no temp files), and the worker
-times every model with `tools.tflite_runner.time_model`, the same code the Pi runs.
+times every model with `tools.tflite_runner`, the same code the Pi runs.
+
+Only one model is ever timed at a time: the workers share a timing token (a lock) held from the
+warm-up to the last timed run. What a worker does without the token is load its next model
+(creating a LiteRT interpreter packs the weights for XNNPACK: often a third of a small layer's
+whole timing), so with two workers one loads while the other times and the timed core never
+waits for a load.
 
 Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
 ``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
@@ -12,6 +18,7 @@ say) every worker imports again at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -29,7 +36,14 @@ __all__ = ["LocalDevice"]
 _Row = tuple[float, float, Optional[float], Optional[bool]]
 
 
-def _worker_init() -> None:
+# the device's timing token in a worker process; set by _worker_init
+_timing_token: contextlib.AbstractContextManager = contextlib.nullcontext()
+
+
+def _worker_init(token: contextlib.AbstractContextManager | None = None) -> None:
+    global _timing_token
+    if token is not None:
+        _timing_token = token
     # import the runtime when the process starts, not inside the first timed batch
     from tools import tflite_runner
 
@@ -46,17 +60,20 @@ def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float
 ) -> tuple[list[_Row], tuple[int, str] | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why))."""
-    from tools.tflite_runner import read_sensors, time_model
+    from tools.tflite_runner import load_model, read_sensors, time_loaded
 
     rows: list[_Row] = []
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
             time.sleep(cooldown_s)
         try:
-            seconds = time_model(model, runs=runs, warmup=warmup, threads=threads)
+            interpreter = load_model(model, threads)  # while another worker may be timing
+            with _timing_token:
+                seconds = time_loaded(interpreter, runs=runs, warmup=warmup)
+                measured_at = time.time()  # the end of the timed runs, before another worker starts
+            del interpreter  # freed before the next load, outside the token
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}")
-        measured_at = time.time()
         temperature, throttled = read_sensors()
         rows.append((seconds, measured_at, temperature, throttled))
     return rows, None
@@ -65,13 +82,14 @@ def _worker_time_batch(
 class LocalDevice(Device):
     """Times models on this machine's CPU.
 
-    `workers` processes time batches concurrently; keep the default 1 on a small machine, since
-    concurrent timings compete for cores and memory bandwidth and disturb each other.
+    `workers` processes take batches concurrently but time one model at a time (the timing
+    token): with the default 2, one loads its next model while the other times. One worker
+    loads and times in turn, which leaves the timed core idle during every load.
     """
 
     def __init__(
         self,
-        workers: int = 1,
+        workers: int = 2,
         settings: TimingSettings | None = None,
         name: str = "local",
     ) -> None:
@@ -88,10 +106,13 @@ class LocalDevice(Device):
         self._info: DeviceInfo | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        # a new token with every pool: a worker that died holding the old one never released it
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_worker_init,
+            initargs=(context.Lock(),),
         )
 
     async def start(self) -> DeviceInfo:
@@ -111,7 +132,8 @@ class LocalDevice(Device):
         settings = dataclasses.asdict(self.settings)
         settings.update(
             workers=self.workers,
-            method="random input set once; warm-up; perf_counter around runs invocations / runs",
+            method="random input set once; warm-up; perf_counter around runs invocations / runs; "
+                   "one model timed at a time (workers load the next model meanwhile)",
             python=runtime["python"],
             numpy=runtime["numpy"],
             machine=runtime["machine"],
