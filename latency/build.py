@@ -2,7 +2,8 @@
 
 One queue of batches (each pass over the not-yet-measured cells, in a freshly shuffled order)
 is worked through by every device concurrently. Models are rendered ahead of the devices in a
-thread, and every finished batch is committed before the next is taken, so an interrupted
+thread (holding the device's `host_work_guard`: a device timing on this machine times nothing
+meanwhile), and every finished batch is committed before the next is taken, so an interrupted
 build loses at most the batches in flight and a re-run continues where it stopped.
 """
 from __future__ import annotations
@@ -146,8 +147,9 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
         result.prepare_s = time.time() - t_prepare
         progress = Progress(total, already, report)
 
-        def render(batch: list[int]) -> list[ModelJob]:
-            return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
+        def render(device: Device, batch: list[int]) -> list[ModelJob]:
+            with device.host_work_guard():  # no model is timed on this machine meanwhile
+                return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
 
         def take():
             if stop.is_set():
@@ -159,14 +161,15 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
 
         async def worker(device: Device, run_id: int) -> None:
             failures = 0
-            # render the next batch in a thread while the device times the current one
+            # the next batch is rendered while the device works on the current one (between its
+            # timings, when the device is this machine)
             item = take()
-            rendering = loop.run_in_executor(None, render, item[1]) if item else None
+            rendering = loop.run_in_executor(None, render, device, item[1]) if item else None
             while item is not None:
                 p, batch = item
                 jobs_future = rendering
                 item = take()
-                rendering = loop.run_in_executor(None, render, item[1]) if item else None
+                rendering = loop.run_in_executor(None, render, device, item[1]) if item else None
                 try:
                     timings: list[Timing] = await device.measure(await jobs_future)
                 except DeviceError as exc:
@@ -188,7 +191,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                     raise BuildError(f"device {device.name} returned timings for other cells than it was given")
                 stored = store.add_measurements(run_id, device.name, p, timings)
                 result.measured_now += stored
-                result.timed_s += sum(t.seconds for t in timings) * runs_per_cell
+                result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)
                 progress.advance(stored, p)
 
         t_measure = time.time()

@@ -7,7 +7,10 @@ import signal
 import sys
 from pathlib import Path
 
+from latency.devices.local import DEFAULT_MIN_TIME_S
 from models.families import KNOWN_ARCHS
+
+LOCAL_MIN_TIME_MS = DEFAULT_MIN_TIME_S * 1000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,18 +35,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, help="timed invocations per model and pass (default: profile's, else 50)")
     p.add_argument("--warmup", type=int, help="untimed invocations before them (default: profile's, else 2)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: profile's, else 1)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="local worker processes (2). One model is timed at a time; the other workers load their "
-                        "next model meanwhile, so the timed core never waits for an interpreter to be created. "
-                        "1: load and time in turn")
+    p.add_argument("--min-time-ms", type=float,
+                   help=f"local device: time more than --runs invocations until this many milliseconds are timed "
+                        f"(default {LOCAL_MIN_TIME_MS:g}; 0 = exactly --runs). A tiny layer's 50 runs last less than "
+                        "loading its model; timing it longer costs little and steadies its value")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (1). They take turns: one model is loaded or timed at a time, and "
+                        "nothing else of the build runs meanwhile, since work on the other core slows small layers")
     p.add_argument("--sigma", type=float, default=3.0, help="Gaussian smoothing sigma in channels; 0 = off (3)")
     p.add_argument("--edges", choices=("linear", "nearest"), default="linear",
                    help="smoothing at the grid's edges: 'linear' (default) fits a local plane, so the edge cells "
                         "(a full-width layer is on the edge of both axes) keep their level; 'nearest' is the "
                         "thesis's plain Gaussian filter, which lowers them on a rising grid")
-    p.add_argument("--estimator", choices=("mean", "median"), default="mean",
-                   help="per-cell value smoothed into the table: the mean of the passes (the thesis; default) or "
-                        "their median (robust to a pass disturbed by other work on a shared machine)")
+    p.add_argument("--estimator", choices=("mean", "median", "min"),
+                   help="per-cell value smoothed into the table: the mean of the passes (the thesis; the default "
+                        "for SSH devices), their median, or their minimum (the default for the local device: on a "
+                        "shared machine other work only ever slows a pass down, so the fastest pass is the "
+                        "undisturbed one). latency-report combines a network's passes the same way")
     p.add_argument("--batch-size", type=int, default=32, help="models per device call (32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
@@ -68,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("passes", "runs", "threads", "workers", "batch_size"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if (args.warmup is not None and args.warmup < 0) or args.sigma < 0:
-            raise ValueError("--warmup and --sigma must be >= 0")
+        if (args.warmup is not None and args.warmup < 0) or args.sigma < 0 or (args.min_time_ms or 0) < 0:
+            raise ValueError("--warmup, --sigma and --min-time-ms must be >= 0")
         given = {k: getattr(args, k) for k in ("runs", "warmup", "threads") if getattr(args, k) is not None}
+        if args.device == "local":
+            given["min_time_s"] = (LOCAL_MIN_TIME_MS if args.min_time_ms is None else args.min_time_ms) / 1000.0
+        elif args.min_time_ms:
+            raise ValueError("--min-time-ms is a local-device option: SSH devices time exactly --runs invocations")
         timing = TimingSettings(**given)
         devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
         passes = args.passes
@@ -83,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
     runs = getattr(devices[0], "settings", timing).runs
-    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, edges=args.edges, estimator=args.estimator,
-                             batch_size=args.batch_size,
-                             seed=args.seed)
+    estimator = args.estimator or ("min" if args.device == "local" else "mean")
+    settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, edges=args.edges, estimator=estimator,
+                             batch_size=args.batch_size, seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     async def build():
         # first Ctrl-C: finish the batches in flight, save them, stop; a second one aborts

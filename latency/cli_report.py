@@ -6,7 +6,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from latency.devices.local import DEFAULT_MIN_TIME_S
 from models.families import KNOWN_ARCHS
+
+LOCAL_MIN_TIME_MS = DEFAULT_MIN_TIME_S * 1000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50, help="timed invocations per network and pass (50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed invocations before them (5)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
+    p.add_argument("--min-time-ms", type=float,
+                   help=f"local device: time more than --runs invocations until this many milliseconds are timed, "
+                        f"as build-tables does (default {LOCAL_MIN_TIME_MS:g})")
     p.add_argument("--cooldown", type=float, default=0.0, help="seconds of pause between models and calls (0)")
     p.add_argument("--batch-size", type=int, default=4, help="networks per device call (4)")
     p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
@@ -45,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=("none", "overhead"), default="none",
                    help="'overhead': predict sum(cell - o) + o with the per-invoke overhead o measured on the table's "
                         "device; 'none' (default): the plain sum, as LatencyTable.predict. The report shows both")
-    p.add_argument("--estimator", choices=("mean", "median", "min"), default="mean",
-                   help="how a model's passes combine: mean (the thesis's method, default); median or min resist "
-                        "passes slowed by another process on a shared device")
+    p.add_argument("--estimator", choices=("mean", "median", "min"),
+                   help="how a network's passes combine: mean (the thesis's method); median or min resist passes "
+                        "slowed by another process on a shared device. Default: the estimator the table's cells "
+                        "were built with (build-tables --estimator), so both sides are measured alike")
     p.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
     p.add_argument("--exact-layers", action="store_true",
                    help="also time every network layer's single-layer model at its exact widths (no interpolation, "
@@ -89,13 +96,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("no networks: give --widths FILE_OR_DIR and/or --sample N")
         networks = list({n.key: n for n in reversed(networks)}.values())[::-1]  # first label of a duplicate wins
         table = LatencyTable.open(args.table, smoothed=not args.raw)
+        if args.estimator is None:
+            args.estimator = table.meta.get("estimator") or "mean"
         predictor = table.predictor(arch, allow_missing=args.allow_missing)
         for n in networks:  # fail before any device time is spent
             predictor.predict(n.widths)
         if args.correction == "overhead" and args.no_overhead and v.table_overhead(table.meta) is None:
             raise ValueError("--correction overhead needs the per-invoke overhead, which this table does not hold "
                              "yet: drop --no-overhead to measure it")
-        timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown)
+        if (args.min_time_ms or 0) < 0:
+            raise ValueError("--min-time-ms must be >= 0")
+        if args.min_time_ms and args.device != "local":
+            raise ValueError("--min-time-ms is a local-device option: SSH devices time exactly --runs invocations")
+        min_time_ms = (LOCAL_MIN_TIME_MS if args.min_time_ms is None else args.min_time_ms) \
+            if args.device == "local" else 0.0
+        timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
+                                min_time_s=min_time_ms / 1000.0)
         devices = make_devices(args.device, timing, 1, args.devices_file)
         if len(devices) != 1:
             raise ValueError(f"--device {args.device!r} names {len(devices)} devices; a report measures on one")
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
     inp = ReportInput(
         arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,
-        table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma")}, rows=rows, overhead=applied,
+        table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma", "estimator", "smoothing_edges")}, rows=rows, overhead=applied,
         overhead_measured=measured_overhead or v.table_overhead(meta, device.name),
         worst_breakdown=predictor.breakdown(w.network.widths),
         measurement={"runtime": ", ".join(runtimes), "estimator": args.estimator, "runs": args.runs, "warmup": args.warmup, "passes": args.passes,

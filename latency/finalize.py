@@ -15,7 +15,7 @@ def type_grid(t: LayerType) -> tuple[np.ndarray, np.ndarray]:
     return ins, outs
 
 
-ESTIMATORS = ("mean", "median")
+ESTIMATORS = ("mean", "median", "min")
 
 
 def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: str = "linear") -> dict[str, str]:
@@ -23,13 +23,14 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
     types left out with the reason (incomplete), so nothing half-measured is ever predicted.
 
     `estimator` is what is smoothed: the mean of the passes (the thesis) or their median (a
-    pass disturbed by another process on a shared machine then does not leak into the table).
+    pass disturbed by another process on a shared machine then does not leak into the table) or
+    their minimum (the undisturbed state, when disturbances only ever slow a pass down).
     `edges`: how smoothing treats the grid's edges (`smoothing.smooth`)."""
     if edges not in EDGE_MODES:
         raise ValueError(f"edges must be one of {EDGE_MODES}, got {edges!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    pick = 0 if estimator == "mean" else 1
+    pick = {"mean": 0, "median": 1, "min": 4}[estimator]
     cells = store.cells()
     raw = store.raw_by_cell()
     by_type: dict[str, list[tuple[int, int, int]]] = {}
@@ -49,7 +50,7 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
         for cell_id, c_in, c_out in type_cells:
             i, j = c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0
             stats[(i, j)] = cell_stats(raw[cell_id])
-            mean[i, j] = stats[(i, j)][pick]
+            mean[i, j] = stats[(i, j)][pick] if pick < 4 else min(raw[cell_id])
         measured_rows = sorted({i for i, _ in stats})
         measured_cols = sorted({j for _, j in stats})
         filled = fill_sparse(mean, measured_rows, measured_cols)

@@ -1,7 +1,6 @@
 """Progress and ETA of long measurements, reported as plain lines (logs and terminals alike)."""
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable
 
@@ -17,7 +16,7 @@ class Progress:
     def __init__(self, total: int, already: int = 0, report: Callable[[str], None] | None = None,
                  every_s: float = 5.0, label: str = "measurements"):
         self.total, self.done, self.start_done = total, already, already
-        self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.report = report if report is not None else (lambda line: None)  # None: silent (--quiet)
         self.every_s, self.label = every_s, label
         self.t0 = self.last = time.monotonic()
         self.pass_index = 0

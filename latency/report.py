@@ -119,7 +119,9 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     lines = [f"# Latency table validation: {inp.arch} on {inp.device}", ""]
     lines += [
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
-        f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, sigma {meta.get('sigma', '?')})",
+        f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, cell = the "
+        f"{meta.get('estimator') or 'mean'} of the passes, sigma {meta.get('sigma', '?')}, edges "
+        f"{meta.get('smoothing_edges') or 'nearest'})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
         f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = the "
         f"{ms.get('estimator', 'mean')} of the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",

@@ -7,7 +7,8 @@ Tables:
 - `runs`: one row per build invocation and device (device, runtime and version, threads, host,
   start/end, settings).
 - `measurements`: raw timings, one per (cell, pass); UNIQUE(cell_id, pass_index), so a resumed
-  build can never count a cell twice.
+  build can never count a cell twice. `runs` is set where a timing took more invocations than
+  its run's settings say (a minimum timed duration).
 - `aggregates`: per cell mean/median/std/count of the passes, `value` (the estimator chosen
   for the table, interpolated where the grid is sparse) and `smoothed`, for every cell of each
   type's full range (interpolated cells are marked); derived, recomputable.
@@ -115,7 +116,7 @@ class TableStore:
             )
             db["measurements"].create(
                 {"id": int, "cell_id": int, "pass_index": int, "run_id": int, "device": str, "seconds": float,
-                 "measured_at": float, "temperature_c": float, "throttled": int},
+                 "measured_at": float, "temperature_c": float, "throttled": int, "runs": int},
                 pk="id",
                 foreign_keys=[("cell_id", "cells", "id"), ("run_id", "runs", "id")],
             )
@@ -193,14 +194,17 @@ class TableStore:
     def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
         """Commits one finished batch; a (cell, pass) already stored is kept, not duplicated."""
         rows = [(t.cell_id, pass_index, run_id, device, t.seconds, t.measured_at, t.temperature_c,
-                 None if t.throttled is None else int(t.throttled)) for t in timings]
+                 None if t.throttled is None else int(t.throttled), t.runs) for t in timings]
         for r in rows:
             if not (r[4] > 0 and r[4] < float("inf")):
                 raise ValueError(f"refusing to store a non-positive or non-finite timing {r[4]!r} for cell {r[0]}")
+        if "runs" not in self.db["measurements"].columns_dict:
+            with self.db.conn:  # a file written before min_time_s, when every timing took the run's runs
+                self.db["measurements"].add_column("runs", int)
         with self.db.conn:
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
-                " temperature_c, throttled) values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " temperature_c, throttled, runs) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return cur.rowcount
 
     def raw_by_cell(self) -> dict[int, list[float]]:

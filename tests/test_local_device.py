@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import time
 from importlib import metadata
 
 import pytest
@@ -50,7 +51,7 @@ def test_measure_batch_in_order(models: dict[str, bytes]) -> None:
     assert info.host == socket.gethostname()
     assert info.threads == 1
     assert info.settings["runs"] == 50 and info.settings["warmup"] == 2
-    assert info.settings["workers"] == 2
+    assert info.settings["workers"] == 1
 
 
 def test_broken_model_names_the_cell_and_device_recovers(models: dict[str, bytes]) -> None:
@@ -115,10 +116,51 @@ def test_workers_never_time_two_models_at_once(models: dict[str, bytes]) -> None
     assert overlap < 0.02 * sum(end - start for start, end in spans)
 
 
+def test_min_time_times_tiny_models_longer_and_says_so(models: dict[str, bytes]) -> None:
+    async def scenario(min_time_s: float) -> list[Timing]:
+        device = LocalDevice(settings=TimingSettings(runs=5, warmup=1, min_time_s=min_time_s))
+        await device.start()
+        try:
+            return await device.measure([ModelJob(1, models["dense"]), ModelJob(2, models["dense"])])
+        finally:
+            await device.close()
+
+    exact = asyncio.run(scenario(0.0))
+    assert [t.runs for t in exact] == [None, None]  # the settings' runs
+    longer = asyncio.run(scenario(0.02))
+    for t in longer:
+        assert t.runs > 5 and t.runs * t.seconds >= 0.02 * 0.999  # timed at least min_time_s in all
+
+
+def test_builder_work_guard_holds_timing_off(models: dict[str, bytes]) -> None:
+    """While the builder holds the device's work guard (as it does to render models), no model
+    is loaded or timed: every timing of a batch handed over meanwhile ends after the release."""
+    async def scenario() -> tuple[float, list[Timing]]:
+        device = LocalDevice(workers=2, settings=TimingSettings(runs=5, warmup=1))
+        await device.start()
+        try:
+            guard = device.host_work_guard()
+            await asyncio.to_thread(guard.acquire)
+            measuring = asyncio.ensure_future(device.measure([ModelJob(i, models["dense"]) for i in range(4)]))
+            # give the batch time to reach a worker, which must then wait for the guard (the
+            # assertion holds however long this is)
+            await asyncio.sleep(0.5)
+            released = time.time()
+            guard.release()
+            return released, await measuring
+        finally:
+            await device.close()
+
+    released, timings = asyncio.run(scenario())
+    assert len(timings) == 4 and all(t.measured_at > released for t in timings)
+
+
 def test_measure_before_start_and_bad_arguments(models: dict[str, bytes]) -> None:
     with pytest.raises(DeviceError, match="before start"):
         asyncio.run(LocalDevice().measure([ModelJob(1, models["dense"])]))
     with pytest.raises(ValueError):
         LocalDevice(workers=0)
+    with pytest.raises(ValueError):
+        LocalDevice(settings=TimingSettings(min_time_s=-1))
     with pytest.raises(ValueError):
         LocalDevice(settings=TimingSettings(runs=0))

@@ -153,12 +153,33 @@ def test_smoothed_values_are_local_linear_gaussian_of_filled_means(small_table):
             assert smoothed.values[key][i, j] == pytest.approx(_local_linear_reference(grid, sigma, i, j), rel=1e-9)
 
 
+def test_rebuilding_a_finished_table_resmooths_without_measuring(small_table, tmp_path):
+    """build-tables on a finished table with other smoothing settings re-derives it from the
+    stored measurements: nothing is measured, and --quiet prints no progress."""
+    import shutil
+
+    out = tmp_path / "t.sqlite"
+    shutil.copy(small_table("wrn-10-1"), out)
+    db = sqlite3.connect(out)
+    before = db.execute("select count(*), max(id) from measurements").fetchone()
+    p = cli("-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:4", "--passes", "1",
+            "--sigma", "2", "--edges", "nearest", "--quiet", "--out", str(out))
+    assert "measurements (" not in p.stderr
+    assert db.execute("select count(*), max(id) from measurements").fetchone() == before
+    meta = dict(db.execute("select key, value from meta").fetchall())
+    assert json.loads(meta["sigma"]) == 2 and json.loads(meta["smoothing_edges"]) == "nearest"
+    raw, smoothed = LatencyTable.open(out, smoothed=False), LatencyTable.open(out)
+    for key, grid in raw.values.items():
+        np.testing.assert_allclose(smoothed.values[key], gaussian_filter(grid, 2, mode="nearest"), rtol=1e-9)
+
+
 # -- resume after an interruption ----------------------------------------------------------------
 def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "t.sqlite"
     # enough runs per cell that measuring takes seconds, so the interrupt lands mid-build
     args = ["-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:8",
-            "--passes", "2", "--runs", "200", "--warmup", "1", "--batch-size", "8", "--out", str(out)]
+            "--passes", "2", "--runs", "200", "--warmup", "1", "--min-time-ms", "0", "--batch-size", "8",
+            "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -348,8 +369,30 @@ def test_prediction_bad_inputs(small_table, tmp_path):
     assert p.returncode == 2 and "cannot predict wrn-16-1" in p.stderr
 
 
-def test_median_estimator_resists_a_disturbed_pass(tmp_path):
-    """A pass disturbed by other work (one cell 100x slower) moves the mean, not the median."""
+def test_measurements_record_extra_runs_also_in_older_files(tmp_path):
+    """A timing that took more invocations than its run's settings (a minimum timed duration)
+    stores how many; a file from before that column gets it on the first write."""
+    from latency.devices.base import DeviceInfo, Timing
+    from latency.layer_types import LayerType
+    from latency.store import TableStore
+
+    path = tmp_path / "t.sqlite"
+    store = TableStore.create_or_open(path, "test")
+    t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
+    store.add_layer_type(t, 1, grid_cells(t, 1))
+    run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
+    store.db.execute("alter table measurements drop column runs")  # as written by an older version
+    store.close()
+    store = TableStore.open(path)
+    (c1, c2) = list(store.cells())[:2]
+    assert store.add_measurements(run, "local", 0, [Timing(c1, 1e-6, 0.0, runs=700), Timing(c2, 2e-6, 0.0)]) == 2
+    assert dict(store.db.execute("select cell_id, runs from measurements").fetchall()) == {c1: 700, c2: None}
+    store.close()
+
+
+def test_median_and_min_estimators_resist_a_disturbed_pass(tmp_path):
+    """A pass disturbed by other work (one cell 100x slower) moves the mean, not the median;
+    the minimum takes the fastest pass (0.9x here)."""
     from latency.devices.base import DeviceInfo, Timing
     from latency.finalize import finalize
     from latency.layer_types import LayerType
@@ -362,11 +405,13 @@ def test_median_estimator_resists_a_disturbed_pass(tmp_path):
     cells = store.cells()
     for p in range(3):
         store.add_measurements(run, "local", p, [
-            Timing(cid, (100.0 if (p == 1 and c == 2) else 1.0) * c * 1e-6, 0.0) for cid, (_, c, _) in cells.items()])
-    for estimator, expected in (("mean", (100 + 1 + 1) / 3 * 2e-6), ("median", 2e-6)):
+            Timing(cid, {0: 1.0, 1: 100.0 if c == 2 else 1.0, 2: 0.9}[p] * c * 1e-6, 0.0)
+            for cid, (_, c, _) in cells.items()])
+    for estimator, expected in (("mean", (1 + 100 + 0.9) / 3 * 2e-6), ("median", 2e-6), ("min", 0.9 * 2e-6)):
         finalize(store, 0, estimator)
         row = store.db.execute("select value, mean, median from aggregates where c_in = 2").fetchone()
-        assert row[0] == pytest.approx(expected) and row[1] == pytest.approx(34 * 2e-6)
+        assert row[0] == pytest.approx(expected) and row[1] == pytest.approx((1 + 100 + 0.9) / 3 * 2e-6)
         assert row[2] == pytest.approx(2e-6)
+        assert json.loads(dict(store.db.execute("select key, value from meta").fetchall())["estimator"]) == estimator
     with pytest.raises(ValueError, match="estimator"):
         finalize(store, 0, "mode")

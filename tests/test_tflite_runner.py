@@ -21,6 +21,9 @@ from tools.tflite_runner import (
     encode_batch_stream,
     read_temperature,
     read_throttled,
+    load_model,
+    time_loaded,
+    time_loaded_runs,
     time_model,
 )
 
@@ -84,6 +87,15 @@ def test_bigger_conv_is_slower(models: dict[str, bytes]) -> None:
     big = time_model(models["conv_big"])
     # ~16000x the MACs; even a noisy machine keeps an order of magnitude between them
     assert big > 10 * small
+
+
+def test_time_loaded_runs_until_the_minimum_time(models: dict[str, bytes]) -> None:
+    interpreter = load_model(models["dense"])
+    seconds, runs = time_loaded_runs(interpreter, runs=5, warmup=1)
+    assert runs == 5 and seconds > 0
+    seconds, runs = time_loaded_runs(interpreter, runs=5, warmup=1, min_time_s=0.01)
+    assert runs > 5 and seconds * runs >= 0.01 * 0.999
+    assert time_loaded(interpreter, runs=5, warmup=0) > 0
 
 
 def test_time_model_rejects_bad_input(models: dict[str, bytes]) -> None:

@@ -86,6 +86,7 @@ __all__ = [
     "runtime_info",
     "load_model",
     "time_loaded",
+    "time_loaded_runs",
     "time_model",
 ]
 
@@ -312,17 +313,31 @@ def load_model(model: ModelSource, threads: int = 1) -> Any:
     return _load(model, threads)
 
 
-def time_loaded(interpreter: Any, runs: int = 50, warmup: int = 5) -> float:
+def time_loaded(interpreter: Any, runs: int = 50, warmup: int = 5, min_time_s: float = 0.0) -> float:
     """Mean seconds per invocation of a loaded interpreter: `warmup` untimed invocations, then
-    perf_counter around `runs` invocations divided by `runs`."""
+    perf_counter around `runs` invocations divided by `runs` (more, see `time_loaded_runs`)."""
+    return time_loaded_runs(interpreter, runs, warmup, min_time_s)[0]
+
+
+def time_loaded_runs(interpreter: Any, runs: int = 50, warmup: int = 5,
+                     min_time_s: float = 0.0) -> Tuple[float, int]:
+    """(mean seconds per invocation, invocations timed). When `runs` invocations take less than
+    `min_time_s`, as many more are timed as make up the difference (benchmark_model's
+    --min_secs), so that a tiny model is timed long enough for the clock and the jitter."""
     _check_counts(runs, warmup)
     invoke = interpreter.invoke
     for _ in range(warmup):
         invoke()
-    seconds = _timed_loop(invoke, runs, None) / runs
+    total = _timed_loop(invoke, runs, None)
+    done = runs
+    while 0 < total < min_time_s:  # a loop: the first runs are often the slowest
+        more = max(1, int(math.ceil(done * (min_time_s / total - 1.0))))
+        total += _timed_loop(invoke, more, None)
+        done += more
+    seconds = total / done
     if not (seconds > 0 and math.isfinite(seconds)):
         raise RuntimeError("implausible timing %r s" % (seconds,))
-    return seconds
+    return seconds, done
 
 
 def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:

@@ -6,6 +6,7 @@ passes and the store; a device only measures what it is handed and says how it m
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
 
 
@@ -17,6 +18,9 @@ class TimingSettings:
     warmup: int = 2
     threads: int = 1
     cooldown_s: float = 0.0  # pause between calls (a Pi heats up; the local CPU needs none)
+    # more runs than `runs` until this much time is timed (benchmark_model's --min_secs): a
+    # 20 µs layer timed 50 times is 1 ms of measurement, less than loading its interpreter
+    min_time_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Timing:
     measured_at: float  # unix time when the timing finished
     temperature_c: float | None = None
     throttled: bool | None = None
+    runs: int | None = None  # invocations timed, when more than the settings' runs (min_time_s)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,13 @@ class Device(abc.ABC):
 
         Raises DeviceError when the device cannot measure (never returns a made-up value).
         """
+
+    def host_work_guard(self) -> contextlib.AbstractContextManager:
+        """Held by the builder around its own heavy work (rendering models). A device that times
+        on this machine returns its timing token, so that no model is timed meanwhile: on a
+        small machine the cores share caches and even hyperthreads, and a 20 µs layer timed
+        beside other work runs up to 30 % slower."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     async def close(self) -> None:

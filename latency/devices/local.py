@@ -5,15 +5,12 @@ PyTorch can deadlock or inherit their thread pools. Each batch goes to one worke
 (models travel as bytes; the interpreter reads them from memory, no temp files), and the worker
 times every model with `tools.tflite_runner`, the same code the Pi runs.
 
-Only one model is ever timed at a time: the workers share a timing token (a lock) held from the
-warm-up to the last timed run. What a worker does without the token is load its next model
-(creating a LiteRT interpreter packs the weights for XNNPACK: often a third of a small layer's
-whole timing), so with two workers one loads while the other times and the timed core never
-waits for a load.
-
-Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
-``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
-say) every worker imports again at start-up.
+Nothing heavy of ours runs while a model is timed: the workers and the table builder share a
+timing token (a lock). A worker holds it to load a model (creating a LiteRT interpreter packs
+the weights for XNNPACK) and to time it; the builder holds it to render models
+(`host_work_guard`). On a 2-core machine, loading beside a timed 20 µs layer made it 29 %
+slower, a busy Python loop 14 %, so overlapping them would buy speed with wrong tables.
+The per-model overhead is instead amortised by `min_time_s`: tiny models are timed longer.
 """
 from __future__ import annotations
 
@@ -30,10 +27,14 @@ from typing import Optional
 
 from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
 
-__all__ = ["LocalDevice"]
+__all__ = ["DEFAULT_MIN_TIME_S", "LocalDevice"]
 
-# (seconds, measured_at, temperature_c, throttled) per timed model
-_Row = tuple[float, float, Optional[float], Optional[bool]]
+#: the CLIs' minimum timed duration per model on this machine: 50 runs of a 20 µs layer last
+#: 1 ms, less than loading it; 5 ms brings the build's overhead near 10 % (tools/bench_build)
+DEFAULT_MIN_TIME_S = 0.005
+
+# (seconds, measured_at, temperature_c, throttled, runs) per timed model
+_Row = tuple[float, float, Optional[float], Optional[bool], int]
 
 
 # the device's timing token in a worker process; set by _worker_init
@@ -57,39 +58,39 @@ def _worker_info() -> dict:
 
 
 def _worker_time_batch(
-    jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float
+    jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0
 ) -> tuple[list[_Row], tuple[int, str] | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why))."""
-    from tools.tflite_runner import load_model, read_sensors, time_loaded
+    from tools.tflite_runner import load_model, read_sensors, time_loaded_runs
 
     rows: list[_Row] = []
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
             time.sleep(cooldown_s)
         try:
-            interpreter = load_model(model, threads)  # while another worker may be timing
             with _timing_token:
-                seconds = time_loaded(interpreter, runs=runs, warmup=warmup)
-                measured_at = time.time()  # the end of the timed runs, before another worker starts
-            del interpreter  # freed before the next load, outside the token
+                interpreter = load_model(model, threads)
+                seconds, done = time_loaded_runs(interpreter, runs, warmup, min_time_s)
+                measured_at = time.time()
+            del interpreter
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}")
         temperature, throttled = read_sensors()
-        rows.append((seconds, measured_at, temperature, throttled))
+        rows.append((seconds, measured_at, temperature, throttled, done))
     return rows, None
 
 
 class LocalDevice(Device):
     """Times models on this machine's CPU.
 
-    `workers` processes take batches concurrently but time one model at a time (the timing
-    token): with the default 2, one loads its next model while the other times. One worker
-    loads and times in turn, which leaves the timed core idle during every load.
+    `workers` processes take batches concurrently, but hold the timing token in turn, so one
+    model is loaded or timed at a time whatever their number; more than one only hides the
+    hand-over between batches.
     """
 
     def __init__(
         self,
-        workers: int = 2,
+        workers: int = 1,
         settings: TimingSettings | None = None,
         name: str = "local",
     ) -> None:
@@ -100,20 +101,26 @@ class LocalDevice(Device):
         # one batch queued behind each running one, so a worker never waits for the next
         self.concurrency = 2 * workers
         self.settings = settings if settings is not None else TimingSettings()
-        if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1:
+        if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1 \
+                or self.settings.min_time_s < 0:
             raise ValueError(f"invalid timing settings {self.settings}")
         self._pool: ProcessPoolExecutor | None = None
         self._info: DeviceInfo | None = None
+        self._token = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         # a new token with every pool: a worker that died holding the old one never released it
+        self._token = context.Lock()
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
             initializer=_worker_init,
-            initargs=(context.Lock(),),
+            initargs=(self._token,),
         )
+
+    def host_work_guard(self) -> contextlib.AbstractContextManager:
+        return self._token if self._token is not None else contextlib.nullcontext()
 
     async def start(self) -> DeviceInfo:
         if self._info is not None:
@@ -132,8 +139,8 @@ class LocalDevice(Device):
         settings = dataclasses.asdict(self.settings)
         settings.update(
             workers=self.workers,
-            method="random input set once; warm-up; perf_counter around runs invocations / runs; "
-                   "one model timed at a time (workers load the next model meanwhile)",
+            method="random input set once; warm-up; perf_counter around runs invocations (more until "
+                   "min_time_s is timed) / invocations; nothing else of ours runs meanwhile (timing token)",
             python=runtime["python"],
             numpy=runtime["numpy"],
             machine=runtime["machine"],
@@ -162,6 +169,7 @@ class LocalDevice(Device):
             s.warmup,
             s.threads,
             s.cooldown_s,
+            s.min_time_s,
         )
         try:
             rows, failure = await asyncio.get_running_loop().run_in_executor(self._pool, call)
@@ -186,8 +194,9 @@ class LocalDevice(Device):
                 measured_at=measured_at,
                 temperature_c=temperature,
                 throttled=throttled,
+                runs=runs if runs != s.runs else None,
             )
-            for job, (seconds, measured_at, temperature, throttled) in zip(batch, rows)
+            for job, (seconds, measured_at, temperature, throttled, runs) in zip(batch, rows)
         ]
 
     async def _discard_pool(self) -> None:

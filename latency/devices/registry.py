@@ -18,7 +18,7 @@ def known_devices(devices_file: str | Path | None = None) -> list[str]:
         return names
 
 
-def make_devices(spec: str, timing: TimingSettings, workers: int = 2,
+def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
                  devices_file: str | Path | None = None, cli_set: set[str] | None = None) -> list[Device]:
     """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles.
 
