@@ -329,6 +329,9 @@ class SshDevice(Device):
         s = self.settings
         if s.runs < 1 or s.warmup < 0 or s.threads < 1 or s.cooldown_s < 0:
             raise ValueError(f"{self.name}: invalid timing settings {s}")
+        if s.min_time_s:
+            raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
+                             "SSH devices time exactly `runs` invocations")
         self.transfer_stats = TransferStats()
         self._conn: Any = None  # asyncssh.SSHClientConnection
         self._conn_lock = asyncio.Lock()
