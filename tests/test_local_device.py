@@ -140,13 +140,13 @@ def test_builder_work_guard_holds_timing_off(models: dict[str, bytes]) -> None:
         await device.start()
         try:
             guard = device.host_work_guard()
-            await asyncio.to_thread(guard.acquire)
+            await asyncio.to_thread(guard.__enter__)
             measuring = asyncio.ensure_future(device.measure([ModelJob(i, models["dense"]) for i in range(4)]))
             # give the batch time to reach a worker, which must then wait for the guard (the
             # assertion holds however long this is)
             await asyncio.sleep(0.5)
             released = time.time()
-            guard.release()
+            guard.__exit__(None, None, None)
             return released, await measuring
         finally:
             await device.close()

@@ -78,7 +78,7 @@ class Device(abc.ABC):
 
     def host_work_guard(self) -> contextlib.AbstractContextManager:
         """Held by the builder around its own heavy work (rendering models). A device that times
-        on this machine returns its timing token, so that no model is timed meanwhile: on a
+        on this machine holds its timing token for it, so that no model is timed meanwhile: on a
         small machine the cores share caches and even hyperthreads, and a 20 µs layer timed
         beside other work runs up to 30 % slower."""
         return contextlib.nullcontext()

@@ -11,6 +11,10 @@ the weights for XNNPACK) and to time it; the builder holds it to render models
 (`host_work_guard`). On a 2-core machine, loading beside a timed 20 µs layer made it 29 %
 slower, a busy Python loop 14 %, so overlapping them would buy speed with wrong tables.
 The per-model overhead is instead amortised by `min_time_s`: tiny models are timed longer.
+
+Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
+``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
+say) every worker imports again at start-up.
 """
 from __future__ import annotations
 
@@ -23,14 +27,15 @@ import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Optional
+from typing import Iterator, Optional
 
 from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
 
 __all__ = ["DEFAULT_MIN_TIME_S", "LocalDevice"]
 
 #: the CLIs' minimum timed duration per model on this machine: 50 runs of a 20 µs layer last
-#: 1 ms, less than loading it; 5 ms brings the build's overhead near 10 % (tools/bench_build)
+#: 1 ms, less than loading it; with 5 ms a WRN-40-2 build spends 1.15-1.2x its pure timed
+#: compute, against 1.32-1.48x with exactly 50 runs (tools/bench_build)
 DEFAULT_MIN_TIME_S = 0.005
 
 # (seconds, measured_at, temperature_c, throttled, runs) per timed model
@@ -119,8 +124,18 @@ class LocalDevice(Device):
             initargs=(self._token,),
         )
 
-    def host_work_guard(self) -> contextlib.AbstractContextManager:
-        return self._token if self._token is not None else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def host_work_guard(self) -> Iterator[None]:
+        token = self._token
+        # a worker that died holding the token never releases it; the pool that replaces it
+        # brings a new one, so a waiting guard moves on to that
+        while token is not None and not token.acquire(timeout=1.0):
+            token = self._token
+        try:
+            yield
+        finally:
+            if token is not None:
+                token.release()
 
     async def start(self) -> DeviceInfo:
         if self._info is not None:
