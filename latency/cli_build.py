@@ -10,8 +10,6 @@ from pathlib import Path
 from latency.devices.local import DEFAULT_MIN_TIME_S
 from models.families import KNOWN_ARCHS
 
-LOCAL_MIN_TIME_MS = DEFAULT_MIN_TIME_S * 1000
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -37,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="interpreter threads (default: profile's, else 1)")
     p.add_argument("--min-time-ms", type=float,
                    help=f"local device: time more than --runs invocations until this many milliseconds are timed "
-                        f"(default {LOCAL_MIN_TIME_MS:g}; 0 = exactly --runs). A tiny layer's 50 runs last less than "
+                        f"(default {DEFAULT_MIN_TIME_S * 1000:g}; 0 = exactly --runs). A tiny layer's 50 runs last "
+                        "less than "
                         "loading its model; timing it longer costs little and steadies its value")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (1). They take turns: one model is loaded or timed at a time, and "
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from latency.build import BuildError, BuildInterrupted, BuildSettings, build_table
     from latency.devices.base import DeviceError, TimingSettings
-    from latency.devices.registry import make_devices
+    from latency.devices.registry import make_devices, min_time_s
     from latency.layer_types import parse_grid
     from latency.store import TableFileError
     from models.families import get_arch
@@ -76,13 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("passes", "runs", "threads", "workers", "batch_size"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if (args.warmup is not None and args.warmup < 0) or args.sigma < 0 or (args.min_time_ms or 0) < 0:
-            raise ValueError("--warmup, --sigma and --min-time-ms must be >= 0")
+        if (args.warmup is not None and args.warmup < 0) or args.sigma < 0:
+            raise ValueError("--warmup and --sigma must be >= 0")
         given = {k: getattr(args, k) for k in ("runs", "warmup", "threads") if getattr(args, k) is not None}
-        if args.device == "local":
-            given["min_time_s"] = (LOCAL_MIN_TIME_MS if args.min_time_ms is None else args.min_time_ms) / 1000.0
-        elif args.min_time_ms:
-            raise ValueError("--min-time-ms is a local-device option: SSH devices time exactly --runs invocations")
+        min_time = min_time_s(args.device, args.min_time_ms)
+        if min_time:
+            given["min_time_s"] = min_time
         timing = TimingSettings(**given)
         devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
         passes = args.passes

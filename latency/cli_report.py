@@ -9,8 +9,6 @@ from pathlib import Path
 from latency.devices.local import DEFAULT_MIN_TIME_S
 from models.families import KNOWN_ARCHS
 
-LOCAL_MIN_TIME_MS = DEFAULT_MIN_TIME_S * 1000
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -37,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
     p.add_argument("--min-time-ms", type=float,
                    help=f"local device: time more than --runs invocations until this many milliseconds are timed, "
-                        f"as build-tables does (default {LOCAL_MIN_TIME_MS:g})")
+                        f"as build-tables does (default {DEFAULT_MIN_TIME_S * 1000:g})")
     p.add_argument("--cooldown", type=float, default=0.0, help="seconds of pause between models and calls (0)")
     p.add_argument("--batch-size", type=int, default=4, help="networks per device call (4)")
     p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from latency.devices.base import DeviceError, TimingSettings
-    from latency.devices.registry import make_devices
+    from latency.devices.registry import make_devices, min_time_s
     from latency.store import TableFileError, TableStore
     from latency.table import LatencyTable, PredictionError
     from latency import validate as v
@@ -104,14 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.correction == "overhead" and args.no_overhead and v.table_overhead(table.meta) is None:
             raise ValueError("--correction overhead needs the per-invoke overhead, which this table does not hold "
                              "yet: drop --no-overhead to measure it")
-        if (args.min_time_ms or 0) < 0:
-            raise ValueError("--min-time-ms must be >= 0")
-        if args.min_time_ms and args.device != "local":
-            raise ValueError("--min-time-ms is a local-device option: SSH devices time exactly --runs invocations")
-        min_time_ms = (LOCAL_MIN_TIME_MS if args.min_time_ms is None else args.min_time_ms) \
-            if args.device == "local" else 0.0
         timing = TimingSettings(runs=args.runs, warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
-                                min_time_s=min_time_ms / 1000.0)
+                                min_time_s=min_time_s(args.device, args.min_time_ms))
         devices = make_devices(args.device, timing, 1, args.devices_file)
         if len(devices) != 1:
             raise ValueError(f"--device {args.device!r} names {len(devices)} devices; a report measures on one")

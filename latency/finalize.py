@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layer_types import LayerType
-from .smoothing import EDGE_MODES, cell_stats, fill_sparse, smooth
+from .smoothing import EDGE_MODES, ESTIMATORS, cell_stats, fill_sparse, smooth
 from .store import TableStore
 
 
@@ -13,9 +13,6 @@ def type_grid(t: LayerType) -> tuple[np.ndarray, np.ndarray]:
     ins = np.arange(t.in_lo, t.in_hi + 1)
     outs = np.arange(t.out_lo, t.out_hi + 1) if t.two_axes else np.array([0])
     return ins, outs
-
-
-ESTIMATORS = ("mean", "median", "min")
 
 
 def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: str = "linear") -> dict[str, str]:
@@ -29,8 +26,8 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
     if edges not in EDGE_MODES:
         raise ValueError(f"edges must be one of {EDGE_MODES}, got {edges!r}")
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    pick = {"mean": 0, "median": 1, "min": 4}[estimator]
+        raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {estimator!r}")
+    estimate = ESTIMATORS[estimator]
     cells = store.cells()
     raw = store.raw_by_cell()
     by_type: dict[str, list[tuple[int, int, int]]] = {}
@@ -45,15 +42,15 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
             skipped[key] = f"{len(type_cells) - len(missing)} of {len(type_cells)} cells measured"
             continue
         ins, outs = type_grid(t)
-        mean = np.full((len(ins), len(outs)), np.nan)
+        values = np.full((len(ins), len(outs)), np.nan)
         stats = {}
         for cell_id, c_in, c_out in type_cells:
             i, j = c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0
             stats[(i, j)] = cell_stats(raw[cell_id])
-            mean[i, j] = stats[(i, j)][pick] if pick < 4 else min(raw[cell_id])
+            values[i, j] = estimate(raw[cell_id])
         measured_rows = sorted({i for i, _ in stats})
         measured_cols = sorted({j for _, j in stats})
-        filled = fill_sparse(mean, measured_rows, measured_cols)
+        filled = fill_sparse(values, measured_rows, measured_cols)
         smoothed = smooth(filled, sigma, edges)
         for i, c_in in enumerate(ins):
             for j, c_out in enumerate(outs):

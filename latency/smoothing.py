@@ -1,11 +1,18 @@
 """Pure maths of a table: per-cell statistics, interpolation of sparse grids, smoothing."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import gaussian_filter
+
+
+#: how the passes of one model combine into its value: the mean (the thesis), the median, or the
+#: minimum (the undisturbed pass, where disturbances only ever slow a pass down)
+ESTIMATORS: dict[str, Callable[[Sequence[float]], float]] = {
+    "mean": lambda a: float(np.mean(a)), "median": lambda a: float(np.median(a)), "min": lambda a: float(np.min(a)),
+}
 
 
 def cell_stats(values: Sequence[float]) -> tuple[float, float, float, int]:

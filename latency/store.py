@@ -49,6 +49,7 @@ class TableStore:
     def __init__(self, db: sqlite_utils.Database, path: Path):
         self.db = db
         self.path = path
+        self._runs_column = False  # measurements.runs known to exist (checked on the first write)
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -198,9 +199,11 @@ class TableStore:
         for r in rows:
             if not (r[4] > 0 and r[4] < float("inf")):
                 raise ValueError(f"refusing to store a non-positive or non-finite timing {r[4]!r} for cell {r[0]}")
-        if "runs" not in self.db["measurements"].columns_dict:
-            with self.db.conn:  # a file written before min_time_s, when every timing took the run's runs
-                self.db["measurements"].add_column("runs", int)
+        if not self._runs_column:
+            if "runs" not in self.db["measurements"].columns_dict:
+                with self.db.conn:  # a file written before min_time_s, when every timing took the run's runs
+                    self.db["measurements"].add_column("runs", int)
+            self._runs_column = True
         with self.db.conn:
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"

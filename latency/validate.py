@@ -39,6 +39,7 @@ import numpy as np
 from models.arch import Arch, WidthError
 from models.thesis_names import load_widths_any
 from .devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing
+from .smoothing import ESTIMATORS
 from .store import TableStore
 
 Report = Callable[[str], None] | None
@@ -296,9 +297,6 @@ def stored_passes(store: TableStore, arch: Arch, device: str) -> dict[str, set[i
 
 #: how the passes of one model combine into its latency: the thesis's method is the mean; the
 #: median and the minimum resist passes slowed down by another process on the device
-ESTIMATORS: dict[str, Callable[[Sequence[float]], float]] = {
-    "mean": lambda a: float(np.mean(a)), "median": lambda a: float(np.median(a)), "min": lambda a: float(np.min(a)),
-}
 
 
 @dataclass(frozen=True)

@@ -245,30 +245,27 @@ def write_devices_file(path: Path, devices: dict[str, dict], groups: dict[str, l
     return path
 
 
-@pytest.fixture(scope="module")
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """One running loopback sshd for a test module (restarted if a test stopped it)."""
+def _running_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[SshServer]:
     reason = sshd_missing_reason()
     if reason:
         pytest.skip(reason)
-    server = SshServer.create(tmp_path_factory.mktemp("sshd-a")).start()
+    server = SshServer.create(tmp_path_factory.mktemp(name)).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """One running loopback sshd for a test module (restarted if a test stopped it)."""
+    yield from _running_server(tmp_path_factory, "sshd-a")
 
 
 @pytest.fixture(scope="module")
 def second_sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """Another, independent server (a second device of a farm)."""
-    reason = sshd_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    server = SshServer.create(tmp_path_factory.mktemp("sshd-b")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_server(tmp_path_factory, "sshd-b")
 
 
 @pytest.fixture

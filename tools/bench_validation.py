@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 
 def _idle_fraction(seconds: float = 5.0) -> float:
@@ -47,6 +48,16 @@ def _wait_quiet(min_idle: float | None, max_wait: float) -> float:
             break
         idle = _idle_fraction()
     return idle
+
+
+def _timed_step(command: Callable[[list[str]], int], argv: list[str],
+               args: argparse.Namespace) -> tuple[float, float, int]:
+    """(idle fraction before it, seconds it took, exit code) of one CLI step, run once the
+    machine is quiet enough."""
+    idle = _wait_quiet(args.min_idle, args.max_wait)
+    t0 = time.time()
+    rc = command(argv)
+    return idle, time.time() - t0, rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,17 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                   "--exact-layers", "--out", str(out)]
         if args.max_spread is not None:
             report += ["--max-spread", str(args.max_spread)]
-        idle_build = _wait_quiet(args.min_idle, args.max_wait)
-        t0 = time.time()
-        rc = cli_build.main(build)
-        build_s = time.time() - t0
+        idle_build, build_s, rc = _timed_step(cli_build.main, build, args)
         if rc:
             print(f"build-tables failed for {arch} (exit {rc})", file=sys.stderr)
             return rc
-        idle_report = _wait_quiet(args.min_idle, args.max_wait)
-        t0 = time.time()
-        rc = cli_report.main(report)
-        report_s = time.time() - t0
+        idle_report, report_s, rc = _timed_step(cli_report.main, report, args)
         if rc:
             print(f"latency-report failed for {arch} (exit {rc})", file=sys.stderr)
             return rc
