@@ -101,7 +101,8 @@ class RunDir:
             diff = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
             if diff:
                 listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
-                raise SearchError(f"cannot resume {self.path} with different settings ({listed})")
+                raise SearchError(f"cannot resume {self.path} with different settings ({listed}); give the run's "
+                                  "settings again, or another --out (or delete this run) to start afresh")
             return state
         if self.state.exists():
             raise SearchError(f"{self.path} already holds a run ({self.state.name}); pass --resume to continue it "
