@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from latency.devices.local import DEFAULT_MIN_TIME_S
+from latency.smoothing import ESTIMATORS, EstimatorError
 from models.families import KNOWN_ARCHS
 
 
@@ -46,11 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="smoothing at the grid's edges: 'linear' (default) fits a local plane, so the edge cells "
                         "(a full-width layer is on the edge of both axes) keep their level; 'nearest' is the "
                         "thesis's plain Gaussian filter, which lowers them on a rising grid")
-    p.add_argument("--estimator", choices=("mean", "median", "min"),
+    p.add_argument("--estimator", choices=tuple(ESTIMATORS),
                    help="per-cell value smoothed into the table: the mean of the passes (the thesis; the default "
-                        "for SSH devices), their median, or their minimum (the default for the local device: on a "
-                        "shared machine other work only ever slows a pass down, so the fastest pass is the "
-                        "undisturbed one). latency-report combines a network's passes the same way")
+                        "for SSH devices), their median, their minimum, or 'fastest', the fastest single "
+                        "invocation of all passes (the default for the local device: on a shared machine other work "
+                        "only ever slows an invocation down, in phases lasting seconds, so the fastest one is the "
+                        "undisturbed time). latency-report combines a network's passes the same way")
     p.add_argument("--batch-size", type=int, default=32, help="models per device call (32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
     runs = getattr(devices[0], "settings", timing).runs
-    estimator = args.estimator or ("min" if args.device == "local" else "mean")
+    estimator = args.estimator or ("fastest" if args.device == "local" else "mean")
     settings = BuildSettings(passes=passes, grid_step=step, sigma=args.sigma, edges=args.edges, estimator=estimator,
                              batch_size=args.batch_size, seed=args.seed)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (TableFileError, BuildError, DeviceError) as exc:
         print(f"build-tables: error: {exc}", file=sys.stderr)
+        return 2
+    except EstimatorError as exc:
+        print(f"build-tables: error: {exc} (every measurement is kept in {out}; another --out measures afresh)",
+              file=sys.stderr)
         return 2
     print(f"table: {result.path}")
     print(f"cells: {result.cells:,} x {settings.passes} passes; measured now: {result.measured_now:,}, "

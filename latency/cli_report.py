@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from latency.devices.local import DEFAULT_MIN_TIME_S
+from latency.smoothing import ESTIMATORS, EstimatorError
 from models.families import KNOWN_ARCHS
 
 
@@ -49,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=("none", "overhead"), default="none",
                    help="'overhead': predict sum(cell - o) + o with the per-invoke overhead o measured on the table's "
                         "device; 'none' (default): the plain sum, as LatencyTable.predict. The report shows both")
-    p.add_argument("--estimator", choices=("mean", "median", "min"),
+    p.add_argument("--estimator", choices=tuple(ESTIMATORS),
                    help="how a network's passes combine: mean (the thesis's method); median or min resist passes "
-                        "slowed by another process on a shared device. Default: the estimator the table's cells "
+                        "slowed by another process on a shared device; fastest takes the fastest single invocation "
+                        "of all passes. Default: the estimator the table's cells "
                         "were built with (build-tables --estimator), so both sides are measured alike")
     p.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
     p.add_argument("--exact-layers", action="store_true",
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 overhead = None
                 if not args.no_overhead:
                     overhead = await v.measure_overhead(store, device, info, args.passes, args.seed,
-                                                        args.remeasure, args.cooldown, report)
+                                                        args.remeasure, args.cooldown, report,
+                                                        estimator=args.estimator)
                 result = await v.measure_networks(store, arch, networks, device, info, args.passes, args.seed,
                                                   args.remeasure, args.batch_size, args.cooldown, report)
                 for attempt in range(args.retries if args.max_spread is not None else 0):
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = store.meta()
         runs = sorted({r for n in networks for r in measured[n.key].run_ids})
         run_rows = {r["id"]: r for r in store.db["runs"].rows_where(f"id in ({','.join('?' * len(runs))})", runs)}
-    except (DeviceError, TableFileError, v.ValidationError, OSError) as exc:
+    except (DeviceError, TableFileError, v.ValidationError, OSError, EstimatorError) as exc:
         print(f"latency-report: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -191,8 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"the table was measured on {', '.join(table_devices)}, the networks on {device.name}")
     if table.coverage_note():
         notes.append(table.coverage_note())
-    rows = v.compare(table, arch, networks, measured, table_overhead, applied is not None, args.allow_missing, exact,
-                     args.estimator)
+    try:
+        rows = v.compare(table, arch, networks, measured, table_overhead, applied is not None, args.allow_missing,
+                         exact, args.estimator)
+        [r.measured_s for r in rows]  # every network's passes hold what the estimator combines
+    except EstimatorError as exc:
+        print(f"latency-report: error: {exc} (--remeasure measures them again; nothing stored is lost otherwise)",
+              file=sys.stderr)
+        return 2
 
     from latency.report import ReportInput, _num, worst, write_report
 

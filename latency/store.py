@@ -8,7 +8,8 @@ Tables:
   start/end, settings).
 - `measurements`: raw timings, one per (cell, pass); UNIQUE(cell_id, pass_index), so a resumed
   build can never count a cell twice. `runs` is set where a timing took more invocations than
-  its run's settings say (a minimum timed duration).
+  its run's settings say (a minimum timed duration); `fastest` is the pass's fastest single
+  invocation (NULL where the device could not tell, e.g. `benchmark_model`).
 - `aggregates`: per cell mean/median/std/count of the passes, `value` (the estimator chosen
   for the table, interpolated where the grid is sparse) and `smoothed`, for every cell of each
   type's full range (interpolated cells are marked); derived, recomputable.
@@ -31,6 +32,10 @@ from .layer_types import LayerType
 
 SCHEMA_VERSION = 1
 
+#: measurement columns added after schema 1 (nullable): a file of any age gains them on its
+#: next write
+LATER_MEASUREMENT_COLUMNS = (("runs", int), ("fastest", float))
+
 
 class TableFileError(ValueError):
     """A file that is not a latency table, or one that does not fit the request."""
@@ -49,7 +54,7 @@ class TableStore:
     def __init__(self, db: sqlite_utils.Database, path: Path):
         self.db = db
         self.path = path
-        self._runs_column = False  # measurements.runs known to exist (checked on the first write)
+        self._columns_checked = False  # LATER_MEASUREMENT_COLUMNS known to exist (checked on the first write)
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -117,7 +122,7 @@ class TableStore:
             )
             db["measurements"].create(
                 {"id": int, "cell_id": int, "pass_index": int, "run_id": int, "device": str, "seconds": float,
-                 "measured_at": float, "temperature_c": float, "throttled": int, "runs": int},
+                 "measured_at": float, "temperature_c": float, "throttled": int, "runs": int, "fastest": float},
                 pk="id",
                 foreign_keys=[("cell_id", "cells", "id"), ("run_id", "runs", "id")],
             )
@@ -195,25 +200,38 @@ class TableStore:
     def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
         """Commits one finished batch; a (cell, pass) already stored is kept, not duplicated."""
         rows = [(t.cell_id, pass_index, run_id, device, t.seconds, t.measured_at, t.temperature_c,
-                 None if t.throttled is None else int(t.throttled), t.runs) for t in timings]
+                 None if t.throttled is None else int(t.throttled), t.runs, t.fastest_s) for t in timings]
         for r in rows:
-            if not (r[4] > 0 and r[4] < float("inf")):
-                raise ValueError(f"refusing to store a non-positive or non-finite timing {r[4]!r} for cell {r[0]}")
-        if not self._runs_column:
-            if "runs" not in self.db["measurements"].columns_dict:
-                with self.db.conn:  # a file written before min_time_s, when every timing took the run's runs
-                    self.db["measurements"].add_column("runs", int)
-            self._runs_column = True
+            for value in (r[4], r[9]) if r[9] is not None else (r[4],):
+                if not (value > 0 and value < float("inf")):
+                    raise ValueError(f"refusing to store a non-positive or non-finite timing {value!r} for cell {r[0]}")
+        if not self._columns_checked:
+            # a file written before min_time_s (every timing took the run's runs) or before the
+            # fastest invocation was recorded
+            columns = self.db["measurements"].columns_dict
+            with self.db.conn:
+                for name, kind in LATER_MEASUREMENT_COLUMNS:
+                    if name not in columns:
+                        self.db["measurements"].add_column(name, kind)
+            self._columns_checked = True
         with self.db.conn:
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
-                " temperature_c, throttled, runs) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " temperature_c, throttled, runs, fastest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return cur.rowcount
 
-    def raw_by_cell(self) -> dict[int, list[float]]:
+    def raw_by_cell(self, column: str = "seconds") -> dict[int, list[float]]:
+        """cell id -> its passes' `column` ("seconds": the mean invocation of each pass,
+        "fastest": the fastest invocation of each pass) in pass order; a pass that did not
+        record `column` gives None."""
+        if column not in ("seconds", "fastest"):
+            raise ValueError(f"no such measurement column {column!r}")
+        if column not in self.db["measurements"].columns_dict:
+            return {cell_id: [None] * len(v) for cell_id, v in self.raw_by_cell().items()}
         out: dict[int, list[float]] = {}
-        for cell_id, seconds in self.db.execute("select cell_id, seconds from measurements order by cell_id, pass_index"):
-            out.setdefault(cell_id, []).append(seconds)
+        for cell_id, value in self.db.execute(
+                f"select cell_id, {column} from measurements order by cell_id, pass_index"):
+            out.setdefault(cell_id, []).append(value)
         return out
 
     def write_aggregates(self, rows: list[dict]) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from models.arch import Arch, WidthError
 from models.thesis_names import load_widths_any
 from .devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing
-from .smoothing import ESTIMATORS
+from .smoothing import ESTIMATOR_COLUMNS, estimate
 from .store import TableStore
 
 Report = Callable[[str], None] | None
@@ -284,6 +284,9 @@ def _ensure_schema(store: TableStore) -> None:
                 {"id": int, "type_key": str, "c_in": int, "c_out": int, "device": str, "run_id": int,
                  "pass_index": int, "seconds": float, "measured_at": float}, pk="id")
             db.execute("create unique index exact_cells_pass on exact_cells (type_key, c_in, c_out, device, pass_index)")
+        for table in ("whole_networks", "invoke_probes", "exact_cells"):
+            if "fastest" not in db[table].columns_dict:  # the pass's fastest invocation (NULL: not recorded)
+                db[table].add_column("fastest", float)
 
 
 def stored_passes(store: TableStore, arch: Arch, device: str) -> dict[str, set[int]]:
@@ -295,23 +298,22 @@ def stored_passes(store: TableStore, arch: Arch, device: str) -> dict[str, set[i
     return out
 
 
-#: how the passes of one model combine into its latency: the thesis's method is the mean; the
-#: median and the minimum resist passes slowed down by another process on the device
-
-
 @dataclass(frozen=True)
 class Measured:
     """A network's stored passes on one device."""
 
-    seconds: tuple[float, ...]  # per pass, in pass order
+    seconds: tuple[float, ...]  # per pass, in pass order: the mean invocation
     run_ids: tuple[int, ...]
+    fastest: tuple[float | None, ...] = ()  # per pass: the fastest invocation (None: not recorded)
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.seconds))
 
     def value(self, estimator: str = "mean") -> float:
-        return ESTIMATORS[estimator](self.seconds)
+        """The passes combined by `estimator` (`smoothing.ESTIMATORS`)."""
+        values = self.fastest if ESTIMATOR_COLUMNS[estimator] == "fastest" else self.seconds
+        return estimate(estimator, values or (None,), "a measured network")
 
     @property
     def std(self) -> float:
@@ -319,12 +321,14 @@ class Measured:
 
 
 def measured_networks(store: TableStore, arch: Arch, device: str) -> dict[str, Measured]:
-    rows: dict[str, list[tuple[int, float, int]]] = {}
-    for widths, p, s, run in store.db.execute(
-            "select widths, pass_index, seconds, run_id from whole_networks where arch = ? and device = ?",
+    _ensure_schema(store)
+    rows: dict[str, list[tuple[int, float, int, float | None]]] = {}
+    for widths, p, s, run, fastest in store.db.execute(
+            "select widths, pass_index, seconds, run_id, fastest from whole_networks where arch = ? and device = ?",
             [arch.name, device]):
-        rows.setdefault(widths, []).append((p, s, run))
-    return {k: Measured(tuple(s for _, s, _ in sorted(v)), tuple(sorted({r for _, _, r in v})))
+        rows.setdefault(widths, []).append((p, s, run, fastest))
+    return {k: Measured(tuple(r[1] for r in sorted(v)), tuple(sorted({r[2] for r in v})),
+                        tuple(r[3] for r in sorted(v)))
             for k, v in rows.items()}
 
 
@@ -467,7 +471,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
                 rows = [{
                     "arch": arch.name, "widths": by_id[t.cell_id], "label": by_key[by_id[t.cell_id]].label,
                     "device": device.name, "run_id": run_id, "pass_index": p, "seconds": t.seconds,
-                    "measured_at": t.measured_at, "temperature_c": t.temperature_c,
+                    "fastest": t.fastest_s, "measured_at": t.measured_at, "temperature_c": t.temperature_c,
                     "throttled": None if t.throttled is None else int(t.throttled),
                     "model_sha256": _sha(models[by_id[t.cell_id]]),
                     "runs": result.info.settings.get("runs"), "warmup": result.info.settings.get("warmup"),
@@ -544,7 +548,7 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
                 stored += _add_rows(store, "exact_cells", [{
                     "type_key": by_id[t.cell_id][0], "c_in": by_id[t.cell_id][1], "c_out": by_id[t.cell_id][2],
                     "device": device.name, "run_id": run_id, "pass_index": p, "seconds": t.seconds,
-                    "measured_at": t.measured_at} for t in timings])
+                    "fastest": t.fastest_s, "measured_at": t.measured_at} for t in timings])
 
             if report:
                 report(f"exact single-layer models, pass {p + 1}/{passes}: {len(ks)} cells")
@@ -560,11 +564,12 @@ def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], devic
     """network key -> sum over the layers it runs of the exact cell's passes combined by
     `estimator` (networks with every cell measured only)."""
     _ensure_schema(store)
+    column = ESTIMATOR_COLUMNS[estimator]
     passes: dict[tuple[str, int, int], list[float]] = {}
-    for k, i, o, sec in store.db.execute("select type_key, c_in, c_out, seconds from exact_cells where device = ?",
+    for k, i, o, sec in store.db.execute(f"select type_key, c_in, c_out, {column} from exact_cells where device = ?",
                                          [device]):
         passes.setdefault((k, i, o), []).append(sec)
-    means = {c: ESTIMATORS[estimator](v) for c, v in passes.items()}
+    means = {c: estimate(estimator, v, f"exact cell {c}") for c, v in passes.items()}
     out = {}
     for n in networks:
         cells = network_cells(arch, n.widths)
@@ -611,29 +616,33 @@ class OverheadEstimate:
     seconds: float  # per-invoke overhead: intercept of probe latency on n ops
     per_op_s: float  # slope: dispatch cost per op, paid in the network too
     stderr_s: float  # standard error of the intercept
-    probes: dict[str, float]  # probe label -> median over passes (seconds)
+    probes: dict[str, float]  # probe label -> its passes combined (seconds)
     run_ids: tuple[int, ...]
     runtime: str = ""
     measured_at: float = 0.0
+    combined: str = "median"  # how each probe's passes combine: median of means, or fastest invocation
 
     def to_meta(self) -> dict:
+        what = "fastest invocation of all passes" if self.combined == "fastest" else "median of passes"
         return {"device": self.device, "seconds": self.seconds, "per_op_s": self.per_op_s,
                 "stderr_s": self.stderr_s, "probes": self.probes, "run_ids": list(self.run_ids),
-                "runtime": self.runtime, "measured_at": self.measured_at,
-                "method": "intercept of the least-squares line of probe latency (median of passes) on n for chains "
+                "runtime": self.runtime, "measured_at": self.measured_at, "combined": self.combined,
+                "method": f"intercept of the least-squares line of probe latency ({what}) on n for chains "
                           f"of n 1-element MULs, n in {list(PROBE_CHAIN)}, timed like the table's cells"}
 
     @classmethod
     def from_meta(cls, d: Mapping) -> "OverheadEstimate":
         return cls(d["device"], float(d["seconds"]), float(d["per_op_s"]), float(d["stderr_s"]),
                    dict(d.get("probes", {})), tuple(d.get("run_ids", ())), d.get("runtime", ""),
-                   float(d.get("measured_at", 0.0)))
+                   float(d.get("measured_at", 0.0)), d.get("combined", "median"))
 
 
 def estimate_overhead(device: str, rows: Iterable[tuple[str, int, float]], run_ids: Sequence[int] = (),
-                      runtime: str = "") -> OverheadEstimate:
-    """The overhead from probe rows (label, n_ops, seconds): median over each probe's passes
-    (robust to a pass disturbed by another process), then the line through them."""
+                      runtime: str = "", combined: str = "median") -> OverheadEstimate:
+    """The overhead from probe rows (label, n_ops, seconds): each probe's passes combined (the
+    median of the pass means, robust to a pass disturbed by another process; or, with
+    `combined="fastest"` and rows holding each pass's fastest invocation, their minimum), then
+    the line through them."""
     by_probe: dict[str, list[float]] = {}
     n_of: dict[str, int] = {}
     for label, n, s in rows:
@@ -641,15 +650,22 @@ def estimate_overhead(device: str, rows: Iterable[tuple[str, int, float]], run_i
         n_of[label] = n
     if len(by_probe) < 3:
         raise ValueError(f"{device}: the overhead needs at least 3 probe chains, found {len(by_probe)}")
-    medians = {k: float(np.median(v)) for k, v in by_probe.items()}
+    if combined not in ("median", "fastest"):
+        raise ValueError(f"probe passes combine by median or fastest, not {combined!r}")
+    medians = {k: estimate("fastest", v, f"probe {k}") if combined == "fastest" else float(np.median(v))
+               for k, v in by_probe.items()}
     a, b, se = fit_line([n_of[k] for k in medians], list(medians.values()))
-    return OverheadEstimate(device, max(a, 0.0), b, se, medians, tuple(run_ids), runtime, time.time())
+    return OverheadEstimate(device, max(a, 0.0), b, se, medians, tuple(run_ids), runtime, time.time(), combined)
 
 
-def stored_overhead(store: TableStore, device: str) -> OverheadEstimate | None:
-    """The estimate from the probe rows stored for `device`, if every probe has a pass."""
+def stored_overhead(store: TableStore, device: str, estimator: str = "median") -> OverheadEstimate | None:
+    """The estimate from the probe rows stored for `device`, if every probe has a pass; probes
+    combine their fastest invocations when `estimator` is "fastest", else the median of passes."""
     _ensure_schema(store)
-    rows = list(store.db.execute("select probe, n_ops, seconds, run_id from invoke_probes where device = ?", [device]))
+    combined = "fastest" if estimator == "fastest" else "median"
+    column = "fastest" if combined == "fastest" else "seconds"
+    rows = list(store.db.execute(f"select probe, n_ops, {column}, run_id from invoke_probes where device = ?",
+                                 [device]))
     if len({r[0] for r in rows}) < 3:
         return None
     runtime = ""
@@ -657,12 +673,13 @@ def stored_overhead(store: TableStore, device: str) -> OverheadEstimate | None:
     for (rt, ver) in store.db.execute(f"select runtime, runtime_version from runs where id in "
                                       f"({','.join('?' * len(run_ids))})", run_ids):
         runtime = f"{rt} {ver}"
-    return estimate_overhead(device, [(r[0], r[1], r[2]) for r in rows], run_ids, runtime)
+    return estimate_overhead(device, [(r[0], r[1], r[2]) for r in rows], run_ids, runtime, combined)
 
 
 async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, passes: int = 3, seed: int = 0,
                            remeasure: bool = False, cooldown_s: float = 0.0, report: Report = None,
-                           probes: list[tuple[str, int, bytes]] | None = None) -> OverheadEstimate:
+                           probes: list[tuple[str, int, bytes]] | None = None,
+                           estimator: str = "median") -> OverheadEstimate:
     """Times the probe chains on `device` (passes it lacks; all with `remeasure`), stores the
     rows, and returns the estimate. When `device` is the one the table was built on, the
     estimate goes into the table meta (`invoke_overhead`), where the prediction reads it."""
@@ -689,7 +706,7 @@ async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, 
                     _add_rows(store, "invoke_probes", [{
                         "device": device.name, "run_id": run_id, "probe": by_id[t.cell_id],
                         "n_ops": by_label[by_id[t.cell_id]][0], "pass_index": p, "seconds": t.seconds,
-                        "measured_at": t.measured_at, "model_sha256": _sha(by_label[by_id[t.cell_id]][1]),
+                        "fastest": t.fastest_s, "measured_at": t.measured_at, "model_sha256": _sha(by_label[by_id[t.cell_id]][1]),
                     } for t in timings])
 
                 if report:
@@ -699,11 +716,11 @@ async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, 
             status = "finished"
         finally:
             store.end_run(run_id, status)
-    estimate = stored_overhead(store, device.name)
-    assert estimate is not None  # every probe has just been measured
+    overhead = stored_overhead(store, device.name, estimator)
+    assert overhead is not None  # every probe has just been measured
     if device.name in table_devices(store):
-        store.set_meta(**{OVERHEAD_META_KEY: estimate.to_meta()})
-    return estimate
+        store.set_meta(**{OVERHEAD_META_KEY: overhead.to_meta()})
+    return overhead
 
 
 def table_overhead(meta: Mapping, device: str | None = None) -> OverheadEstimate | None:

@@ -24,6 +24,7 @@ from tools.tflite_runner import (
     load_model,
     time_loaded,
     time_loaded_runs,
+    time_loaded_stats,
     time_model,
 )
 
@@ -98,6 +99,16 @@ def test_time_loaded_runs_until_the_minimum_time(models: dict[str, bytes]) -> No
     assert time_loaded(interpreter, runs=5, warmup=0) > 0
 
 
+def test_time_loaded_stats_fastest_is_one_invocation(models: dict[str, bytes]) -> None:
+    small, big = load_model(models["dense"]), load_model(models["conv_big"])
+    seconds, runs, fastest = time_loaded_stats(small, runs=5, warmup=1, min_time_s=0.01)
+    assert runs > 5 and 0 < fastest <= seconds
+    # the fastest of many invocations is below their mean unless every one took the same time
+    assert fastest < seconds or runs == 1
+    big_seconds, _, big_fastest = time_loaded_stats(big, runs=3, warmup=1)
+    assert big_fastest > 10 * fastest and big_fastest <= big_seconds
+
+
 def test_time_model_rejects_bad_input(models: dict[str, bytes]) -> None:
     with pytest.raises(ValueError):
         time_model(models["dense"], runs=0)
@@ -129,8 +140,9 @@ def test_batch_directory_with_broken_model(models: dict[str, bytes], tmp_path: P
     assert "error" in by_id[5] and "seconds" not in by_id[5]
     for cell in (2, 7, 10):
         line = by_id[cell]
-        assert set(line) == {"cell_id", "seconds", "measured_at", "temperature_c", "throttled"}
+        assert set(line) == {"cell_id", "seconds", "fastest", "measured_at", "temperature_c", "throttled"}
         assert line["seconds"] > 0 and line["measured_at"] > 0
+        assert 0 < line["fastest"] <= line["seconds"]
     assert by_id[10]["seconds"] > by_id[2]["seconds"]
 
 

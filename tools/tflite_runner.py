@@ -36,7 +36,10 @@ SOURCE is one of
 
 For each model, as soon as it is timed, one JSON line is printed and flushed::
 
-    {"cell_id": 7, "seconds": 0.00123, "measured_at": 1700000000.0, "temperature_c": 51.5, "throttled": false}
+    {"cell_id": 7, "seconds": 0.00123, "fastest": 0.00118, "measured_at": 1700000000.0, "temperature_c": 51.5,
+     "throttled": false}
+
+(``seconds``: mean of the timed invocations; ``fastest``: the fastest of them)
 
 or, when that model fails (the batch goes on)::
 
@@ -87,6 +90,7 @@ __all__ = [
     "load_model",
     "time_loaded",
     "time_loaded_runs",
+    "time_loaded_stats",
     "time_model",
 ]
 
@@ -316,28 +320,44 @@ def load_model(model: ModelSource, threads: int = 1) -> Any:
 def time_loaded(interpreter: Any, runs: int = 50, warmup: int = 5, min_time_s: float = 0.0) -> float:
     """Mean seconds per invocation of a loaded interpreter: `warmup` untimed invocations, then
     perf_counter around `runs` invocations divided by `runs` (more, see `time_loaded_runs`)."""
-    return time_loaded_runs(interpreter, runs, warmup, min_time_s)[0]
+    return time_loaded_stats(interpreter, runs, warmup, min_time_s)[0]
 
 
 def time_loaded_runs(interpreter: Any, runs: int = 50, warmup: int = 5,
                      min_time_s: float = 0.0) -> Tuple[float, int]:
-    """(mean seconds per invocation, invocations timed). When `runs` invocations take less than
-    `min_time_s`, as many more are timed as make up the difference (benchmark_model's
-    --min_secs), so that a tiny model is timed long enough for the clock and the jitter."""
+    """(mean seconds per invocation, invocations timed); see `time_loaded_stats`."""
+    seconds, done, _ = time_loaded_stats(interpreter, runs, warmup, min_time_s)
+    return seconds, done
+
+
+def time_loaded_stats(interpreter: Any, runs: int = 50, warmup: int = 5,
+                      min_time_s: float = 0.0) -> Tuple[float, int, float]:
+    """(mean seconds per invocation, invocations timed, seconds of the fastest invocation).
+
+    When `runs` invocations take less than `min_time_s`, as many more are timed as make up the
+    difference (benchmark_model's --min_secs), so that a tiny model is timed long enough for
+    the clock and the jitter. The clock is read after every invocation, so the mean is the
+    same loop's; the fastest one is the model's undisturbed time: on a shared machine other
+    work only ever slows an invocation down, and in phases lasting seconds, which a mean of
+    passes cannot average away."""
     _check_counts(runs, warmup)
     invoke = interpreter.invoke
     for _ in range(warmup):
         invoke()
-    total = _timed_loop(invoke, runs, None)
+    stamps = []  # type: List[float]
+    total = _timed_loop(invoke, runs, stamps)
+    fastest = min(b - a for a, b in zip(stamps, stamps[1:]))
     done = runs
     while 0 < total < min_time_s:  # a loop: the first runs are often the slowest
         more = max(1, int(math.ceil(done * (min_time_s / total - 1.0))))
-        total += _timed_loop(invoke, more, None)
+        stamps = []
+        total += _timed_loop(invoke, more, stamps)
+        fastest = min(fastest, min(b - a for a, b in zip(stamps, stamps[1:])))
         done += more
     seconds = total / done
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise RuntimeError("implausible timing %r s" % (seconds,))
-    return seconds, done
+    if not (seconds > 0 and math.isfinite(seconds) and 0 < fastest <= seconds):
+        raise RuntimeError("implausible timing %r s (fastest invocation %r s)" % (seconds, fastest))
+    return seconds, done, fastest
 
 
 def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
@@ -502,7 +522,7 @@ def _run_batch_mode(source: str, runs: int, warmup: int, threads: int, cooldown:
         if position and cooldown > 0:
             time.sleep(cooldown)
         try:
-            seconds = time_model(model, runs=runs, warmup=warmup, threads=threads)
+            seconds, _, fastest = time_loaded_stats(_load(model, threads), runs, warmup)
         except Exception as exc:  # one bad model must not end the batch
             failed += 1
             message = ("%s: %s" % (type(exc).__name__, exc))[:1000]
@@ -514,6 +534,7 @@ def _run_batch_mode(source: str, runs: int, warmup: int, threads: int, cooldown:
             {
                 "cell_id": cell_id,
                 "seconds": seconds,
+                "fastest": fastest,
                 "measured_at": measured_at,
                 "temperature_c": temperature,
                 "throttled": throttled,

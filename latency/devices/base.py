@@ -39,6 +39,7 @@ class Timing:
     temperature_c: float | None = None
     throttled: bool | None = None
     runs: int | None = None  # invocations timed, when more than the settings' runs (min_time_s)
+    fastest_s: float | None = None  # the fastest single invocation (None: the device cannot tell)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ __all__ = ["DEFAULT_MIN_TIME_S", "LocalDevice"]
 #: compute, against 1.32-1.48x with exactly 50 runs (tools/bench_build)
 DEFAULT_MIN_TIME_S = 0.005
 
-# (seconds, measured_at, temperature_c, throttled, runs) per timed model
-_Row = tuple[float, float, Optional[float], Optional[bool], int]
+# (seconds, measured_at, temperature_c, throttled, runs, fastest) per timed model
+_Row = tuple[float, float, Optional[float], Optional[bool], int, float]
 
 
 # the device's timing token in a worker process; set by _worker_init
@@ -66,7 +66,7 @@ def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0
 ) -> tuple[list[_Row], tuple[int, str] | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why))."""
-    from tools.tflite_runner import load_model, read_sensors, time_loaded_runs
+    from tools.tflite_runner import load_model, read_sensors, time_loaded_stats
 
     rows: list[_Row] = []
     for position, (cell_id, model) in enumerate(jobs):
@@ -75,13 +75,13 @@ def _worker_time_batch(
         try:
             with _timing_token:
                 interpreter = load_model(model, threads)
-                seconds, done = time_loaded_runs(interpreter, runs, warmup, min_time_s)
+                seconds, done, fastest = time_loaded_stats(interpreter, runs, warmup, min_time_s)
                 measured_at = time.time()
             del interpreter
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}")
         temperature, throttled = read_sensors()
-        rows.append((seconds, measured_at, temperature, throttled, done))
+        rows.append((seconds, measured_at, temperature, throttled, done, fastest))
     return rows, None
 
 
@@ -210,8 +210,9 @@ class LocalDevice(Device):
                 temperature_c=temperature,
                 throttled=throttled,
                 runs=runs if runs != s.runs else None,
+                fastest_s=fastest,
             )
-            for job, (seconds, measured_at, temperature, throttled, runs) in zip(batch, rows)
+            for job, (seconds, measured_at, temperature, throttled, runs, fastest) in zip(batch, rows)
         ]
 
     async def _discard_pool(self) -> None:

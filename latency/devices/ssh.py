@@ -692,12 +692,15 @@ class SshDevice(Device):
                     raise DeviceError(f"{self.name}: expected cell {job.cell_id}, the runner reported {record!r}")
                 if "error" in record:
                     raise DeviceError(f"{self.name}: cell {job.cell_id}: {record['error']}")
+                raw = line.decode("utf-8", "replace")
+                fastest = record.get("fastest")  # absent from an older runner left on the device
                 timings.append(Timing(
                     cell_id=job.cell_id,
-                    seconds=self._check_seconds(job, record.get("seconds"), line.decode("utf-8", "replace")),
+                    seconds=self._check_seconds(job, record.get("seconds"), raw),
                     measured_at=float(record.get("measured_at") or time.time()),
                     temperature_c=record.get("temperature_c"),
                     throttled=record.get("throttled"),
+                    fastest_s=None if fastest is None else self._check_seconds(job, fastest, raw),
                 ))
             return timings
         except asyncio.TimeoutError:
