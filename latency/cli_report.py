@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also N sampled networks spanning the latency range (uniform scalings and random per-group "
                         "widths, removed blocks included; seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled networks and of the pass orders (0)")
-    p.add_argument("--passes", type=int, default=3, help="passes over the networks, each in a new order (3)")
+    p.add_argument("--passes", type=int,
+                   help="passes over the networks, each in a new order (default 10 on the local device, where a "
+                        "shared machine has slow phases lasting several seconds and a network is quick to time; "
+                        "3 elsewhere)")
     p.add_argument("--runs", type=int, default=50, help="timed invocations per network and pass (50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed invocations before them (5)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (1)")
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.families import get_arch
 
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.passes is None:
+        args.passes = 10 if args.device == "local" else 3
     try:
         for name in ("passes", "runs", "threads", "batch_size"):
             if getattr(args, name) < 1:

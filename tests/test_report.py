@@ -186,6 +186,38 @@ def test_rerun_does_not_measure_again(reported, widths_dir, tmp_path) -> None:
     assert again["measurement"]["measured_now"] == 0 and again["measurement"]["already_stored"] == 8
 
 
+def test_fastest_estimator_reads_the_fastest_invocations(reported, widths_dir, tmp_path) -> None:
+    """--estimator fastest: every network, exact cell and overhead probe combines the fastest
+    invocation recorded by each of its passes (no new measurement); older rows without it are
+    refused with the way out."""
+    table = _copy_table(reported[0], tmp_path / "t.sqlite")
+    out = tmp_path / "fastest"
+    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
+                            "--exact-layers", "--estimator", "fastest", "--out", str(out), "--no-op-check",
+                            *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measurement"]["measured_now"] == 0 and m["estimator"] == "fastest"
+    for n in m["networks"]:
+        rows = _rows(table, "select seconds, fastest from whole_networks where arch = ? and widths = ? and "
+                            "device = 'local'", (ARCH, widths_key(n["widths"])))
+        assert len(rows) == 2 and all(0 < f <= s for s, f in rows)
+        assert n["measured_s"] == min(f for _, f in rows) < min(s for s, _ in rows)
+    probes: dict[int, list[float]] = {}
+    for n_ops, f in _rows(table, "select n_ops, fastest from invoke_probes where device = 'local'"):
+        probes.setdefault(n_ops, []).append(f)
+    xs = sorted(probes)
+    intercept = np.polyfit(xs, [min(probes[x]) for x in xs], 1)[1]
+    stored = json.loads(dict(_rows(table, "select key, value from meta"))["invoke_overhead"])
+    assert stored["combined"] == "fastest"
+    assert stored["seconds"] == pytest.approx(max(intercept, 0.0), rel=1e-6, abs=1e-12)
+
+    with sqlite3.connect(table) as conn:  # as if the networks had been timed by an older version
+        conn.execute("update whole_networks set fastest = null")
+    rc = cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--estimator",
+                          "fastest", "--out", str(tmp_path / "old"), "--no-op-check", *FAST])
+    assert rc == 2 and not (tmp_path / "old" / "metrics.json").exists()
+
+
 def test_remeasure_replaces_the_passes(reported, widths_dir, tmp_path) -> None:
     table, _ = reported
     full = widths_key(get_arch(ARCH).validate(json.loads((widths_dir / "full.json").read_text())))

@@ -172,6 +172,20 @@ def test_rebuilding_a_finished_table_resmooths_without_measuring(small_table, tm
     for key, grid in raw.values.items():
         np.testing.assert_allclose(smoothed.values[key], gaussian_filter(grid, 2, mode="nearest"), rtol=1e-9)
 
+    # the local device's defaults: each cell's fastest invocation of all passes, not smoothed
+    cli("-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:4", "--passes", "1",
+        "--quiet", "--out", str(out))
+    assert db.execute("select count(*), max(id) from measurements").fetchone() == before
+    meta = dict(db.execute("select key, value from meta").fetchall())
+    assert json.loads(meta["estimator"]) == "fastest" and json.loads(meta["sigma"]) == 0
+    fastest = dict(db.execute("select cell_id, min(fastest) from measurements group by cell_id").fetchall())
+    means = dict(db.execute("select cell_id, min(seconds) from measurements group by cell_id").fetchall())
+    assert all(0 < fastest[c] <= means[c] for c in fastest)
+    got = {(k, i, o): (v, sm) for k, i, o, v, sm in db.execute(
+        "select type_key, c_in, c_out, value, smoothed from aggregates where measured = 1")}
+    for cell_id, key, i, o in db.execute("select id, type_key, c_in, c_out from cells"):
+        assert got[(key, i, o)] == (pytest.approx(fastest[cell_id]), pytest.approx(fastest[cell_id]))
+
 
 # -- resume after an interruption ----------------------------------------------------------------
 def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
@@ -381,12 +395,18 @@ def test_measurements_record_extra_runs_also_in_older_files(tmp_path):
     t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
     store.add_layer_type(t, 1, grid_cells(t, 1))
     run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
-    store.db.execute("alter table measurements drop column runs")  # as written by an older version
+    store.db.execute("alter table measurements drop column runs")  # as written by older versions
+    store.db.execute("alter table measurements drop column fastest")
     store.close()
     store = TableStore.open(path)
     (c1, c2) = list(store.cells())[:2]
-    assert store.add_measurements(run, "local", 0, [Timing(c1, 1e-6, 0.0, runs=700), Timing(c2, 2e-6, 0.0)]) == 2
+    assert store.raw_by_cell("fastest") == {}
+    assert store.add_measurements(run, "local", 0, [Timing(c1, 1e-6, 0.0, runs=700, fastest_s=0.8e-6),
+                                                    Timing(c2, 2e-6, 0.0)]) == 2
     assert dict(store.db.execute("select cell_id, runs from measurements").fetchall()) == {c1: 700, c2: None}
+    assert store.raw_by_cell("fastest") == {c1: [0.8e-6], c2: [None]}
+    with pytest.raises(ValueError, match="non-finite"):
+        store.add_measurements(run, "local", 1, [Timing(c1, 1e-6, 0.0, fastest_s=float("nan"))])
     store.close()
 
 
@@ -415,3 +435,35 @@ def test_median_and_min_estimators_resist_a_disturbed_pass(tmp_path):
         assert json.loads(dict(store.db.execute("select key, value from meta").fetchall())["estimator"]) == estimator
     with pytest.raises(ValueError, match="estimator"):
         finalize(store, 0, "mode")
+
+
+def test_fastest_estimator_takes_the_fastest_invocation_of_all_passes(tmp_path):
+    """Each pass records its fastest invocation; 'fastest' smooths their minimum, and refuses
+    (naming the cell and the way out) a table whose passes did not record it."""
+    from latency.devices.base import DeviceInfo, Timing
+    from latency.finalize import finalize
+    from latency.layer_types import LayerType
+    from latency.smoothing import EstimatorError
+    from latency.store import TableStore
+
+    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test")
+    t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
+    store.add_layer_type(t, 1, grid_cells(t, 1))
+    run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
+    cells = store.cells()
+    fastest_factor = {0: 0.95, 1: 0.7, 2: 0.9}  # pass 1 holds the fastest invocation, not the fastest mean
+    for p in range(3):
+        store.add_measurements(run, "local", p, [
+            Timing(cid, {0: 1.0, 1: 1.5, 2: 1.1}[p] * c * 1e-6, 0.0, fastest_s=fastest_factor[p] * c * 1e-6)
+            for cid, (_, c, _) in cells.items()])
+    finalize(store, 0, "fastest")
+    values = dict(store.db.execute("select c_in, value from aggregates").fetchall())
+    assert values == pytest.approx({c: 0.7 * c * 1e-6 for c in range(1, 5)})
+    finalize(store, 0, "median-fastest")  # the median over passes (loads) of their fastest invocations
+    assert store.db.execute("select value from aggregates where c_in = 4").fetchone()[0] == pytest.approx(0.9 * 4e-6)
+    finalize(store, 0, "min")  # the fastest pass mean, for comparison
+    assert store.db.execute("select value from aggregates where c_in = 4").fetchone()[0] == pytest.approx(4e-6)
+    cid = next(iter(cells))
+    store.add_measurements(run, "local", 3, [Timing(cid, 1e-6, 0.0)])  # e.g. timed by benchmark_model
+    with pytest.raises(EstimatorError, match=r"add-m8 \(1, 0\).*--estimator min"):
+        finalize(store, 0, "fastest")
