@@ -6,7 +6,7 @@ block removal), so that weights copied from PyTorch give the same outputs.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -67,15 +67,32 @@ def layer_input_shapes(a: ActiveLayer, arch: Arch, channels_of: Mapping[str, int
     return [(a.layer.in_size, a.layer.in_size, channels_of[s]) for s in a.inputs]
 
 
-def build_keras(arch: Arch, widths: Mapping[str, int] | None = None):
-    """The Keras functional model of `arch` at `widths`, batch 1, NHWC."""
+def _keras_outputs(arch: Arch, widths: Mapping[str, int] | None):
+    """(image input, layer name -> its output tensor, active layers) of the functional graph."""
     keras = _keras()
     active = arch.active_layers(widths)
     image = keras.Input((arch.input_size, arch.input_size, 3), batch_size=1, name="image")
     outs = {INPUT: image}
     for a in active:
         outs[a.layer.name] = keras_layer(a, [outs[s] for s in a.inputs])
-    return keras.Model(image, outs[active[-1].layer.name], name=arch.name)
+    return image, outs, active
+
+
+def build_keras(arch: Arch, widths: Mapping[str, int] | None = None):
+    """The Keras functional model of `arch` at `widths`, batch 1, NHWC."""
+    image, outs, active = _keras_outputs(arch, widths)
+    return _keras().Model(image, outs[active[-1].layer.name], name=arch.name)
+
+
+def to_tflite_prefixes(arch: Arch, widths: Mapping[str, int] | None, ends: Sequence[str]) -> dict[str, bytes]:
+    """The network cut after each layer named in `ends` (its output is that layer's), as
+    `.tflite` with the weights `to_tflite` gives the whole network: the time a block takes
+    inside the network is the difference of two consecutive prefixes."""
+    keras = _keras()
+    image, outs, _ = _keras_outputs(arch, widths)
+    whole = keras.Model(image, [outs[e] for e in ends])
+    _trained_like(whole)
+    return {e: convert_keras(keras.Model(image, outs[e])) for e in ends}
 
 
 def copy_torch_to_keras(net: ArchNet, model) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -242,6 +243,26 @@ def test_tflite_of_untrained_network_keeps_bn_add() -> None:
     it.set_tensor(it.get_input_details()[0]["index"], images(arch, 1).transpose(0, 2, 3, 1).copy())
     it.invoke()
     assert np.isfinite(it.get_tensor(it.get_output_details()[0]["index"])).all()
+
+
+def test_tflite_prefixes_cut_the_network_after_each_named_layer() -> None:
+    """Prefixes (tools.in_network_cost) hold the whole network's ops up to their last layer: the
+    last prefix is the whole network, op for op."""
+    from models.keras_builder import to_tflite, to_tflite_prefixes
+
+    arch = get_arch("wrn-10-1")
+    widths = {"s2b0": 0}
+    active = arch.active_layers(widths)
+    ends = [a.layer.name for a in active if a.layer.op == "add"] + [active[-1].layer.name]
+    with contextlib.redirect_stdout(io.StringIO()):
+        prefixes = to_tflite_prefixes(arch, widths, ends)
+        whole = emitted_ops(to_tflite(arch, widths))
+    assert list(prefixes) == ends
+    cut = [emitted_ops(prefixes[e]) for e in ends]
+    assert cut[-1] == whole
+    for shorter, longer in zip(cut, cut[1:]):
+        assert len(shorter) < len(longer) and not Counter(shorter) - Counter(longer)
+    assert cut[0][-1][0] == "ADD"  # the first prefix ends with the first block's residual addition
 
 
 # -- block removal in the built network -----------------------------------------------------------

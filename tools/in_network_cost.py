@@ -1,0 +1,81 @@
+"""How much slower each block of a network runs inside the network than its layers timed alone.
+
+    python -m tools.in_network_cost [--arch wrn-40-2] [--scale 0.6] [--passes 6]
+
+A table predicts a network as the sum of its layers, each timed alone as a single-layer model,
+less one invoke overhead per extra layer. This tool finds where that sum and the network part
+ways: it times prefixes of the network (the image up to the end of every residual addition,
+converted like the whole network) and the single-layer model of every layer at its exact
+widths. A block's time inside the network is the difference of two consecutive prefixes; its
+time alone is the sum of its layers' cells less one overhead each (the first block keeps one).
+Every model is loaded afresh once per pass, in shuffled order; each value is the fastest
+invocation of all passes (the tables' local estimator). Prints one line per block, then the
+whole network.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+
+from latency.generate import CellModels
+from latency.layer_types import network_layer_types
+from latency.validate import estimate_overhead, network_cells, probe_models
+from models.families import KNOWN_ARCHS, get_arch
+from models.keras_builder import to_tflite_prefixes
+from tools.tflite_runner import load_model, time_loaded_stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="wrn-40-2", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-40-2)")
+    p.add_argument("--scale", type=float, default=0.6, help="every group at this fraction of its width (0.6)")
+    p.add_argument("--passes", type=int, default=6, help="loads of every model (6)")
+    p.add_argument("--min-time-ms", type=float, default=5.0, help="minimum timed duration per model and pass (5)")
+    args = p.parse_args(argv)
+    if not (0 < args.scale <= 1) or args.passes < 1:
+        p.error("--scale must be in (0, 1] and --passes >= 1")
+    arch = get_arch(args.arch)
+    widths = {g.name: max(1, round(g.full * args.scale)) for g in arch.prunable_groups}
+    active = arch.active_layers(widths)
+    cells = network_cells(arch, widths)
+    if len(cells) != len(active):  # a fused batch-norm: layers and runtime layers differ
+        p.error("these widths fuse a batch-norm into a convolution; pick another --scale")
+    ends = [a.layer.name for a in active if a.layer.op == "add"]
+    ends = ends + [active[-1].layer.name] if ends[-1:] != [active[-1].layer.name] else ends
+    position = {a.layer.name: i for i, a in enumerate(active)}
+    print(f"converting {len(ends)} prefixes of {arch.name} at {args.scale:g} of every width", flush=True)
+    models = {("prefix", e): m for e, m in to_tflite_prefixes(arch, widths, ends).items()}
+    renderer = CellModels(network_layer_types([arch]))
+    models.update({("cell", i): renderer.render(*c) for i, c in enumerate(cells)})
+    chains = probe_models()
+    probes = {label: n for label, n, _ in chains}
+    models.update({("probe", label): m for label, _, m in chains})
+    fastest: dict = {k: [] for k in models}
+    keys, rng = list(models), random.Random(0)
+    for p_ in range(args.passes):
+        print(f"pass {p_ + 1}/{args.passes}: {len(keys)} models", flush=True)
+        rng.shuffle(keys)
+        for k in keys:
+            fastest[k].append(time_loaded_stats(load_model(models[k]), 50, 2, args.min_time_ms / 1e3)[2])
+    value = {k: min(v) for k, v in fastest.items()}
+    o = estimate_overhead("local", [(label, n, value[("probe", label)]) for label, n in probes.items()],
+                          combined="fastest").seconds
+    print(f"invoke overhead o = {o * 1e6:.2f} us")
+    print(f"{'layers':>9s} {'in network':>11s} {'alone - o':>10s} {'ratio':>6s}  layer types")
+    first, before = 0, 0.0
+    for e in ends:
+        last = position[e]
+        layers = range(first, last + 1)
+        alone = sum(value[("cell", i)] for i in layers) - (len(layers) - (1 if first == 0 else 0)) * o
+        inside = value[("prefix", e)] - before
+        kinds = ", ".join(sorted({cells[i][0] for i in layers}))
+        print(f"{first:4d}-{last:<4d} {inside * 1e6:9.1f}us {alone * 1e6:8.1f}us {inside / alone:6.3f}  {kinds}")
+        first, before = last + 1, value[("prefix", e)]
+    total_alone = sum(value[("cell", i)] for i in range(len(cells))) - (len(cells) - 1) * o
+    print(f"whole network {before * 1e6:.1f} us, its layers alone less (n - 1) o {total_alone * 1e6:.1f} us: "
+          f"ratio {before / total_alone:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
