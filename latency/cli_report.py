@@ -200,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if table.coverage_note():
         notes.append(table.coverage_note())
     try:
+        for n in networks:  # every network's passes hold what the estimator combines
+            measured[n.key].value(args.estimator)
         rows = v.compare(table, arch, networks, measured, table_overhead, applied is not None, args.allow_missing,
                          exact, args.estimator)
-        [r.measured_s for r in rows]  # every network's passes hold what the estimator combines
     except EstimatorError as exc:
         print(f"latency-report: error: {exc} (--remeasure measures them again; nothing stored is lost otherwise)",
               file=sys.stderr)
