@@ -1,6 +1,6 @@
 """How much slower each block of a network runs inside the network than its layers timed alone.
 
-    python -m tools.in_network_cost [--arch wrn-40-2] [--scale 0.6] [--passes 6]
+    python -m tools.in_network_cost [--arch wrn-40-2] [--scale 0.6 | --widths FILE] [--passes 6]
 
 A table predicts a network as the sum of its layers, each timed alone as a single-layer model,
 less one invoke overhead per extra layer. This tool finds where that sum and the network part
@@ -19,7 +19,7 @@ import random
 
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.validate import estimate_overhead, network_cells, probe_models
+from latency.validate import estimate_overhead, load_networks, network_cells, probe_models
 from models.families import KNOWN_ARCHS, get_arch
 from models.keras_builder import to_tflite_prefixes
 from tools.tflite_runner import load_model, time_loaded_stats
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn-40-2", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-40-2)")
     p.add_argument("--scale", type=float, default=0.6, help="every group at this fraction of its width (0.6)")
+    p.add_argument("--widths", metavar="FILE", help="a width assignment (JSON) instead of --scale")
     p.add_argument("--passes", type=int, default=6, help="loads of every model (6)")
     p.add_argument("--min-time-ms", type=float, default=5.0, help="minimum timed duration per model and pass (5)")
     args = p.parse_args(argv)
@@ -36,14 +37,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--scale must be in (0, 1] and --passes >= 1")
     arch = get_arch(args.arch)
     widths = {g.name: max(1, round(g.full * args.scale)) for g in arch.prunable_groups}
+    if args.widths:
+        try:
+            (network,) = load_networks(arch, [args.widths])
+        except (OSError, ValueError) as exc:
+            p.error(f"--widths {args.widths}: {exc}")
+        widths = network.widths
     active = arch.active_layers(widths)
     cells = network_cells(arch, widths)
     if len(cells) != len(active):  # a fused batch-norm: layers and runtime layers differ
-        p.error("these widths fuse a batch-norm into a convolution; pick another --scale")
+        p.error("these widths fuse a batch-norm into a convolution; pick other widths")
     ends = [a.layer.name for a in active if a.layer.op == "add"]
     ends = ends + [active[-1].layer.name] if ends[-1:] != [active[-1].layer.name] else ends
     position = {a.layer.name: i for i, a in enumerate(active)}
-    print(f"converting {len(ends)} prefixes of {arch.name} at {args.scale:g} of every width", flush=True)
+    print(f"converting {len(ends)} prefixes of {arch.name} at "
+          f"{args.widths or f'{args.scale:g} of every width'}", flush=True)
     models = {("prefix", e): m for e, m in to_tflite_prefixes(arch, widths, ends).items()}
     renderer = CellModels(network_layer_types([arch]))
     models.update({("cell", i): renderer.render(*c) for i, c in enumerate(cells)})
