@@ -124,6 +124,10 @@ class SshServer:
         shutil.copy(str(server.client_key) + ".pub", root / "authorized_keys")
         host_pub = (Path(str(server.host_key) + ".pub")).read_text().split()
         server.known_hosts.write_text(f"[{server.host}]:{server.port} {host_pub[0]} {host_pub[1]}\n")
+        # sessions get a home of their own, like a fresh device account: the shell start-up files
+        # of the user running the tests are not the device's, and a session the tests kill while
+        # those run can leave a lock behind that stalls every later login for a minute
+        (root / "home").mkdir(exist_ok=True)
         (root / "sshd_config").write_text(
             f"Port {server.port}\n"
             f"ListenAddress {server.host}\n"
@@ -140,6 +144,7 @@ class SshServer:
             "MaxStartups 64\n"
             "LogLevel ERROR\n"
             "Subsystem sftp internal-sftp\n"
+            f"SetEnv HOME={root / 'home'}\n"
         )
         return server
 
