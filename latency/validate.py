@@ -620,10 +620,11 @@ class OverheadEstimate:
     run_ids: tuple[int, ...]
     runtime: str = ""
     measured_at: float = 0.0
-    combined: str = "median"  # how each probe's passes combine: median of means, or an estimator of fastest ones
+    combined: str = "median"  # the estimator (smoothing.ESTIMATORS) each probe's passes were combined by
 
     def to_meta(self) -> dict:
-        what = "median of passes" if self.combined == "median" else f"{self.combined} of the passes' fastest invocations"
+        per_pass = "fastest invocation" if ESTIMATOR_COLUMNS[self.combined] == "fastest" else "mean invocation"
+        what = f"{self.combined} of the passes' {per_pass}"
         return {"device": self.device, "seconds": self.seconds, "per_op_s": self.per_op_s,
                 "stderr_s": self.stderr_s, "probes": self.probes, "run_ids": list(self.run_ids),
                 "runtime": self.runtime, "measured_at": self.measured_at, "combined": self.combined,
@@ -639,10 +640,9 @@ class OverheadEstimate:
 
 def estimate_overhead(device: str, rows: Iterable[tuple[str, int, float]], run_ids: Sequence[int] = (),
                       runtime: str = "", combined: str = "median") -> OverheadEstimate:
-    """The overhead from probe rows (label, n_ops, seconds): each probe's passes combined (the
-    median of the pass means, robust to a pass disturbed by another process; or, with `combined`
-    an estimator of fastest invocations and rows holding each pass's fastest one, that
-    estimator), then the line through them."""
+    """The overhead from probe rows (label, n_ops, seconds): each probe's passes combined by the
+    estimator `combined` (by default the median, robust to a pass disturbed by another process;
+    rows hold that estimator's per-pass figure), then the line through them."""
     by_probe: dict[str, list[float]] = {}
     n_of: dict[str, int] = {}
     for label, n, s in rows:
@@ -650,10 +650,9 @@ def estimate_overhead(device: str, rows: Iterable[tuple[str, int, float]], run_i
         n_of[label] = n
     if len(by_probe) < 3:
         raise ValueError(f"{device}: the overhead needs at least 3 probe chains, found {len(by_probe)}")
-    if combined != "median" and ESTIMATOR_COLUMNS.get(combined) != "fastest":
-        raise ValueError(f"probe passes combine by median or an estimator of fastest invocations, not {combined!r}")
-    medians = {k: estimate(combined, v, f"probe {k}") if combined != "median" else float(np.median(v))
-               for k, v in by_probe.items()}
+    if combined not in ESTIMATOR_COLUMNS:
+        raise ValueError(f"probe passes combine by one of {tuple(ESTIMATOR_COLUMNS)}, not {combined!r}")
+    medians = {k: estimate(combined, v, f"probe {k}") for k, v in by_probe.items()}
     a, b, se = fit_line([n_of[k] for k in medians], list(medians.values()))
     return OverheadEstimate(device, max(a, 0.0), b, se, medians, tuple(run_ids), runtime, time.time(), combined)
 
@@ -663,7 +662,7 @@ def stored_overhead(store: TableStore, device: str, estimator: str = "median") -
     combine their fastest invocations when `estimator` combines those, else the median of passes."""
     _ensure_schema(store)
     combined = estimator if ESTIMATOR_COLUMNS.get(estimator) == "fastest" else "median"
-    column = "seconds" if combined == "median" else "fastest"
+    column = ESTIMATOR_COLUMNS[combined]
     rows = list(store.db.execute(f"select probe, n_ops, {column}, run_id from invoke_probes where device = ?",
                                  [device]))
     if len({r[0] for r in rows}) < 3:

@@ -23,7 +23,6 @@ from tools.tflite_runner import (
     read_throttled,
     load_model,
     time_loaded,
-    time_loaded_runs,
     time_loaded_stats,
     time_model,
 )
@@ -92,9 +91,9 @@ def test_bigger_conv_is_slower(models: dict[str, bytes]) -> None:
 
 def test_time_loaded_runs_until_the_minimum_time(models: dict[str, bytes]) -> None:
     interpreter = load_model(models["dense"])
-    seconds, runs = time_loaded_runs(interpreter, runs=5, warmup=1)
+    seconds, runs, _ = time_loaded_stats(interpreter, runs=5, warmup=1)
     assert runs == 5 and seconds > 0
-    seconds, runs = time_loaded_runs(interpreter, runs=5, warmup=1, min_time_s=0.01)
+    seconds, runs, _ = time_loaded_stats(interpreter, runs=5, warmup=1, min_time_s=0.01)
     assert runs > 5 and seconds * runs >= 0.01 * 0.999
     assert time_loaded(interpreter, runs=5, warmup=0) > 0
 

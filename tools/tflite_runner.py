@@ -89,7 +89,6 @@ __all__ = [
     "runtime_info",
     "load_model",
     "time_loaded",
-    "time_loaded_runs",
     "time_loaded_stats",
     "time_model",
 ]
@@ -319,15 +318,12 @@ def load_model(model: ModelSource, threads: int = 1) -> Any:
 
 def time_loaded(interpreter: Any, runs: int = 50, warmup: int = 5, min_time_s: float = 0.0) -> float:
     """Mean seconds per invocation of a loaded interpreter: `warmup` untimed invocations, then
-    perf_counter around `runs` invocations divided by `runs` (more, see `time_loaded_runs`)."""
+    perf_counter around `runs` invocations divided by `runs` (more, see `time_loaded_stats`)."""
     return time_loaded_stats(interpreter, runs, warmup, min_time_s)[0]
 
 
-def time_loaded_runs(interpreter: Any, runs: int = 50, warmup: int = 5,
-                     min_time_s: float = 0.0) -> Tuple[float, int]:
-    """(mean seconds per invocation, invocations timed); see `time_loaded_stats`."""
-    seconds, done, _ = time_loaded_stats(interpreter, runs, warmup, min_time_s)
-    return seconds, done
+def _fastest_gap(stamps: List[float]) -> float:
+    return min(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 def time_loaded_stats(interpreter: Any, runs: int = 50, warmup: int = 5,
@@ -346,13 +342,13 @@ def time_loaded_stats(interpreter: Any, runs: int = 50, warmup: int = 5,
         invoke()
     stamps = []  # type: List[float]
     total = _timed_loop(invoke, runs, stamps)
-    fastest = min(b - a for a, b in zip(stamps, stamps[1:]))
+    fastest = _fastest_gap(stamps)
     done = runs
     while 0 < total < min_time_s:  # a loop: the first runs are often the slowest
         more = max(1, int(math.ceil(done * (min_time_s / total - 1.0))))
         stamps = []
         total += _timed_loop(invoke, more, stamps)
-        fastest = min(fastest, min(b - a for a, b in zip(stamps, stamps[1:])))
+        fastest = min(fastest, _fastest_gap(stamps))
         done += more
     seconds = total / done
     if not (seconds > 0 and math.isfinite(seconds) and 0 < fastest <= seconds):
