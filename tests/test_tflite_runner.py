@@ -25,6 +25,7 @@ from tools.tflite_runner import (
     time_loaded,
     time_loaded_stats,
     time_model,
+    time_rotation,
 )
 
 RUNNER = Path(tflite_runner.__file__).resolve()
@@ -106,6 +107,34 @@ def test_time_loaded_stats_fastest_is_one_invocation(models: dict[str, bytes]) -
     assert fastest < seconds or runs == 1
     big_seconds, _, big_fastest = time_loaded_stats(big, runs=3, warmup=1)
     assert big_fastest > 10 * fastest and big_fastest <= big_seconds
+
+
+def test_time_rotation_times_every_model_in_turn(models: dict[str, bytes]) -> None:
+    small, big, dense = (load_model(models[k]) for k in ("conv_small", "conv_big", "dense"))
+    calls = {"small": 0}
+    invoke = small.invoke
+
+    class Counting:  # counts the rotation's invocations of one model, timing it as before
+        def __getattr__(self, name: str):
+            return getattr(small, name)
+
+        def invoke(self) -> None:
+            calls["small"] += 1
+            invoke()
+
+    fast_small, fast_big, fast_dense = time_rotation([Counting(), big, dense], min_time_s=0.0, min_rounds=7)
+    assert calls["small"] == 1 + 7  # one untimed first invocation, then once per round
+    assert 0 < fast_small and 0 < fast_dense and fast_big > 10 * fast_small
+    # the same models back to back: the rotation is never faster by more than noise allows
+    # for the big one, whose time is compute, not warm-up state
+    alone_big = time_loaded_stats(big, runs=5, warmup=1)[2]
+    assert 0.5 < fast_big / alone_big < 2.0
+    longer = time_rotation([small, dense], min_time_s=0.005, min_rounds=1)
+    assert len(longer) == 2 and all(v > 0 for v in longer)
+    with pytest.raises(ValueError):
+        time_rotation([])
+    with pytest.raises(ValueError):
+        time_rotation([small], min_rounds=0)
 
 
 def test_time_model_rejects_bad_input(models: dict[str, bytes]) -> None:

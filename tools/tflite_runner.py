@@ -64,6 +64,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,7 @@ __all__ = [
     "time_loaded",
     "time_loaded_stats",
     "time_model",
+    "time_rotation",
 ]
 
 EXIT_OK = 0
@@ -354,6 +356,56 @@ def time_loaded_stats(interpreter: Any, runs: int = 50, warmup: int = 5,
     if not (seconds > 0 and math.isfinite(seconds) and 0 < fastest <= seconds):
         raise RuntimeError("implausible timing %r s (fastest invocation %r s)" % (seconds, fastest))
     return seconds, done, fastest
+
+
+def time_rotation(interpreters: List[Any], min_time_s: float = 0.005, min_rounds: int = 10,
+                  seed: int = 0, set_input: bool = True) -> List[float]:
+    """Seconds of the fastest invocation of each interpreter when they take turns.
+
+    Every round invokes each interpreter once, in a fresh random order (a function of `seed`),
+    the clock read around each invocation alone; with `set_input` its input is written again
+    just before, as the layer before it in a network would have. Rounds go on until
+    `min_rounds` are done and every interpreter was timed `min_time_s` on average. Unlike
+    `time_loaded_stats`, a model never runs right after itself: its weights, code and buffers
+    are as warm as the other models leave them (tools/context_cost)."""
+    if not interpreters:
+        raise ValueError("time_rotation needs at least one interpreter")
+    if min_rounds < 1 or min_time_s < 0:
+        raise ValueError("min_rounds must be >= 1 and min_time_s >= 0")
+    feeds = []
+    for interpreter in interpreters:
+        inputs = [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
+                  for d in interpreter.get_input_details()]
+        feeds.append((interpreter.invoke, interpreter.set_tensor, inputs))
+        interpreter.invoke()  # first invocations allocate and pack; not part of any round
+    order = list(range(len(feeds)))
+    rng = random.Random(seed)
+    fastest = [math.inf] * len(feeds)
+    clock = time.perf_counter
+    spent, rounds = 0.0, 0
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while rounds < min_rounds or spent < min_time_s * len(feeds):
+            rng.shuffle(order)
+            for i in order:
+                invoke, set_tensor, inputs = feeds[i]
+                if set_input:
+                    for index, value in inputs:
+                        set_tensor(index, value)
+                start = clock()
+                invoke()
+                seconds = clock() - start
+                spent += seconds
+                if seconds < fastest[i]:
+                    fastest[i] = seconds
+            rounds += 1
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if not all(0 < f < math.inf for f in fastest):
+        raise RuntimeError("implausible rotation timings %r" % (fastest,))
+    return fastest
 
 
 def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
