@@ -13,8 +13,9 @@ overhead per extra layer, is from the network:
 * ``rot-B``: all the cells of all the networks shuffled into groups of B models that take
   turns (`tflite_runner.time_rotation`: each invocation timed alone, its input written again
   just before), so a cell runs after B - 1 other layers of the family;
-* ``own``: each network's own layers taking turns, the closest a set of single-layer models
-  gets to the network itself.
+* ``own``: each network's own distinct single-layer models taking turns (a layer repeated at
+  the same widths, as in a uniform network, is one model here, so the group's footprint is
+  smaller than the network's).
 
 The overhead probes (chains of trivial MULs) are timed in the same context as the cells they
 correct: back to back for ``alone``, inside every rotation group for ``rot-B`` and ``own``.
