@@ -32,8 +32,8 @@ import numpy as np
 
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.validate import (estimate_overhead, network_cells, network_model, network_params, probe_models,
-                              sample_networks)
+from latency.validate import (estimate_overhead, network_cells, network_model, network_params, overhead_corrected,
+                              percent_errors, probe_models, sample_networks)
 from models.families import KNOWN_ARCHS, get_arch
 from tools.tflite_runner import load_model, time_loaded_stats, time_rotation
 
@@ -47,8 +47,8 @@ def spanning(items: list, n: int) -> list:
 
 def sum_error_pct(layer_seconds: list[float], overhead_s: float, network_s: float) -> float:
     """Error of the sum of a network's layers, less (n - 1) invoke overheads, against the network."""
-    predicted = sum(layer_seconds) - (len(layer_seconds) - 1) * overhead_s
-    return 100.0 * (predicted - network_s) / network_s
+    predicted = overhead_corrected(sum(layer_seconds), len(layer_seconds), overhead_s)
+    return float(percent_errors([predicted], [network_s])[0])
 
 
 def main(argv: list[str] | None = None) -> int:
