@@ -93,7 +93,7 @@ def test_mbv2_layer_specs(mbv2se: Arch) -> None:
 def test_mbv2_residual_blocks_are_the_only_zeroable_ones(mbv2se: Arch) -> None:
     zeroable = {g.name for g in mbv2se.groups if g.may_be_zero}
     assert zeroable == {"s2b1", "s3b1"}  # stride-1 blocks whose input is already the stage's stream
-    assert mbv2se.group_by_name["s2b1"].full == 12 * 2 and mbv2se.group_by_name["s2b1.se"].full == 12
+    assert mbv2se.group_by_name["s2b1"].full == 24 * 4 and mbv2se.group_by_name["s2b1.se"].full == 48
     with pytest.raises(WidthError, match="'s2b0'"):
         mbv2se.validate({"s2b0": 0})  # a stride-2 block has no identity to fall back on
 
@@ -189,8 +189,8 @@ def test_invalid_assignments_name_the_group(wrn162: Arch, widths: dict, group: s
 def test_mbv2_invalid_assignments(mbv2se: Arch) -> None:
     with pytest.raises(WidthError, match="'s2b1.se'.*may not be pruned to zero"):
         mbv2se.validate({"s2b1.se": 0})
-    with pytest.raises(WidthError, match="'last'.*above its full width 24"):
-        mbv2se.validate({"last": 25})
+    with pytest.raises(WidthError, match="'last'.*above its full width 64"):
+        mbv2se.validate({"last": 65})
     assert mbv2se.validate({"s2b1": 0, "s3b1": 0})["s2b1"] == 0
 
 
