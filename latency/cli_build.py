@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
                         "invocation of all passes (the default for the local device: on a shared machine other work "
                         "only ever slows an invocation down, in phases lasting seconds, so the fastest one is the "
                         "undisturbed time). latency-report combines a network's passes the same way")
+    p.add_argument("--context", choices=("network", "alone"),
+                   help="how each cell is timed. 'network' (the default on the local device): as the layer runs "
+                        "inside a network — three other layer types' smallest models run before every timed "
+                        "invocation, and when the architecture's full weights exceed this CPU's L2 cache, twice the "
+                        "L2 is written over first — exactly --runs invocations each; the per-invoke overhead is "
+                        "then measured the same way and counted once per network. Back-to-back cells sum 2-5 %% "
+                        "short of whole networks here. 'alone': back to back, as the thesis (the only choice on "
+                        "SSH devices)")
     p.add_argument("--batch-size", type=int, default=32, help="models per device call (32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
@@ -63,10 +71,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _context_overhead(out: Path, device, wanted: dict, passes: int, seed: int, estimator: str,
+                            report) -> None:
+    """Records the cells' context in the table; for a network context also times the overhead
+    probes in it (stored like latency-report's, where the prediction reads them)."""
+    from latency import context as cx
+    from latency import validate as v
+    from latency.store import TableStore
+
+    store = TableStore.open(out)
+    try:
+        store.set_meta(**{cx.CONTEXT_META_KEY: wanted})
+        if wanted["context"] != "network":
+            return
+        info = await device.start()
+        try:
+            o = await v.measure_overhead(store, device, info, passes, seed, report=report, estimator=estimator)
+        finally:
+            await device.close()
+        if report:
+            report(f"per-invoke overhead in the network context: {o.seconds * 1e6:.2f} us")
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     # heavy imports stay inside main: spawned device workers re-import the caller's main module
     parser = _parser()
     args = parser.parse_args(argv)
+    from latency import context as cx
     from latency.build import BuildError, BuildInterrupted, BuildSettings, build_table
     from latency.devices.base import DeviceError, TimingSettings
     from latency.devices.registry import make_devices, min_time_s
@@ -83,9 +116,32 @@ def main(argv: list[str] | None = None) -> int:
         if (args.warmup is not None and args.warmup < 0) or (args.sigma is not None and args.sigma < 0):
             raise ValueError("--warmup and --sigma must be >= 0")
         given = {k: getattr(args, k) for k in ("runs", "warmup", "threads") if getattr(args, k) is not None}
-        min_time = min_time_s(args.device, args.min_time_ms)
-        if min_time:
-            given["min_time_s"] = min_time
+        context = args.context or ("network" if args.device == "local" else "alone")
+        if context == "network" and args.device != "local":
+            raise ValueError("--context network times cells on the local device only; SSH devices time them "
+                             "back to back (--context alone)")
+        if context == "network" and args.min_time_ms:
+            raise ValueError("--min-time-ms applies to --context alone; in a network context every cell is timed "
+                             "exactly --runs times")
+        wanted = cx.context_meta("alone", 0, 0, None)
+        if context == "network":
+            l2 = cx.local_l2_bytes()
+            partners = cx.partner_models(arch)
+            wanted = cx.context_meta("network", len(partners), cx.evict_bytes_for(arch, l2), l2)
+            given.update(partners=partners, evict_bytes=wanted["evict_bytes"])
+        else:
+            min_time = min_time_s(args.device, args.min_time_ms)
+            if min_time:
+                given["min_time_s"] = min_time
+        if args.out and Path(args.out).is_file():
+            from latency.store import TableStore
+
+            existing = TableStore.open(args.out)
+            try:
+                if existing.meta().get("arch") == arch.name:  # another arch's file is refused by the build
+                    cx.check_context(existing.meta(), wanted)
+            finally:
+                existing.close()
         timing = TimingSettings(**given)
         devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
         passes = args.passes
@@ -115,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
         loop.add_signal_handler(signal.SIGINT, request_stop)
         loop.add_signal_handler(signal.SIGTERM, request_stop)
-        return await build_table(arch, out, devices, settings, runs, report, stop)
+        result = await build_table(arch, out, devices, settings, runs, report, stop)
+        if not result.incomplete_types:
+            await _context_overhead(out, devices[0], wanted, passes, args.seed, estimator, report)
+        return result
 
     try:
         result = asyncio.run(build())
@@ -123,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: every finished batch is saved in {out}; run the same command again to continue",
               file=sys.stderr)
         return 130
-    except (TableFileError, BuildError, DeviceError) as exc:
+    except (TableFileError, BuildError, DeviceError, cx.ContextError) as exc:
         print(f"build-tables: error: {exc}", file=sys.stderr)
         return 2
     except EstimatorError as exc:

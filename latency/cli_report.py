@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--measured-in", metavar="OLD_TABLE",
                    help="copy the stored measurements of these networks from another table file (e.g. the one a "
                         "rebuilt table replaces) before measuring what is still missing")
-    p.add_argument("--correction", choices=("none", "overhead"), default="none",
+    p.add_argument("--correction", choices=("none", "overhead"),
                    help="'overhead': predict sum(cell - o) + o with the per-invoke overhead o measured on the table's "
-                        "device; 'none' (default): the plain sum, as LatencyTable.predict. The report shows both")
+                        "device; 'none': the plain sum. Default: 'overhead' for a table timed in a network context "
+                        "(build-tables --context network, which measures o in that context), else 'none'. The "
+                        "report shows both")
     p.add_argument("--estimator", choices=tuple(ESTIMATORS),
                    help="how a network's passes combine: mean (the thesis's method); median or min resist passes "
                         "slowed by another process on a shared device; fastest takes the fastest single invocation "
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     # heavy imports stay inside main: spawned device workers re-import the caller's main module
     parser = _parser()
     args = parser.parse_args(argv)
+    from latency import context as cx
     from latency.devices.base import DeviceError, TimingSettings
     from latency.devices.registry import make_devices, min_time_s
     from latency.store import TableFileError, TableStore
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         table = LatencyTable.open(args.table, smoothed=not args.raw)
         if args.estimator is None:
             args.estimator = table.meta.get("estimator") or "mean"
+        in_network = cx.is_network_context(table.meta)
+        if args.correction is None:
+            args.correction = "overhead" if in_network else "none"
+        if in_network and args.device != "local":
+            raise ValueError("this table's cells were timed in a network context on the local device; "
+                             f"validate it on --device local, not {args.device!r}")
         predictor = table.predictor(arch, allow_missing=args.allow_missing)
         for n in networks:  # fail before any device time is spent
             predictor.predict(n.widths)
@@ -114,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         devices = make_devices(args.device, timing, 1, args.devices_file)
         if len(devices) != 1:
             raise ValueError(f"--device {args.device!r} names {len(devices)} devices; a report measures on one")
+        # exact cells are timed as the table's cells were; whole networks always back to back
+        cell_device = devices[0]
+        if in_network:
+            from dataclasses import replace
+
+            from latency.devices.local import LocalDevice
+
+            cell_device = LocalDevice(settings=replace(
+                timing, min_time_s=0.0, partners=cx.partner_models(arch),
+                evict_bytes=table.meta[cx.CONTEXT_META_KEY]["evict_bytes"]), name=devices[0].name)
     except (ValueError, WidthError, TableFileError, PredictionError) as exc:
         print(f"latency-report: error: {exc}", file=sys.stderr)
         return 2
@@ -136,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             info = await device.start()
             try:
                 overhead = None
-                if not args.no_overhead:
+                if not args.no_overhead and not in_network:  # a network-context table holds its own
                     overhead = await v.measure_overhead(store, device, info, args.passes, args.seed,
                                                         args.remeasure, args.cooldown, report,
                                                         estimator=args.estimator)
@@ -155,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      report)
                     result.measured_now += again.measured_now
                 if args.exact_layers:
-                    await v.measure_exact_cells(store, arch, networks, device, info, args.passes, args.seed,
-                                                args.remeasure, cooldown_s=args.cooldown, report=report)
+                    cell_info = info if cell_device is device else await cell_device.start()
+                    try:
+                        await v.measure_exact_cells(store, arch, networks, cell_device, cell_info, args.passes,
+                                                    args.seed, args.remeasure, cooldown_s=args.cooldown, report=report)
+                    finally:
+                        if cell_device is not device:
+                            await cell_device.close()
                 result.info = info
                 return result, overhead
             finally:

@@ -408,6 +408,66 @@ def time_rotation(interpreters: List[Any], min_time_s: float = 0.005, min_rounds
     return fastest
 
 
+_EVICT_BUFFERS = {}  # type: Dict[int, np.ndarray]
+
+
+def _evict_buffer(nbytes: int) -> np.ndarray:
+    """A buffer written before every timed invocation; kept, so its pages fault in only once."""
+    buf = _EVICT_BUFFERS.get(nbytes)
+    if buf is None:
+        _EVICT_BUFFERS.clear()
+        buf = _EVICT_BUFFERS[nbytes] = np.ones(max(1, nbytes // 8))
+    return buf
+
+
+def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmup: int = 2,
+                    evict_bytes: int = 0, seed: int = 0, n_partners: int = 3) -> Tuple[float, int, float]:
+    """(mean seconds per invocation, invocations timed, seconds of the fastest) of a layer timed
+    as it runs inside a network rather than back to back.
+
+    Before every invocation, `n_partners` other models (the same ones each time, drawn from
+    `partners` with `seed`) are invoked, so the runtime's code and state are as other layers
+    leave them; its input is written again, as the layer before it would. With `evict_bytes`
+    (twice the L2 cache, for a network whose weights exceed it) that many bytes are written
+    first and the output buffer touched after them: the layer's weights come from beyond L2, as
+    when the rest of such a network ran in between, while its activations stay warm."""
+    _check_counts(runs, warmup)
+    if not partners and n_partners > 0:
+        raise ValueError("time_in_context needs partner models (other layers) to run in between")
+    chosen = [p.invoke for p in random.Random(seed).sample(partners, min(n_partners, len(partners)))]
+    inputs = [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
+              for d in interpreter.get_input_details()]
+    output = interpreter.tensor(interpreter.get_output_details()[0]["index"]) if evict_bytes else None
+    buf = _evict_buffer(evict_bytes) if evict_bytes else None
+    invoke, set_tensor, clock = interpreter.invoke, interpreter.set_tensor, time.perf_counter
+    total, fastest = 0.0, math.inf
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(warmup + runs):
+            if buf is not None:
+                np.add(buf, 1.0, out=buf)
+            for partner in chosen:
+                partner()
+            for index, value in inputs:
+                set_tensor(index, value)
+            if output is not None:
+                output()[...] = 0
+            start = clock()
+            invoke()
+            seconds = clock() - start
+            if i >= warmup:
+                total += seconds
+                fastest = min(fastest, seconds)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    mean = total / runs
+    if not (mean > 0 and math.isfinite(mean) and 0 < fastest <= mean):
+        raise RuntimeError("implausible timing %r s (fastest invocation %r s)" % (mean, fastest))
+    return mean, runs, fastest
+
+
 def time_model(model: ModelSource, runs: int = 50, warmup: int = 5, threads: int = 1) -> float:
     """Mean seconds per invocation of a .tflite model (bytes or a path).
 

@@ -63,19 +63,32 @@ def _worker_info() -> dict:
 
 
 def _worker_time_batch(
-    jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0
+    jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
+    partners: tuple[bytes, ...] = (), evict_bytes: int = 0,
 ) -> tuple[list[_Row], tuple[int, str] | None]:
-    """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why))."""
-    from tools.tflite_runner import load_model, read_sensors, time_loaded_stats
+    """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why)).
+    With `partners`, every model is timed in a network context (`time_in_context`, seeded by
+    its cell id so a pass repeats it), exactly `runs` times."""
+    from tools.tflite_runner import load_model, read_sensors, time_in_context, time_loaded_stats
 
     rows: list[_Row] = []
+    partner_interpreters = []
+    for model in partners:
+        with _timing_token:
+            partner_interpreters.append(load_model(model, threads))
+            partner_interpreters[-1].invoke()
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
             time.sleep(cooldown_s)
         try:
             with _timing_token:
                 interpreter = load_model(model, threads)
-                seconds, done, fastest = time_loaded_stats(interpreter, runs, warmup, min_time_s)
+                if partner_interpreters:
+                    seed = cell_id if isinstance(cell_id, int) else sum(map(ord, str(cell_id)))
+                    seconds, done, fastest = time_in_context(interpreter, partner_interpreters, runs, warmup,
+                                                             evict_bytes, seed)
+                else:
+                    seconds, done, fastest = time_loaded_stats(interpreter, runs, warmup, min_time_s)
                 measured_at = time.time()
             del interpreter
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
@@ -152,10 +165,15 @@ class LocalDevice(Device):
             await self._discard_pool()
             raise DeviceError(f"{self.name}: {exc}") from exc
         settings = dataclasses.asdict(self.settings)
+        settings["partners"] = len(self.settings.partners)  # the models themselves are not provenance
+        in_network = ("in a network context: before each timed invocation, partners other layers' models "
+                      "invoked (evict_bytes written over the caches first, when > 0) and the input set again; "
+                      "exactly runs invocations" if self.settings.partners else
+                      "random input set once; warm-up; perf_counter around runs invocations (more until "
+                      "min_time_s is timed) / invocations")
         settings.update(
             workers=self.workers,
-            method="random input set once; warm-up; perf_counter around runs invocations (more until "
-                   "min_time_s is timed) / invocations; nothing else of ours runs meanwhile (timing token)",
+            method=in_network + "; nothing else of ours runs meanwhile (timing token)",
             python=runtime["python"],
             numpy=runtime["numpy"],
             machine=runtime["machine"],
@@ -185,6 +203,8 @@ class LocalDevice(Device):
             s.threads,
             s.cooldown_s,
             s.min_time_s,
+            s.partners,
+            s.evict_bytes,
         )
         try:
             rows, failure = await asyncio.get_running_loop().run_in_executor(self._pool, call)

@@ -332,6 +332,9 @@ class SshDevice(Device):
         if s.min_time_s:
             raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
                              "SSH devices time exactly `runs` invocations")
+        if s.partners or s.evict_bytes:
+            raise ValueError(f"{self.name}: timing models in a network context is a local-device setting; "
+                             "SSH devices time them back to back (build-tables --context alone)")
         self.transfer_stats = TransferStats()
         self._conn: Any = None  # asyncssh.SSHClientConnection
         self._conn_lock = asyncio.Lock()
