@@ -22,13 +22,14 @@ from .generate import CellModels
 from .layer_types import grid_cells, network_layer_types
 from .op_map import check_network_ops
 from .progress import Progress
-from .store import TableStore
+from .store import TableFileError, TableStore
 
 
 @dataclass(frozen=True)
 class BuildSettings:
     passes: int = 3
     grid_step: int = 1
+    grid_block: int = 0  # also both sides of every multiple of this channel count (layer_types.axis_values)
     sigma: float = 3.0
     edges: str = "linear"  # smoothing at the grid's edges: local linear fit, or 'nearest' (thesis)
     estimator: str = "mean"  # of the passes, before smoothing: mean (thesis) or median
@@ -36,6 +37,7 @@ class BuildSettings:
     seed: int = 0
     max_failures: int = 3  # consecutive failed batches before a device is retired
     verify_ops: bool = True  # convert the whole network once and map its ops to the layer types
+    cell_context: dict | None = None  # how the devices time cells (latency/context.py), recorded first
 
 
 @dataclass
@@ -85,11 +87,19 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
         raise ValueError("no device to measure on")
     started = time.time()
     types = network_layer_types([arch])
-    store = TableStore.create_or_open(out, arch.name, {"grid_step": settings.grid_step})
+    store = TableStore.create_or_open(out, arch.name, {"grid_step": settings.grid_step,
+                                                        "grid_block": settings.grid_block})
     try:
+        stored_block = store.meta().get("grid_block") or 0  # tables from before blocks: none
+        if stored_block != settings.grid_block:
+            raise TableFileError(f"{out}: its grid measures both sides of every multiple of {stored_block} channels "
+                                 f"(0: none), not {settings.grid_block}: pass --block {stored_block} to continue it, "
+                                 "or choose another --out")
         for t in types.values():
-            store.add_layer_type(t, settings.grid_step, grid_cells(t, settings.grid_step))
+            store.add_layer_type(t, settings.grid_step, grid_cells(t, settings.grid_step, settings.grid_block))
         store.set_meta(passes=settings.passes)
+        if settings.cell_context is not None:  # before any measurement: a resumed build reads it back
+            store.set_meta(cell_context=settings.cell_context)
         cells = store.cells()
         done = store.measured_passes()
         batches = plan_batches(list(cells), done, settings.passes, settings.batch_size, settings.seed)

@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="full",
                    help="'full' (every channel count) or 'step:K' (every K-th count plus the edges; the rest "
                         "interpolated). Default full")
+    p.add_argument("--block", type=int, metavar="N",
+                   help="with a step grid, also measure both sides of every multiple of N channels (N - 1, N, "
+                        "N + 1): runtimes pack channels in blocks, and a layer's time steps at their ends, so "
+                        "interpolating across one errs by up to 20 %%. Default on the local device: the float "
+                        "block of XNNPACK on this CPU (16 with AVX-512, else 8); on SSH devices 0 (none, the "
+                        "thesis's grid); a table continues with the block it was started with")
     p.add_argument("--passes", type=int,
                    help="passes over all cells, each in a new random order (default: the device profile's, else 3)")
     p.add_argument("--runs", type=int, help="timed invocations per model and pass (default: profile's, else 50)")
@@ -73,17 +79,15 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _context_overhead(out: Path, device, wanted: dict, passes: int, seed: int, estimator: str,
                             report) -> None:
-    """Records the cells' context in the table; for a network context also times the overhead
-    probes in it (stored like latency-report's, where the prediction reads them)."""
-    from latency import context as cx
+    """For a network context, times the overhead probes in it (stored like latency-report's,
+    where the prediction reads them)."""
     from latency import validate as v
     from latency.store import TableStore
 
+    if wanted["context"] != "network":
+        return
     store = TableStore.open(out)
     try:
-        store.set_meta(**{cx.CONTEXT_META_KEY: wanted})
-        if wanted["context"] != "network":
-            return
         info = await device.start()
         try:
             o = await v.measure_overhead(store, device, info, passes, seed, report=report, estimator=estimator)
@@ -116,7 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         if (args.warmup is not None and args.warmup < 0) or (args.sigma is not None and args.sigma < 0):
             raise ValueError("--warmup and --sigma must be >= 0")
         given = {k: getattr(args, k) for k in ("runs", "warmup", "threads") if getattr(args, k) is not None}
-        context = args.context or ("network" if args.device == "local" else "alone")
+        out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
+        stored_meta = None
+        if out.is_file():
+            from latency.store import TableStore
+
+            existing = TableStore.open(out)
+            try:
+                stored_meta = existing.meta()
+            finally:
+                existing.close()
+            if stored_meta.get("arch") != arch.name:
+                stored_meta = None  # another architecture's file: the build refuses it
+        # a table goes on in the context it was started in, unless one is asked for
+        context = args.context or (
+            (stored_meta.get(cx.CONTEXT_META_KEY) or {"context": "alone"})["context"] if stored_meta is not None
+            else ("network" if args.device == "local" else "alone"))
+        if args.block is not None and args.block < 0:
+            raise ValueError("--block must be >= 0 (0: no block neighbours)")
+        block = args.block if args.block is not None else (
+            stored_meta.get("grid_block") or 0 if stored_meta is not None
+            else (cx.local_channel_block() if args.device == "local" else 0))
         if context == "network" and args.device != "local":
             raise ValueError("--context network times cells on the local device only; SSH devices time them "
                              "back to back (--context alone)")
@@ -133,15 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             min_time = min_time_s(args.device, args.min_time_ms)
             if min_time:
                 given["min_time_s"] = min_time
-        if args.out and Path(args.out).is_file():
-            from latency.store import TableStore
-
-            existing = TableStore.open(args.out)
-            try:
-                if existing.meta().get("arch") == arch.name:  # another arch's file is refused by the build
-                    cx.check_context(existing.meta(), wanted)
-            finally:
-                existing.close()
+        if stored_meta is not None:
+            cx.check_context(stored_meta, wanted)
         timing = TimingSettings(**given)
         devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
         passes = args.passes
@@ -152,12 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         passes = passes or 3
     except ValueError as exc:
         parser.error(str(exc))
-    out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
     runs = getattr(devices[0], "settings", timing).runs
     estimator = args.estimator or ("fastest" if args.device == "local" else "mean")
     sigma = args.sigma if args.sigma is not None else (0.0 if ESTIMATOR_COLUMNS[estimator] == "fastest" else 3.0)
-    settings = BuildSettings(passes=passes, grid_step=step, sigma=sigma, edges=args.edges, estimator=estimator,
-                             batch_size=args.batch_size, seed=args.seed)
+    settings = BuildSettings(passes=passes, grid_step=step, grid_block=block, sigma=sigma, edges=args.edges, estimator=estimator,
+                             batch_size=args.batch_size, seed=args.seed, cell_context=wanted)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     async def build():
         # first Ctrl-C: finish the batches in flight, save them, stop; a second one aborts

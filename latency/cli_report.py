@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = sorted({f"{r['runtime']} {r['runtime_version']}" for r in run_rows.values()})
     inp = ReportInput(
         arch=arch.name, device=device.name, table_name=Path(args.table).name, table_devices=table_devices,
-        table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma", "estimator", "smoothing_edges")}, rows=rows, overhead=applied,
+        table_meta={k: meta.get(k) for k in ("grid_step", "passes", "sigma", "estimator", "smoothing_edges",
+                                             "cell_context")}, rows=rows, overhead=applied,
         overhead_measured=measured_overhead or v.table_overhead(meta, device.name),
         worst_breakdown=predictor.breakdown(w.network.widths),
         measurement={"runtime": ", ".join(runtimes), "estimator": args.estimator, "runs": args.runs, "warmup": args.warmup, "passes": args.passes,

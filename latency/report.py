@@ -112,6 +112,14 @@ def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
+def _context_words(context: dict | None) -> str:
+    if not context or context.get("context") != "network":
+        return "back to back"
+    evicted = (f", after {context['evict_bytes'] // 1024} KiB written over the caches" if context.get("evict_bytes")
+               else "")
+    return f"in a network context: other layer types run before each invocation{evicted}"
+
+
 def report_markdown(inp: ReportInput, metrics: dict) -> str:
     rows = inp.rows
     meta = inp.table_meta
@@ -121,7 +129,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
         f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, cell = the "
         f"{meta.get('estimator') or 'mean'} of the passes, sigma {meta.get('sigma', '?')}, edges "
-        f"{meta.get('smoothing_edges') or 'nearest'})",
+        f"{meta.get('smoothing_edges') or 'nearest'}; timed {_context_words(meta.get('cell_context'))})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
         f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = the "
         f"{ms.get('estimator', 'mean')} of the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
@@ -129,7 +137,9 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     if inp.overhead:
         o = inp.overhead
         lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
-                     f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`")
+                     f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`"
+                     + (" in the cells' context, as `LatencyTable.predict`" if meta.get("cell_context", {}) and
+                        meta["cell_context"].get("context") == "network" else ""))
     else:
         lines.append("- prediction: the plain sum of the cells of the layers the network runs, as "
                      "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")

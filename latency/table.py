@@ -121,6 +121,11 @@ class Predictor:
 
     def __init__(self, table: LatencyTable, arch: Arch, allow_missing: bool = False):
         self.table, self.arch, self.allow_missing = table, arch, allow_missing
+        # cells timed in a network context each pay the invoke overhead measured in that context,
+        # a network pays it once (latency/context.py); back-to-back cells predict by their plain sum
+        context = (table.meta.get("cell_context") or {}).get("context")
+        self.overhead_s = float((table.meta.get("invoke_overhead") or {}).get("seconds") or 0.0) \
+            if context == "network" else 0.0
         self.group_names = [g.name for g in arch.groups]
         gidx = {n: i for i, n in enumerate(self.group_names)}
         self.full = np.array([g.full for g in arch.groups])
@@ -261,7 +266,8 @@ class Predictor:
                 (((vec < self.ok_lo) | (vec > self.ok_hi)) & (vec != self.zero_ok)).any():
             vec = self._vector(widths)  # raises a WidthError if the assignment is invalid
             self._check_range(vec, self._plan(vec)[0])  # names a layer outside the table's range
-        return float(self._cells(vec, self._plan(vec)).sum())
+        cells = self._cells(vec, self._plan(vec))
+        return float(cells.sum()) - self.overhead_s * (len(cells) - 1)
 
     def breakdown(self, widths: Mapping[str, int]) -> list[LayerLatency]:
         vec = self._vector(widths)

@@ -782,7 +782,7 @@ class Comparison:
     """One network: the table's predictions and the device's measurement."""
 
     network: Network
-    sum_of_layers_s: float  # the plain sum of the table's cells (`LatencyTable.predict`)
+    sum_of_layers_s: float  # the plain sum of the table's cells
     overhead_corrected_s: float | None  # the sum with the per-invoke overhead counted once
     predicted_s: float  # the adopted prediction: one of the two above
     n_layers: int  # layers the table timed for this network

@@ -25,6 +25,7 @@ from tools.tflite_runner import (
     time_loaded,
     time_loaded_stats,
     time_model,
+    time_in_context,
     time_rotation,
 )
 
@@ -263,3 +264,42 @@ def test_runner_is_self_contained_python37() -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top_level.add(node.module.split(".")[0])
     assert top_level - set(sys.stdlib_module_names) == {"numpy"}
+
+
+def _counting(interpreter, calls: dict, key: str):
+    invoke = interpreter.invoke
+
+    class Counting:  # counts invocations, otherwise the interpreter itself
+        def __getattr__(self, name: str):
+            return getattr(interpreter, name)
+
+        def invoke(self) -> None:
+            calls[key] = calls.get(key, 0) + 1
+            invoke()
+
+    return Counting()
+
+
+def test_time_in_context_runs_partners_before_every_invocation(models: dict[str, bytes]) -> None:
+    calls: dict[str, int] = {}
+    big = _counting(load_model(models["conv_big"]), calls, "big")
+    partners = [_counting(load_model(models[k]), calls, k) for k in ("conv_small", "dense")]
+    mean, done, fastest = time_in_context(big, partners, runs=6, warmup=2, n_partners=1, seed=3)
+    assert done == 6 and calls["big"] == 8  # warm-up and timed invocations, nothing else
+    assert sum(calls.get(k, 0) for k in ("conv_small", "dense")) == 8  # one partner before each
+    assert len([k for k in ("conv_small", "dense") if calls.get(k)]) == 1  # the same one every time
+    assert 0 < fastest <= mean
+    # with the caches written over first it still times the layer: a 16,000x-MAC conv stays far
+    # slower than the 1-channel one timed the same way
+    small = load_model(models["conv_small"])
+    _, _, big_cold = time_in_context(load_model(models["conv_big"]), partners, runs=5, warmup=1, evict_bytes=1 << 22)
+    _, _, small_cold = time_in_context(small, partners, runs=5, warmup=1, evict_bytes=1 << 22)
+    assert big_cold > 10 * small_cold > 0
+
+
+def test_time_in_context_refuses_bad_arguments(models: dict[str, bytes]) -> None:
+    conv = load_model(models["conv_small"])
+    with pytest.raises(ValueError, match="partner models"):
+        time_in_context(conv, [], runs=3)
+    with pytest.raises(ValueError, match="runs"):
+        time_in_context(conv, [load_model(models["dense"])], runs=0)

@@ -1,0 +1,145 @@
+"""The network timing context: its pure parts, and build-tables / latency-report with it on this CPU."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency import context as cx
+from latency.table import LatencyTable
+from latency.validate import network_cells
+from models.families import get_arch
+from tests.test_tables import cli
+from tools.tflite_runner import load_model
+
+ARCH = "wrn-10-1"
+
+
+def test_cache_sizes_parse() -> None:
+    assert cx.parse_cache_size("2048K\n") == 2 << 20
+    assert cx.parse_cache_size("4M") == 4 << 20
+    assert cx.parse_cache_size("512") == 512
+    with pytest.raises(ValueError, match="cache size"):
+        cx.parse_cache_size("lots")
+
+
+def test_local_l2_reads_sysfs_or_says_none(tmp_path: Path) -> None:
+    f = tmp_path / "size"
+    f.write_text("1024K\n")
+    assert cx.local_l2_bytes(f) == 1 << 20
+    assert cx.local_l2_bytes(tmp_path / "absent") is None
+    f.write_text("?")
+    assert cx.local_l2_bytes(f) is None
+
+
+def test_eviction_only_for_architectures_whose_weights_exceed_l2() -> None:
+    wrn, mbv2 = get_arch("wrn-40-2"), get_arch("mbv2-cifar")
+    assert cx.weight_bytes(wrn) > 8 << 20 > 2 << 20 > cx.weight_bytes(mbv2) > 0
+    assert cx.evict_bytes_for(wrn, 2 << 20) == 4 << 20  # twice the L2
+    assert cx.evict_bytes_for(mbv2, 2 << 20) == 0
+    assert cx.evict_bytes_for(mbv2, 512 << 10) == 1 << 20  # a Pi 3B's 512 KiB L2
+    assert cx.evict_bytes_for(wrn, None) == 0  # unknown cache: nothing to size the eviction by
+
+
+def test_partners_are_the_smallest_model_of_every_layer_type() -> None:
+    arch = get_arch(ARCH)
+    types = {c[0] for c in network_cells(arch, arch.full_widths())}
+    partners = cx.partner_models(arch)
+    assert len(partners) >= len(types) and len(set(partners)) == len(partners)
+    for model in partners:  # real models the runtime loads and runs
+        interpreter = load_model(model)
+        interpreter.invoke()
+
+
+def test_channel_block_from_the_cpu_flags(tmp_path: Path) -> None:
+    f = tmp_path / "cpuinfo"
+    f.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert cx.local_channel_block(f) == 16
+    f.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert cx.local_channel_block(f) == 8
+    assert cx.local_channel_block(tmp_path / "absent") == 8
+
+
+def test_a_table_keeps_its_context() -> None:
+    network = cx.context_meta("network", 5, 0, 2 << 20)
+    cx.check_context({cx.CONTEXT_META_KEY: network}, dict(network, partners=6))  # same context and eviction
+    with pytest.raises(cx.ContextError, match="timed in context 'alone'.*--context alone"):
+        cx.check_context({}, network)  # a table from before contexts existed was timed back to back
+    with pytest.raises(cx.ContextError, match="evict_bytes 0"):
+        cx.check_context({cx.CONTEXT_META_KEY: network}, dict(network, evict_bytes=4 << 20))
+    assert cx.is_network_context({cx.CONTEXT_META_KEY: network}) and not cx.is_network_context({})
+
+
+@pytest.fixture(scope="module")
+def network_table(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ctx") / "t.sqlite"
+    cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "1",
+        "--runs", "4", "--warmup", "1", "--context", "network", "--quiet", "--out", str(out))
+    return out
+
+
+def _meta(path: Path) -> dict:
+    with sqlite3.connect(path) as db:
+        return {k: json.loads(v) for k, v in db.execute("select key, value from meta")}
+
+
+def test_build_times_cells_and_overhead_in_the_network_context(network_table: Path) -> None:
+    meta = _meta(network_table)
+    arch = get_arch(ARCH)
+    assert meta[cx.CONTEXT_META_KEY] == cx.context_meta("network", len(cx.partner_models(arch)),
+                                                        cx.evict_bytes_for(arch, cx.local_l2_bytes()),
+                                                        cx.local_l2_bytes())
+    with sqlite3.connect(network_table) as db:
+        assert {r for (r,) in db.execute("select distinct runs from measurements")} == {4}  # exactly --runs
+        settings = [json.loads(s) for (s,) in db.execute("select settings from runs")]
+        probes = db.execute("select n_ops, fastest from invoke_probes where device = 'local'").fetchall()
+    assert all(s["partners"] == meta[cx.CONTEXT_META_KEY]["partners"] and "network context" in s["method"]
+               for s in settings)
+    # the overhead the table holds is the intercept of its own probes' fastest invocations
+    xs = sorted({n for n, _ in probes})
+    intercept = np.polyfit(xs, [min(f for n, f in probes if n == x) for x in xs], 1)[1]
+    assert meta["invoke_overhead"]["seconds"] == pytest.approx(max(intercept, 0.0), rel=1e-6, abs=1e-12)
+
+
+def test_build_refuses_to_mix_contexts(network_table: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.sqlite"
+    out.write_bytes(network_table.read_bytes())
+    with sqlite3.connect(out) as db:
+        before = db.execute("select count(*) from measurements").fetchone()
+    p = cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "2",
+            "--context", "alone", "--out", str(out), check=False)
+    assert p.returncode == 2 and "timed in context 'network'" in p.stderr and "--context network" in p.stderr
+    with sqlite3.connect(out) as db:
+        assert db.execute("select count(*) from measurements").fetchone() == before  # nothing lost or added
+    p = cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "2",
+            "--block", "3", "--out", str(out), check=False)
+    assert p.returncode == 2 and "not 3" in p.stderr and "--block" in p.stderr
+    p = cli("-m", "latency.cli_build", "--device", "rpi3b", "--arch", ARCH, "--context", "network",
+            "--out", str(tmp_path / "pi.sqlite"), check=False)
+    assert p.returncode == 2 and "local device only" in p.stderr
+    p = cli("-m", "latency.cli_build", "--arch", ARCH, "--min-time-ms", "5", "--out", str(tmp_path / "m.sqlite"),
+            check=False)
+    assert p.returncode == 2 and "exactly --runs" in p.stderr
+
+
+def test_report_counts_the_tables_overhead_once_per_network(network_table: Path, tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    table.write_bytes(network_table.read_bytes())
+    out = tmp_path / "rep"
+    cli("-m", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", ARCH, "--sample", "2",
+        "--passes", "1", "--runs", "5", "--warmup", "1", "--min-time-ms", "0", "--exact-layers", "--no-op-check",
+        "--quiet", "--out", str(out))
+    m = json.loads((out / "metrics.json").read_text())
+    o = _meta(table)["invoke_overhead"]["seconds"]
+    assert m["prediction"] == "overhead_corrected" and m["correction"]["seconds"] == pytest.approx(o)
+    predictor = LatencyTable.open(table).predictor(get_arch(ARCH))
+    for n in m["networks"]:
+        cells = [c.seconds for c in predictor.breakdown(n["widths"]) if c.seconds is not None]
+        assert n["predicted_s"] == pytest.approx(sum(cells) - (len(cells) - 1) * o, rel=1e-9)
+        assert predictor.predict(n["widths"]) == pytest.approx(n["predicted_s"], rel=1e-12)  # what the search uses
+        assert n["exact_sum_s"] > 0
+    with sqlite3.connect(table) as db:  # the report took the table's probes, timed in its context
+        assert db.execute("select count(distinct run_id) from invoke_probes").fetchone()[0] == 1
