@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = getattr(devices[0], "settings", timing).runs
     estimator = args.estimator or ("fastest" if args.device == "local" else "mean")
     sigma = args.sigma if args.sigma is not None else (0.0 if ESTIMATOR_COLUMNS[estimator] == "fastest" else 3.0)
-    settings = BuildSettings(passes=passes, grid_step=step, grid_block=block, sigma=sigma, edges=args.edges, estimator=estimator,
-                             batch_size=args.batch_size, seed=args.seed, cell_context=wanted)
+    settings = BuildSettings(passes=passes, grid_step=step, grid_block=block, sigma=sigma, edges=args.edges,
+                             estimator=estimator, batch_size=args.batch_size, seed=args.seed, cell_context=wanted)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     async def build():
         # first Ctrl-C: finish the batches in flight, save them, stop; a second one aborts
