@@ -17,6 +17,7 @@ from typing import Callable
 
 from models.arch import Arch
 from .devices.base import Device, DeviceError, ModelJob, Timing
+from .context import CONTEXT_META_KEY, check_context
 from .finalize import finalize
 from .generate import CellModels
 from .layer_types import grid_cells, network_layer_types
@@ -95,11 +96,13 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], settin
             raise TableFileError(f"{out}: its grid measures both sides of every multiple of {stored_block} channels "
                                  f"(0: none), not {settings.grid_block}: pass --block {stored_block} to continue it, "
                                  "or choose another --out")
+        if settings.cell_context is not None:  # before any measurement: a resumed build reads it back
+            if store.layer_types():  # a table started earlier: its cells must be timed alike
+                check_context(store.meta(), settings.cell_context)
+            store.set_meta(**{CONTEXT_META_KEY: settings.cell_context})
         for t in types.values():
             store.add_layer_type(t, settings.grid_step, grid_cells(t, settings.grid_step, settings.grid_block))
         store.set_meta(passes=settings.passes)
-        if settings.cell_context is not None:  # before any measurement: a resumed build reads it back
-            store.set_meta(cell_context=settings.cell_context)
         cells = store.cells()
         done = store.measured_passes()
         batches = plan_batches(list(cells), done, settings.passes, settings.batch_size, settings.seed)

@@ -157,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             min_time = min_time_s(args.device, args.min_time_ms)
             if min_time:
                 given["min_time_s"] = min_time
-        if stored_meta is not None:
-            cx.check_context(stored_meta, wanted)
         timing = TimingSettings(**given)
         devices = make_devices(args.device, timing, args.workers, args.devices_file, cli_set=set(given))
         passes = args.passes

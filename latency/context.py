@@ -100,3 +100,14 @@ def check_context(meta: Mapping, wanted: dict) -> None:
 
 def is_network_context(meta: Mapping) -> bool:
     return (meta.get(CONTEXT_META_KEY) or {}).get("context") == "network"
+
+
+def overhead_per_extra_layer_s(meta: Mapping) -> float:
+    """What a prediction subtracts per layer beyond the first: the invoke overhead the table
+    measured in its cells' network context (each cell paid it, a network pays it once); 0 for
+    back-to-back cells, which predict by their plain sum."""
+    from .validate import OVERHEAD_META_KEY
+
+    if not is_network_context(meta):
+        return 0.0
+    return float((meta.get(OVERHEAD_META_KEY) or {}).get("seconds") or 0.0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .context import CONTEXT_META_KEY, is_network_context
 from .table import LayerLatency
 from .validate import (SPREAD_LIMIT_PCT, Comparison, OverheadEstimate, bias_analysis, comparison_metrics,
                        pass_spread_pct)
@@ -113,7 +114,7 @@ def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
 
 
 def _context_words(context: dict | None) -> str:
-    if not context or context.get("context") != "network":
+    if not is_network_context({CONTEXT_META_KEY: context}):
         return "back to back"
     evicted = (f", after {context['evict_bytes'] // 1024} KiB written over the caches" if context.get("evict_bytes")
                else "")
@@ -138,8 +139,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         o = inp.overhead
         lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
                      f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`"
-                     + (" in the cells' context, as `LatencyTable.predict`" if meta.get("cell_context", {}) and
-                        meta["cell_context"].get("context") == "network" else ""))
+                     + (" in the cells' context, as `LatencyTable.predict`" if is_network_context(meta) else ""))
     else:
         lines.append("- prediction: the plain sum of the cells of the layers the network runs, as "
                      "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")

@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from models.arch import Arch, Layer
+from .context import overhead_per_extra_layer_s
 from .fusion import RuntimePlanner, fused_layer, fusion_candidates
 from .layer_types import LayerType, type_key
 from .store import TableStore
@@ -121,11 +122,7 @@ class Predictor:
 
     def __init__(self, table: LatencyTable, arch: Arch, allow_missing: bool = False):
         self.table, self.arch, self.allow_missing = table, arch, allow_missing
-        # cells timed in a network context each pay the invoke overhead measured in that context,
-        # a network pays it once (latency/context.py); back-to-back cells predict by their plain sum
-        context = (table.meta.get("cell_context") or {}).get("context")
-        self.overhead_s = float((table.meta.get("invoke_overhead") or {}).get("seconds") or 0.0) \
-            if context == "network" else 0.0
+        self.overhead_s = overhead_per_extra_layer_s(table.meta)
         self.group_names = [g.name for g in arch.groups]
         gidx = {n: i for i, n in enumerate(self.group_names)}
         self.full = np.array([g.full for g in arch.groups])
