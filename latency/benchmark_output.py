@@ -1,4 +1,4 @@
-"""Parse the text printed by TFLite's `benchmark_model` (or `tools/tflite_runner.py --graph`).
+"""Parse the text printed by TFLite's `benchmark_model` (or `latency/devices/runner.py --graph`).
 
 Formats handled (any line may carry a log prefix such as ``INFO: ``):
 

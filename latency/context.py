@@ -5,7 +5,7 @@ can be; inside a network every layer runs after other layers, and when the netwo
 exceed the L2 cache, after they have pushed its own weights out of it. Summed, back-to-back
 cells fall 2-5 % short of WRN-40-2 networks on a 2 MB-L2 x86 core (issue 5's measurements).
 The `network` context reproduces both conditions for each timed invocation
-(`tools/tflite_runner.time_in_context`): other layer types run first (the smallest model of
+(`latency.devices.runner.time_in_context`): other layer types run first (the smallest model of
 each type: other code, almost no data), and for an architecture whose full weights exceed the
 device's L2, twice the L2 is written over first while the layer's own input and output stay
 warm. The per-invoke overhead is measured in the same context and counted once per network.

@@ -97,7 +97,7 @@ def torch_outputs(net: ArchNet, x_nchw: np.ndarray) -> np.ndarray:
 def tflite_outputs(model: bytes, x_nchw: np.ndarray) -> np.ndarray:
     """Runs the .tflite model (batch 1, NHWC) on every image, with the runtime's default
     delegates: the interpreter that times it."""
-    from tools.tflite_runner import interpreter_class
+    from latency.devices.runner import interpreter_class
 
     cls, _, _ = interpreter_class()
     it = cls(model_content=bytes(model), num_threads=1)
@@ -161,7 +161,7 @@ def convert(net: ArchNet) -> bytes:
 
 def measure(model: bytes, passes: int = 3, runs: int = 50, warmup: int = 5, threads: int = 1) -> list[float]:
     """Seconds per inference, one mean of `runs` runs per pass."""
-    from tools.tflite_runner import time_model
+    from latency.devices.runner import time_model
 
     return [time_model(model, runs=runs, warmup=warmup, threads=threads) for _ in range(passes)]
 

@@ -13,7 +13,7 @@ from latency.table import LatencyTable
 from latency.validate import network_cells
 from models.families import get_arch
 from tests.test_tables import cli
-from tools.tflite_runner import load_model
+from latency.devices.runner import load_model
 
 ARCH = "wrn-10-1"
 

@@ -39,7 +39,7 @@ from tests.sshd_fixture import (  # noqa: F401 - fixtures used by name
 )
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = REPO / "tools" / "tflite_runner.py"
+RUNNER = REPO / "latency" / "devices" / "runner.py"
 
 # Two layer types (a 3x3 conv whose two layers share one type, and the head), grid step 4:
 # 12 cells, templates convert in a few seconds.

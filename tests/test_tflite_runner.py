@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from latency.benchmark_output import parse_benchmark_output
-from tools import tflite_runner
-from tools.tflite_runner import (
+from latency.devices import runner as tflite_runner
+from latency.devices.runner import (
     EXIT_MODEL_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -66,7 +66,7 @@ def run_runner(*args: str, stdin: bytes | None = None) -> subprocess.CompletedPr
         input=stdin,
         capture_output=True,
         timeout=120,
-        cwd=str(RUNNER.parent.parent.parent),
+        cwd=str(RUNNER.parents[3]),  # outside the project
     )
 
 

@@ -11,7 +11,7 @@ overhead per extra layer, is from the network:
 
 * ``alone``: back to back, like the tables (fastest invocation, at least --min-time-ms);
 * ``rot-B``: all the cells of all the networks shuffled into groups of B models that take
-  turns (`tflite_runner.time_rotation`: each invocation timed alone, its input written again
+  turns (`latency.devices.runner.time_rotation`: each invocation timed alone, its input written again
   just before), so a cell runs after B - 1 other layers of the family;
 * ``own``: each network's own distinct single-layer models taking turns (a layer repeated at
   the same widths, as in a uniform network, is one model here, so the group's footprint is
@@ -35,7 +35,7 @@ from latency.layer_types import network_layer_types
 from latency.validate import (estimate_overhead, network_cells, network_model, network_params, overhead_corrected,
                               percent_errors, probe_models, sample_networks)
 from models.families import KNOWN_ARCHS, get_arch
-from tools.tflite_runner import load_model, time_loaded_stats, time_rotation
+from latency.devices.runner import load_model, time_loaded_stats, time_rotation
 
 
 def spanning(items: list, n: int) -> list:

@@ -21,7 +21,7 @@ class TimingSettings:
     # more runs than `runs` until this much time is timed (benchmark_model's --min_secs): a
     # 20 µs layer timed 50 times is 1 ms of measurement, less than loading its interpreter
     min_time_s: float = 0.0
-    # time each model as it runs inside a network (tools/tflite_runner.time_in_context): other
+    # time each model as it runs inside a network (runner.time_in_context): other
     # layers' models invoked before every invocation, and with evict_bytes the caches written
     # over first; empty = back to back (the thesis). Local device only
     partners: tuple[bytes, ...] = ()

@@ -3,7 +3,7 @@
 Workers are started with the 'spawn' context: forking a parent that has imported TensorFlow or
 PyTorch can deadlock or inherit their thread pools. Each batch goes to one worker in one call
 (models travel as bytes; the interpreter reads them from memory, no temp files), and the worker
-times every model with `tools.tflite_runner`, the same code the Pi runs.
+times every model with `latency.devices.runner`, the same code the Pi runs.
 
 Nothing heavy of ours runs while a model is timed: the workers and the table builder share a
 timing token (a lock). A worker holds it to load a model (creating a LiteRT interpreter packs
@@ -51,13 +51,13 @@ def _worker_init(token: contextlib.AbstractContextManager | None = None) -> None
     if token is not None:
         _timing_token = token
     # import the runtime when the process starts, not inside the first timed batch
-    from tools import tflite_runner
+    from . import runner as tflite_runner
 
     tflite_runner.interpreter_class()
 
 
 def _worker_info() -> dict:
-    from tools import tflite_runner
+    from . import runner as tflite_runner
 
     return tflite_runner.runtime_info()
 
@@ -69,7 +69,7 @@ def _worker_time_batch(
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why)).
     With `partners`, every model is timed in a network context (`time_in_context`, seeded by
     its cell id so a pass repeats it), exactly `runs` times."""
-    from tools.tflite_runner import load_model, read_sensors, time_in_context, time_loaded_stats
+    from .runner import load_model, read_sensors, time_in_context, time_loaded_stats
 
     rows: list[_Row] = []
     partner_interpreters = []

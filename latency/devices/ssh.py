@@ -5,7 +5,7 @@ unknown or changed key is a DeviceError that shows the offered fingerprint and h
 it), key-file or ssh-agent authentication, keep-alives so that a device that vanished is noticed.
 
 On start the device side is prepared in the profile's work directory over SFTP: the one-file
-runner (``tools/tflite_runner.py``), a small feeder script (``FEEDER_SOURCE`` below) and, for
+runner (``latency/devices/runner.py``, saved there as ``tflite_runner.py``), a small feeder script (``FEEDER_SOURCE`` below) and, for
 ``transfer = "pool"``, the weight pool (see *Transfer*); then ``tflite_runner.py --info``
 reports the runtime for the table's provenance. On a reconnect the files are checked again (a
 rebooted device may have lost /tmp).
@@ -71,8 +71,8 @@ __all__ = ["FEEDER_SOURCE", "SshDevice", "TransferStats", "decode_batch", "encod
 
 T = TypeVar("T")
 
-RUNNER_PATH = Path(__file__).resolve().parents[2] / "tools" / "tflite_runner.py"
-RUNNER_NAME = "tflite_runner.py"
+RUNNER_PATH = Path(__file__).resolve().with_name("runner.py")  # travels with the package
+RUNNER_NAME = "tflite_runner.py"  # its name on the device (the feeder imports it by that name)
 FEEDER_NAME = "netadapt_feed.py"
 _PID_TAG = b"__netadapt_pid__ "
 _BATCH_FORMAT = "netadapt-batch/1"

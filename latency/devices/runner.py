@@ -15,13 +15,13 @@ Command line
 benchmark_model-compatible mode (output in the style of the current ``benchmark_model``, ending
 with ``Inference timings in us: Init: .., First inference: .., Warmup (avg): .., Inference (avg): ..``)::
 
-    python3 tflite_runner.py --graph=model.tflite --num_runs=50 --warmup_runs=5 --num_threads=1
+    python3 runner.py --graph=model.tflite --num_runs=50 --warmup_runs=5 --num_threads=1
 
 Unlike ``benchmark_model`` it runs exactly ``num_runs`` invocations (no minimum duration).
 
 Batch mode: time many models in one process::
 
-    python3 tflite_runner.py --batch SOURCE --num_runs=50 --warmup_runs=5 --num_threads=1 [--cooldown 0]
+    python3 runner.py --batch SOURCE --num_runs=50 --warmup_runs=5 --num_threads=1 [--cooldown 0]
 
 SOURCE is one of
 
@@ -367,7 +367,7 @@ def time_rotation(interpreters: List[Any], min_time_s: float = 0.005, min_rounds
     just before, as the layer before it in a network would have. Rounds go on until
     `min_rounds` are done and every interpreter was timed `min_time_s` on average. Unlike
     `time_loaded_stats`, a model never runs right after itself: its weights, code and buffers
-    are as warm as the other models leave them (tools/context_cost)."""
+    are as warm as the other models leave them (`python -m tools.context_cost`)."""
     if not interpreters:
         raise ValueError("time_rotation needs at least one interpreter")
     if min_rounds < 1 or min_time_s < 0:
