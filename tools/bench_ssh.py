@@ -69,7 +69,7 @@ async def _bench(args: argparse.Namespace) -> None:
     from latency.devices.base import ModelJob, TimingSettings
     from latency.devices.local import LocalDevice
     from latency.devices.profiles import load_profiles
-    from latency.devices.ssh import _pool_index, encode_batch
+    from latency.devices.ssh_transfer import encode_batch, pool_index
     from latency.generate import CellModels
     from latency.layer_types import grid_cells, network_layer_types
     from models.families import get_arch
@@ -93,7 +93,7 @@ async def _bench(args: argparse.Namespace) -> None:
     raw = sum(len(j.model) for j in jobs)
 
     # -- transfer size and encode cost (no network)
-    pool = _pool_index()
+    pool = pool_index()
     t0 = time.perf_counter()
     pool_bytes = sum(len(encode_batch(b, pool)) for b in batches)
     encode_s = time.perf_counter() - t0
