@@ -169,7 +169,7 @@ def test_profile_errors(tmp_path: Path) -> None:
 
 def test_pool_transfer_rebuilds_identical_models_and_is_small() -> None:
     from latency import tflite_rewrite
-    from latency.devices.ssh import _pool_index, decode_batch, encode_batch
+    from latency.devices.ssh_transfer import decode_batch, encode_batch, pool_index
     from latency.generate import CellModels
     from latency.layer_types import network_layer_types
 
@@ -178,7 +178,7 @@ def test_pool_transfer_rebuilds_identical_models_and_is_small() -> None:
     models = CellModels(types)
     jobs = [ModelJob(cell, models.render(key, c_in, c_out, seed=cell))
             for cell, (c_in, c_out) in enumerate([(16, 16), (1, 16), (16, 1), (7, 9), (3, 3)])]
-    pool = _pool_index()
+    pool = pool_index()
     assert pool is not None
     encoded = encode_batch(jobs, pool)
     plain = encode_batch(jobs, None)
@@ -188,6 +188,22 @@ def test_pool_transfer_rebuilds_identical_models_and_is_small() -> None:
     assert len(encoded) < 0.3 * raw < len(plain)  # random weights: zlib alone saves little
     with pytest.raises(ValueError, match="stale pool"):
         decode_batch(encoded, bytes(len(tflite_rewrite._random_pool())))
+
+
+def test_feeder_is_self_contained_python37() -> None:
+    """The feeder goes to the device as one file, beside the runner: Python 3.7, stdlib only."""
+    import ast
+
+    source = (REPO / "latency" / "devices" / "remote_feeder.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 7))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in the feeder"
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= set(sys.stdlib_module_names)
 
 
 # ------------------------------------------------------------------------------- builds over SSH
@@ -389,3 +405,80 @@ def test_benchmark_model_timer(running_sshd: SshServer, tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match=r"(?s)bm-broken: cell 5: no inference timing found; raw benchmark output:\n"
                                           r".*no timings here"):
         asyncio.run(measure("bm-broken"))
+
+
+def _noisy(path: Path, then: str) -> Path:
+    """A stand-in that writes 4 MiB to stderr (a device full of warnings), then runs `then`."""
+    return _fake_benchmark_model(path, (
+        "yes 'W noisy-device: a warning nobody reads' | head -c 4194304 >&2\n"
+        "echo 'last words on stderr' >&2\n"
+        f"{then}\n"))
+
+
+def test_megabytes_on_stderr_neither_stall_nor_fill_memory(running_sshd: SshServer, tmp_path: Path) -> None:
+    """stderr is read while stdout is: SSH flow control is per channel, so an unread stderr that
+    fills the window stalls stdout too, until call_timeout_s retires the device."""
+    from latency.devices.ssh_connection import STDERR_TAIL_BYTES
+    from tests.test_tflite_runner import build_models
+
+    python = _noisy(tmp_path / "noisy-python", f'exec {sys.executable} "$@"')
+    bm = _noisy(tmp_path / "noisy-benchmark_model", (
+        'args=(); for a in "$@"; do case "$a" in --min_secs=*|--warmup_min_secs=*) ;; *) args+=("$a");; esac; done\n'
+        f'exec {sys.executable} {RUNNER} "${{args[@]}}"'))
+    broken = _noisy(tmp_path / "noisy-broken-python", "exit 3")
+    # one try, and a deadline far above what the calls need: a stall fails the test, not its speed
+    common = dict(call_timeout_s=30.0, retries=0)
+    profiles = {
+        "noisy": running_sshd.profile(tmp_path / "work", python=str(python), **common),
+        "noisy-bm": running_sshd.profile(tmp_path / "work", timer="benchmark_model", benchmark_model=str(bm),
+                                         **common),
+        "noisy-broken": running_sshd.profile(tmp_path / "work", python=str(broken), **common),
+    }
+    models = build_models()
+    jobs = [ModelJob(5, models["conv_small"]), ModelJob(6, models["conv_big"])]
+
+    async def measure(name: str) -> list:
+        (device,) = ssh_devices(tmp_path, profiles, [name])
+        await device.start()
+        try:
+            return await device.measure(jobs)
+        finally:
+            await device.close()
+
+    for name in ("noisy", "noisy-bm"):
+        timings = asyncio.run(measure(name))
+        assert [t.cell_id for t in timings] == [5, 6], name
+        assert 0 < timings[0].seconds < timings[1].seconds, name  # 1-channel vs 128-channel conv
+
+    # a failing call reports the end of its stderr
+    with pytest.raises(DeviceError, match=r"(?s)exited with status 3 .*no TFLite interpreter.*last words on stderr"):
+        asyncio.run(measure("noisy-broken"))
+
+
+def test_remote_calls_keep_a_tail_of_stderr_and_cap_stdout(running_sshd: SshServer, tmp_path: Path) -> None:
+    from latency.devices.profiles import load_profiles
+    from latency.devices.ssh_connection import STDERR_TAIL_BYTES, STDOUT_LIMIT_BYTES, SshConnection, run_command
+
+    profile = load_profiles(write_devices_file(tmp_path / "d.toml", {"pi": running_sshd.profile(tmp_path)}))["pi"]
+    marker = "endless-chatter-1000439"
+
+    async def scenario() -> tuple:
+        async def nothing_to_prepare(conn: object) -> None:
+            return None
+
+        link = SshConnection(profile, "pi", nothing_to_prepare)
+        conn = await link.get()
+        try:
+            noisy = await run_command(conn, "yes 'W warning' | head -c 4194300 >&2; echo 'the end' >&2; echo result",
+                                      30, "pi")
+            with pytest.raises(DeviceError) as raised:
+                await run_command(conn, f"yes {marker}", 30, "pi")  # never ends, floods stdout
+            return noisy, str(raised.value)
+        finally:
+            await link.drop()
+
+    noisy, message = asyncio.run(scenario())
+    assert (noisy.status, noisy.stdout) == (0, b"result\n")
+    assert len(noisy.stderr) == STDERR_TAIL_BYTES and noisy.stderr.endswith(b"W warning\nthe end\n")
+    assert f"wrote more than {STDOUT_LIMIT_BYTES // 2**20} MiB to stdout" in message and "killed" in message
+    asyncio.run(_wait_for(lambda: not processes_with(marker), "the flooding call to be killed", 10))
