@@ -8,6 +8,7 @@ import sys
 from models.arch import WidthError
 from models.thesis_names import load_widths_any
 from models.families import KNOWN_ARCHS, get_arch
+from .quiet import add_verbose_flag, quiet_runtime
 from .store import TableFileError
 from .table import LatencyTable, PredictionError
 
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="use the unsmoothed means of the passes")
     parser.add_argument("--allow-missing", action="store_true",
                         help="leave out layer types the table lacks (and list them) instead of failing")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    quiet_runtime(args.verbose)
     try:
         arch = get_arch(args.arch)
         widths = load_widths_any(arch, args.widths) if args.widths else arch.full_widths()

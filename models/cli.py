@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latency.quiet import add_verbose_flag, quiet_runtime
+
 from .arch import WidthError, load_widths
 from .families import KNOWN_ARCHS, get_arch
 
@@ -17,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS})")
     parser.add_argument("--widths", help="width assignment JSON file {group: channels} (default: full widths)")
     parser.add_argument("--no-tflite", action="store_true", help="skip the TFLite conversion (it takes seconds)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    quiet_runtime(args.verbose)
     try:
         arch = get_arch(args.arch)
         widths = load_widths(arch, args.widths) if args.widths else arch.full_widths()

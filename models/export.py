@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from latency.quiet import add_verbose_flag, quiet_runtime
+
 from .torch_builder import ArchNet
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
@@ -98,7 +100,9 @@ def tflite_outputs(model: bytes, x_nchw: np.ndarray) -> np.ndarray:
     """Runs the .tflite model (batch 1, NHWC) on every image, with the runtime's default
     delegates: the interpreter that times it."""
     from latency.devices.runner import interpreter_class
+    from latency.quiet import absorb_runtime_banner
 
+    absorb_runtime_banner()
     cls, _, _ = interpreter_class()
     it = cls(model_content=bytes(model), num_threads=1)
     it.allocate_tensors()
@@ -187,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"tolerance on max |logit diff| / max(1, max |logit|) (default {DEFAULT_TOL:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample images")
     p.add_argument("--measure", action="store_true", help="time the model here (LiteRT, 1 thread, 3 x 50 runs)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
+    quiet_runtime(args.verbose)
     if args.samples < 1 or not args.tol > 0:
         p.error("--samples must be >= 1 and --tol > 0")
     if args.check and args.out:

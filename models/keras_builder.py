@@ -129,12 +129,12 @@ def keras_from_torch(net: ArchNet):
 
 def convert_keras(model) -> bytes:
     """Float32 TFLite flatbuffer of a Keras model (batch 1)."""
-    import contextlib
-    import io
-
     import tensorflow as tf
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter's export chatter
+    from latency.quiet import captured_output
+
+    # the converter's chatter (its prints, native log lines) is shown only if it fails
+    with captured_output("converting a Keras model to TFLite"):
         return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from models.arch import WidthError
+from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS, get_arch
 
 ALGORITHMS = ("netadapt", "fisher", "uniform")
@@ -18,7 +19,7 @@ Prune a trained network until its latency, predicted from a latency table, is at
 algorithms:
   netadapt  NetAdapt: each iteration, for every width group, removes the fewest channels that
             lower the predicted latency by the iteration's step, fine-tunes every candidate
-            briefly, and keeps the best on a held-out 10%% of the training set.
+            briefly, and keeps the best on a held-out 10% of the training set.
   fisher    Fisher pruning with cost: removes one channel at a time, the one with the smallest
             Fisher signal / predicted latency gain, fine-tuning between removals.
   uniform   baseline: every group scaled by one factor (no data needed).
@@ -100,11 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fisher: held-out error every N removals (default: at saved points only)")
     common.add_argument("--raw", action="store_true", help="use the table's unsmoothed means")
     common.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_verbose_flag(common)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_runtime(args.verbose)
     from latency.store import TableFileError
     from latency.table import LatencyTable, PredictionError
     from models.datasets import DatasetError, open_dataset, write_synthetic_cifar10

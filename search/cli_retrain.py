@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latency.quiet import add_verbose_flag, quiet_runtime
 from models.arch import WidthError
 from models.datasets import DATASETS, DatasetError
 from models.families import KNOWN_ARCHS
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also save a checkpoint inside an epoch this often (default 10)")
     p.add_argument("--progress-seconds", type=float, default=60.0,
                    help="print a progress line inside an epoch this often (default 60)")
+    add_verbose_flag(p)
     return p
 
 
@@ -79,6 +81,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet_runtime(args.verbose)
     if args.checkpoint_minutes <= 0 or args.progress_seconds <= 0:
         parser.error("--checkpoint-minutes and --progress-seconds must be positive")
     if args.threads is not None:

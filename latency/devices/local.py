@@ -54,6 +54,9 @@ def _worker_init(token: contextlib.AbstractContextManager | None = None) -> None
     from . import runner as tflite_runner
 
     tflite_runner.interpreter_class()
+    from latency.quiet import absorb_runtime_banner
+
+    absorb_runtime_banner()  # the runtime's start-up banner, unless --verbose
 
 
 def _worker_info() -> dict:
