@@ -9,6 +9,7 @@ from pathlib import Path
 
 from latency.devices.local import DEFAULT_MIN_TIME_S
 from latency.smoothing import ESTIMATOR_COLUMNS, ESTIMATORS, EstimatorError
+from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS
 
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     p.add_argument("--out", help="table file (default tables/<device>-<arch>.sqlite)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_verbose_flag(p)
     return p
 
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # heavy imports stay inside main: spawned device workers re-import the caller's main module
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet_runtime(args.verbose)
     from latency import context as cx
     from latency.build import BuildError, BuildInterrupted, BuildSettings, build_table
     from latency.devices.base import DeviceError, TimingSettings
