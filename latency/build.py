@@ -9,36 +9,32 @@ build loses at most the batches in flight and a re-run continues where it stoppe
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from models.arch import Arch
-from .devices.base import Device, DeviceError, ModelJob, Timing
-from .context import CONTEXT_META_KEY, check_context
+from .devices.base import Device, ModelJob, Timing
+from .context import OVERHEAD_META_KEY
 from .finalize import finalize
 from .generate import CellModels
 from .layer_types import grid_cells, network_layer_types
 from .op_map import check_network_ops
+from .passes import DeviceRun, WrongTimings, plan_passes, run_passes, start_devices
 from .progress import Progress
+from .recipe import TableRecipe, check_resume
 from .store import TableFileError, TableStore
 
 
 @dataclass(frozen=True)
-class BuildSettings:
-    passes: int = 3
-    grid_step: int = 1
-    grid_block: int = 0  # also both sides of every multiple of this channel count (layer_types.axis_values)
-    sigma: float = 3.0
-    edges: str = "linear"  # smoothing at the grid's edges: local linear fit, or 'nearest' (thesis)
-    estimator: str = "mean"  # of the passes, before smoothing: mean (thesis) or median
-    batch_size: int = 32
-    seed: int = 0
+class BuildOptions:
+    """How a build runs; what its numbers mean is the table's recipe (`latency.recipe`)."""
+
+    models_per_call: int = 32  # models handed to a device in one call
+    seed: int = 0  # of the pass orders
     max_failures: int = 3  # consecutive failed batches before a device is retired
     verify_ops: bool = True  # convert the whole network once and map its ops to the layer types
-    cell_context: dict | None = None  # how the devices time cells (latency/context.py), recorded first
 
 
 @dataclass
@@ -64,84 +60,96 @@ class BuildInterrupted(BuildError):
     """Stopped on request (Ctrl-C): the batches in flight finished and were saved."""
 
 
-def plan_batches(cell_ids: list[int], done: set[tuple[int, int]], passes: int, batch_size: int,
-                 seed: int) -> list[tuple[int, list[int]]]:
-    """(pass, cell ids) batches of what is left to measure; each pass in its own shuffled order
-    (the order is a function of the seed and pass only, so a resumed build keeps it)."""
-    batches = []
-    for p in range(passes):
-        order = sorted(cell_ids)
-        random.Random(f"{seed}:{p}").shuffle(order)
-        todo = [c for c in order if (c, p) not in done]
-        batches += [(p, todo[i:i + batch_size]) for i in range(0, len(todo), batch_size)]
-    return batches
+def check_devices(devices: list[Device], recipe: TableRecipe) -> None:
+    """Refuses devices set to time otherwise than the recipe says (an API caller's mistake:
+    the table would store the recipe's settings beside other timings)."""
+    want = recipe.timing(partners=(b"",) if recipe.in_network else ())
+    for d in devices:
+        s = getattr(d, "settings", None)
+        if s is None:
+            continue
+        fields = ("runs", "warmup", "threads", "min_time_s", "cooldown_s", "evict_bytes")
+        diff = [f for f in fields if getattr(s, f) != getattr(want, f)]
+        if bool(s.partners) != recipe.in_network:
+            diff.append("partners")
+        if diff:
+            raise ValueError(f"device {d.name} times with {', '.join(f'{f}={getattr(s, f)!r}' for f in diff)}, "
+                             f"not as the recipe says: make it with recipe.timing(...)")
 
 
-async def build_table(arch: Arch, out: str | Path, devices: list[Device], settings: BuildSettings,
-                      runs_per_cell: int, report: Callable[[str], None] | None = None,
+async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe: TableRecipe,
+                      options: BuildOptions = BuildOptions(), report: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None) -> BuildResult:
-    """Measures what is left of the table in `out` and finalizes it. Setting `stop` makes every
-    device finish its batch in flight (committed) and take no new one; BuildInterrupted then."""
-    if settings.passes < 1 or settings.batch_size < 1:
-        raise ValueError("passes and batch size must be >= 1")
+    """Measures what is left of the table in `out` as `recipe` says, and derives it. A table
+    being continued must have been measured with the same recipe (`recipe.check_resume`);
+    its derivation fields (estimator, smoothing) may change. Setting `stop` makes every device
+    finish its batch in flight (committed) and take no new one; BuildInterrupted then."""
+    if options.models_per_call < 1:
+        raise ValueError("models per call must be >= 1")
     if not devices:
         raise ValueError("no device to measure on")
+    check_devices(devices, recipe)
     started = time.time()
     types = network_layer_types([arch])
-    store = TableStore.create_or_open(out, arch.name, {"grid_step": settings.grid_step,
-                                                        "grid_block": settings.grid_block})
+    store = TableStore.create_or_open(out, arch.name, recipe)
     try:
-        stored_block = store.meta().get("grid_block") or 0  # tables from before blocks: none
-        if stored_block != settings.grid_block:
-            raise TableFileError(f"{out}: its grid measures both sides of every multiple of {stored_block} channels "
-                                 f"(0: none), not {settings.grid_block}: pass --block {stored_block} to continue it, "
-                                 "or choose another --out")
-        if settings.cell_context is not None:  # before any measurement: a resumed build reads it back
-            if store.layer_types():  # a table started earlier: its cells must be timed alike
-                check_context(store.meta(), settings.cell_context)
-            store.set_meta(**{CONTEXT_META_KEY: settings.cell_context})
+        check_resume(store.recipe(), recipe, str(out))
+        store.set_recipe(recipe)  # before any measurement: a resumed build reads it back
         for t in types.values():
-            store.add_layer_type(t, settings.grid_step, grid_cells(t, settings.grid_step, settings.grid_block))
-        store.set_meta(passes=settings.passes)
+            store.add_layer_type(t, recipe.grid_step, grid_cells(t, recipe.grid_step, recipe.grid_block))
         cells = store.cells()
         done = store.measured_passes()
-        batches = plan_batches(list(cells), done, settings.passes, settings.batch_size, settings.seed)
-        total = len(cells) * settings.passes
-        already = sum(1 for c, p in done if p < settings.passes)
+        batches = plan_passes(cells, done, recipe.passes, options.models_per_call, options.seed)
+        total = len(cells) * recipe.passes
+        already = sum(1 for c, p in done if p < recipe.passes)
         result = BuildResult(Path(out), len(cells), 0, already, 0.0, 0.0)
         if batches:
-            await _measure_all(arch, store, cells, types, devices, batches, settings, runs_per_cell, total, already,
+            await _measure_all(arch, store, cells, types, devices, batches, options, recipe.runs, total, already,
                                result, report, stop or asyncio.Event())
         t_finalize = time.time()
-        result.incomplete_types = finalize(store, settings.sigma, settings.estimator, settings.edges)
+        result.incomplete_types = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
         result.finalize_s = time.time() - t_finalize
+        if recipe.in_network and not result.incomplete_types and (batches or not _has_overhead(store)):
+            await _network_overhead(store, devices[0], recipe, options.seed, report)
         result.wall_s = time.time() - started
         return result
     finally:
         store.close()
 
 
+def _has_overhead(store: TableStore) -> bool:
+    return OVERHEAD_META_KEY in store.meta()
+
+
+async def _network_overhead(store: TableStore, device: Device, recipe: TableRecipe, seed: int,
+                            report: Callable[[str], None] | None) -> None:
+    """A network-context table's per-invoke overhead, timed in that context: every cell paid it
+    once, a network pays it once, so the predictor counts it once (`latency.context`)."""
+    from .overhead import measure_overhead
+
+    info = await device.start()
+    try:
+        o = await measure_overhead(store, device, info, recipe.passes, seed, report=report,
+                                   estimator=recipe.estimator)
+    finally:
+        await device.close()
+    if report:
+        report(f"per-invoke overhead in the network context: {o.seconds * 1e6:.2f} us")
+
+
 async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
-                       settings: BuildSettings, runs_per_cell: int, total: int, already: int,
+                       settings: BuildOptions, runs_per_cell: int, total: int, already: int,
                        result: BuildResult, report: Callable[[str], None] | None, stop: asyncio.Event) -> None:
+    """Times `batches` of cells on every device through the pass engine (`latency.passes`),
+    each finished batch committed to the store."""
     generator = CellModels(types)
     loop = asyncio.get_running_loop()
-    pending: asyncio.Queue = asyncio.Queue()
-    for b in batches:
-        pending.put_nowait(b)
-    started: list[tuple[Device, int]] = []
+    started: list[DeviceRun] = []
     progress: Progress | None = None
     status = "interrupted"
     try:
-        for device in devices:
-            try:
-                info = await device.start()
-            except DeviceError as exc:
-                result.retired.append(str(exc))
-                if report:
-                    report(f"device {device.name} could not start: {exc}")
-                continue
-            started.append((device, store.start_run(info)))
+        started, failed = await start_devices(devices, store.start_run, report)
+        result.retired += failed
         if not started:
             raise BuildError("no device could start: " + "; ".join(result.retired))
 
@@ -160,75 +168,35 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
         result.prepare_s = time.time() - t_prepare
         progress = Progress(total, already, report)
 
-        def render(device: Device, batch: list[int]) -> list[ModelJob]:
-            with device.host_work_guard():  # no model is timed on this machine meanwhile
-                return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
+        def render(batch: list[int]) -> list[ModelJob]:
+            return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
 
-        def take():
-            if stop.is_set():
-                return None
-            try:
-                return pending.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-
-        async def worker(device: Device, run_id: int) -> None:
-            failures = 0
-            # the next batch is rendered while the device works on the current one (between its
-            # timings, when the device is this machine)
-            item = take()
-            rendering = loop.run_in_executor(None, render, device, item[1]) if item else None
-            while item is not None:
-                p, batch = item
-                jobs_future = rendering
-                item = take()
-                rendering = loop.run_in_executor(None, render, device, item[1]) if item else None
-                try:
-                    timings: list[Timing] = await device.measure(await jobs_future)
-                except DeviceError as exc:
-                    pending.put_nowait((p, batch))  # the batch goes back for any device
-                    failures += 1
-                    if report:
-                        report(f"{exc} (failure {failures}/{settings.max_failures} of device {device.name})")
-                    if failures >= settings.max_failures:
-                        if item is not None:
-                            pending.put_nowait(item)
-                        result.retired.append(str(exc))
-                        if report:
-                            report(f"device {device.name} retired; its cells go to the other devices")
-                        return
-                    await asyncio.sleep(min(2.0 ** failures, 30.0))  # back off before retrying
-                    continue
-                failures = 0
-                if [t.cell_id for t in timings] != batch:
-                    raise BuildError(f"device {device.name} returned timings for other cells than it was given")
-                stored = store.add_measurements(run_id, device.name, p, timings)
-                result.measured_now += stored
-                result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)
-                progress.advance(stored, p)
+        def commit(run: DeviceRun, p: int, batch: list[int], timings: list[Timing]) -> int:
+            stored = store.add_measurements(run.run_id, run.device.name, p, timings)
+            result.measured_now += stored
+            result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)
+            return stored
 
         t_measure = time.time()
-        tasks = [asyncio.create_task(worker(d, run_id)) for d, run_id in started
-                 for _ in range(max(1, d.concurrency))]
         try:
-            await asyncio.gather(*tasks)
-            result.measure_s = time.time() - t_measure
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        if stop.is_set():
-            raise BuildInterrupted(f"stopped on request; {result.measured_now:,} measurements taken in this run are saved")
-        if not pending.empty():
+            outcome = await run_passes(started, batches, render, commit, max_failures=settings.max_failures,
+                                       stop=stop, progress=progress, report=report)
+        except WrongTimings as exc:
+            raise BuildError(str(exc)) from exc
+        result.measure_s = time.time() - t_measure
+        result.retired += outcome.retired
+        if outcome.stopped:
+            raise BuildInterrupted(
+                f"stopped on request; {result.measured_now:,} measurements taken in this run are saved")
+        if outcome.left:
             raise BuildError(
-                f"every device failed; {pending.qsize()} batches are left unmeasured (all finished ones are saved: "
+                f"every device failed; {outcome.left} batches are left unmeasured (all finished ones are saved: "
                 "run the same command again to continue). Failures: " + "; ".join(result.retired)
             )
         status = "finished"
     finally:
-        for d, run_id in started:
-            store.end_run(run_id, status)
+        for run in started:
+            store.end_run(run.run_id, status)
         for d in devices:
             try:
                 await d.close()
@@ -236,5 +204,3 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                 pass
         if progress is not None:
             progress.finish()
-
-

@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Mapping
 
 from models.arch import Arch
+from .recipe import TableRecipe
 
-CONTEXTS = ("network", "alone")
-CONTEXT_META_KEY = "cell_context"
+#: meta key of the measured per-invoke overhead (a dict, see `latency.validate.OverheadEstimate`)
+OVERHEAD_META_KEY = "invoke_overhead"
 #: where Linux describes the second-level cache of the first CPU
 L2_SIZE_FILE = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
-
-
-class ContextError(ValueError):
-    """A table timed in one context cannot take cells timed in another."""
 
 
 def parse_cache_size(text: str) -> int:
@@ -57,7 +54,7 @@ def local_channel_block(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
 
 def weight_bytes(arch: Arch, widths: Mapping[str, int] | None = None) -> int:
     """Bytes of float32 weights of the network (batch-norms folded), full width by default."""
-    from .validate import network_params
+    from models.counts import network_params
 
     return 4 * network_params(arch, widths if widths is not None else arch.full_widths())
 
@@ -81,33 +78,10 @@ def partner_models(arch: Arch) -> tuple[bytes, ...]:
     return tuple(renderer.render(k, t.in_lo, t.out_lo) for k, t in sorted(types.items()))
 
 
-def context_meta(context: str, partners: int, evict_bytes: int, l2_bytes: int | None) -> dict:
-    return {"context": context, "partners": partners, "evict_bytes": evict_bytes, "l2_bytes": l2_bytes}
-
-
-def check_context(meta: Mapping, wanted: dict) -> None:
-    """Refuses to add cells timed in `wanted` to a table whose cells were timed otherwise
-    (a table without the key was timed back to back)."""
-    stored = meta.get(CONTEXT_META_KEY) or context_meta("alone", 0, 0, None)
-    keys = ("context", "evict_bytes")
-    if any(stored.get(k) != wanted.get(k) for k in keys):
-        raise ContextError(
-            f"this table's cells were timed in context {stored.get('context')!r} "
-            f"(evict_bytes {stored.get('evict_bytes')}), not {wanted.get('context')!r} "
-            f"(evict_bytes {wanted.get('evict_bytes')}): pass --context {stored.get('context')} to continue it, "
-            "or choose another --out")
-
-
-def is_network_context(meta: Mapping) -> bool:
-    return (meta.get(CONTEXT_META_KEY) or {}).get("context") == "network"
-
-
-def overhead_per_extra_layer_s(meta: Mapping) -> float:
+def overhead_per_extra_layer_s(recipe: TableRecipe, meta: Mapping) -> float:
     """What a prediction subtracts per layer beyond the first: the invoke overhead the table
     measured in its cells' network context (each cell paid it, a network pays it once); 0 for
     back-to-back cells, which predict by their plain sum."""
-    from .validate import OVERHEAD_META_KEY
-
-    if not is_network_context(meta):
+    if not recipe.in_network:
         return 0.0
     return float((meta.get(OVERHEAD_META_KEY) or {}).get("seconds") or 0.0)

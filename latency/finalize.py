@@ -64,5 +64,5 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
                     "measured": int(s is not None),
                 })
     store.write_aggregates(rows)
-    store.set_meta(sigma=sigma, smoothing_edges=edges, estimator=estimator, incomplete_types=skipped)
+    store.set_meta(incomplete_types=skipped)  # what was derived with is the table's recipe
     return skipped

@@ -18,6 +18,7 @@ import numpy as np
 from models.families import wide_resnet
 from .devices.base import DeviceInfo
 from .layer_types import LayerType
+from .recipe import TableRecipe
 from .store import TableFileError, TableStore
 
 #: thesis key -> (op, kernel, stride, input map)  (from the data README)
@@ -67,11 +68,12 @@ def import_thesis_table(npz_path: str | Path, out: str | Path) -> Path:
     unknown = set(arrays) - set(THESIS_TYPES)
     if unknown or set(THESIS_TYPES) - set(arrays):
         raise TableFileError(f"{npz_path}: expected keys {sorted(THESIS_TYPES)}, got {sorted(arrays)}")
-    store = TableStore.create_or_open(out, "wrn-40-2", {
-        "source": "import", "provenance": PROVENANCE, "uncovered_ops": ["add", "bn_act"],
-        "device": "rpi3b", "units": "seconds",
-    })
+    # the thesis's method: benchmark_model's mean of 11 runs, 3 passes, sigma 3 with mode "nearest"
+    recipe = TableRecipe(device_kind="ssh", runs=11, passes=3, sigma=3.0, estimator="mean", edges="nearest")
+    store = TableStore.create_or_open(out, "wrn-40-2", recipe)
     try:
+        store.set_meta(source="import", provenance=PROVENANCE, uncovered_ops=["add", "bn_act"], device="rpi3b",
+                       units="seconds")
         run_id = store.start_run(DeviceInfo("rpi3b", "ssh", "benchmark_model", "1.13.1", "Raspberry Pi 3B (thesis)", 1,
                                             {"num_runs": 11, "passes": 3, "sigma": 3, "imported_from": Path(npz_path).name}))
         rows = []
@@ -88,7 +90,7 @@ def import_thesis_table(npz_path: str | Path, out: str | Path) -> Path:
                                  "smoothed": float(a[i, j]), "measured": 1})
         store.write_aggregates(rows)
         store.set_layer_map(thesis_layer_map())
-        store.set_meta(sigma=3, estimator="mean", incomplete_types={}, imported_at=time.time())
+        store.set_meta(incomplete_types={}, imported_at=time.time())
         store.end_run(run_id, "imported")
     finally:
         store.close()

@@ -29,42 +29,44 @@ import sqlite_utils
 
 from .devices.base import DeviceInfo, Timing
 from .layer_types import LayerType
-
-SCHEMA_VERSION = 1
-
-#: measurement columns added after schema 1 (nullable): a file of any age gains them on its
-#: next write
-LATER_MEASUREMENT_COLUMNS = (("runs", int), ("fastest", float))
+from .recipe import RECIPE_META_KEY, TableRecipe, recipe_from_meta
+from .schema import READABLE_VERSIONS, SCHEMA_VERSION, first_run_settings, migrations
 
 
 class TableFileError(ValueError):
     """A file that is not a latency table, or one that does not fit the request."""
 
 
-def _db(path: Path) -> sqlite_utils.Database:
+def _connect(path: Path, write: bool) -> sqlite3.Connection:
+    if not write:
+        # read-only: no journal-mode switch, no file created, works on read-only storage
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     conn = sqlite3.connect(str(path), timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")  # readers (predict) never block a running build
     conn.execute("PRAGMA synchronous=NORMAL")
-    return sqlite_utils.Database(conn)
+    return conn
 
 
 class TableStore:
-    """Read/write access to a table file. All writes commit before returning."""
+    """Access to a table file, read-only unless opened with `write`; every write commits
+    before returning."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
+    def __init__(self, db: sqlite_utils.Database, path: Path, writable: bool = False):
         self.db = db
         self.path = path
-        self._columns_checked = False  # LATER_MEASUREMENT_COLUMNS known to exist (checked on the first write)
+        self.writable = writable
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, path: str | Path, arch_name: str, meta: dict | None = None) -> "TableStore":
-        """Opens an existing table of the same architecture (to resume) or creates a new one."""
+    def create_or_open(cls, path: str | Path, arch_name: str, recipe: TableRecipe) -> "TableStore":
+        """Opens an existing table of the same architecture for writing (to resume: comparing its
+        recipe is the caller's) or creates a new one measured with `recipe`."""
         path = Path(path)
         if path.exists():
-            store = cls.open(path)
+            store = cls.open(path, write=True)
             existing = store.meta().get("arch")
             if existing != arch_name:
+                store.close()
                 raise TableFileError(
                     f"{path} is a table of {existing!r}, not {arch_name!r}: choose another --out file"
                 )
@@ -72,79 +74,53 @@ class TableStore:
         if not path.parent.exists():
             raise TableFileError(f"cannot create {path}: directory {path.parent} does not exist")
         try:
-            db = _db(path)
+            db = sqlite_utils.Database(_connect(path, write=True))
         except sqlite3.OperationalError as exc:
             raise TableFileError(f"cannot create {path}: {exc}") from exc
-        store = cls(db, path)
-        store._create_schema()
-        store.set_meta(schema_version=SCHEMA_VERSION, arch=arch_name, created_at=time.time(), **(meta or {}))
+        migrations.apply(db)
+        store = cls(db, path, writable=True)
+        store.set_meta(schema_version=SCHEMA_VERSION, arch=arch_name, created_at=time.time(),
+                       **{RECIPE_META_KEY: recipe.to_json()})
         return store
 
     @classmethod
-    def open(cls, path: str | Path) -> "TableStore":
+    def open(cls, path: str | Path, write: bool = False) -> "TableStore":
+        """Opens a table file; for writing, an older file's schema is migrated first."""
         path = Path(path)
         if not path.is_file():
             raise TableFileError(f"{path}: no such table file")
         try:
-            db = _db(path)
+            db = sqlite_utils.Database(_connect(path, write))
             names = set(db.table_names())
         except sqlite3.DatabaseError as exc:
             raise TableFileError(f"{path} is not a latency table (not an SQLite database: {exc})") from exc
         if "meta" not in names or "layer_types" not in names:
+            db.conn.close()
             raise TableFileError(f"{path} is an SQLite file but not a latency table (no meta/layer_types tables)")
-        store = cls(db, path)
+        store = cls(db, path, writable=write)
         version = store.meta().get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise TableFileError(f"{path} has table schema version {version}; this version reads {SCHEMA_VERSION}")
-        if "value" not in db["aggregates"].columns_dict:
-            # files written before the per-cell estimator existed: their `mean` was the value
-            with db.conn:
-                db["aggregates"].add_column("value", float)
-                db.execute("update aggregates set value = mean")
+        if version not in READABLE_VERSIONS:
+            db.conn.close()
+            raise TableFileError(f"{path} has table schema version {version}; this version reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
+        if write:
+            migrations.apply(db)
         return store
 
-    def _create_schema(self) -> None:
-        db = self.db
-        with db.conn:
-            db["meta"].create({"key": str, "value": str}, pk="key")
-            db["layer_types"].create(
-                {"key": str, "op": str, "kernel": int, "stride": int, "in_size": int, "bn": int, "act": str,
-                 "in_lo": int, "in_hi": int, "out_lo": int, "out_hi": int, "grid_step": int, "ops": str},
-                pk="key",
-            )
-            db["cells"].create({"id": int, "type_key": str, "c_in": int, "c_out": int}, pk="id",
-                               foreign_keys=[("type_key", "layer_types", "key")])
-            db["cells"].create_index(["type_key", "c_in", "c_out"], unique=True)
-            db["runs"].create(
-                {"id": int, "device": str, "kind": str, "runtime": str, "runtime_version": str, "threads": int,
-                 "host": str, "started_at": float, "ended_at": float, "settings": str, "status": str},
-                pk="id",
-            )
-            db["measurements"].create(
-                {"id": int, "cell_id": int, "pass_index": int, "run_id": int, "device": str, "seconds": float,
-                 "measured_at": float, "temperature_c": float, "throttled": int, "runs": int, "fastest": float},
-                pk="id",
-                foreign_keys=[("cell_id", "cells", "id"), ("run_id", "runs", "id")],
-            )
-            db["measurements"].create_index(["cell_id", "pass_index"], unique=True)
-            db["aggregates"].create(
-                {"type_key": str, "c_in": int, "c_out": int, "mean": float, "median": float, "std": float,
-                 "count": int, "value": float, "smoothed": float, "measured": int},
-                pk=("type_key", "c_in", "c_out"),
-            )
-            db["layer_map"].create({"layer": str, "type_key": str}, pk="layer")
-            db["whole_networks"].create(
-                {"id": int, "arch": str, "widths": str, "label": str, "device": str, "run_id": int,
-                 "pass_index": int, "seconds": float, "measured_at": float, "temperature_c": float},
-                pk="id",
-            )
+    # -- recipe -------------------------------------------------------------------------------
+    def recipe(self) -> TableRecipe:
+        """How the table's cells were measured and combined (`latency.recipe`)."""
+        return recipe_from_meta(self.meta(), first_run_settings(self.db))
+
+    def set_recipe(self, recipe: TableRecipe) -> None:
+        self.set_meta(**{RECIPE_META_KEY: recipe.to_json()})
 
     # -- meta ---------------------------------------------------------------------------------
     def meta(self) -> dict:
         return {r["key"]: json.loads(r["value"]) for r in self.db["meta"].rows}
 
     def set_meta(self, **values) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["meta"].upsert_all([{"key": k, "value": json.dumps(v)} for k, v in values.items()], pk="key")
 
     # -- layer types and cells ------------------------------------------------------------------
@@ -172,7 +148,7 @@ class TableStore:
             return
         rec = asdict(t)
         rec.update(bn=int(t.bn), act=t.act or "", grid_step=grid_step, ops=json.dumps(ops or []))
-        with self.db.conn:
+        with self.db.atomic():
             self.db["layer_types"].insert(rec)
             self.db["cells"].insert_all(({"type_key": t.key, "c_in": i, "c_out": o} for i, o in cells), batch_size=5000)
 
@@ -184,7 +160,7 @@ class TableStore:
 
     # -- runs and measurements --------------------------------------------------------------------
     def start_run(self, info: DeviceInfo) -> int:
-        with self.db.conn:
+        with self.db.atomic():
             row = self.db["runs"].insert({
                 "device": info.name, "kind": info.kind, "runtime": info.runtime,
                 "runtime_version": info.runtime_version, "threads": info.threads, "host": info.host,
@@ -194,7 +170,7 @@ class TableStore:
         return row.last_pk
 
     def end_run(self, run_id: int, status: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["runs"].update(run_id, {"ended_at": time.time(), "status": status})
 
     def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
@@ -205,16 +181,7 @@ class TableStore:
             for value in (r[4], r[9]) if r[9] is not None else (r[4],):
                 if not (value > 0 and value < float("inf")):
                     raise ValueError(f"refusing to store a non-positive or non-finite timing {value!r} for cell {r[0]}")
-        if not self._columns_checked:
-            # a file written before min_time_s (every timing took the run's runs) or before the
-            # fastest invocation was recorded
-            columns = self.db["measurements"].columns_dict
-            with self.db.conn:
-                for name, kind in LATER_MEASUREMENT_COLUMNS:
-                    if name not in columns:
-                        self.db["measurements"].add_column(name, kind)
-            self._columns_checked = True
-        with self.db.conn:
+        with self.db.atomic():
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
                 " temperature_c, throttled, runs, fastest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -235,19 +202,31 @@ class TableStore:
         return out
 
     def write_aggregates(self, rows: list[dict]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["aggregates"].delete_where()
             self.db["aggregates"].insert_all(rows, batch_size=5000)
 
     def aggregates(self) -> Iterable[dict]:
         return self.db["aggregates"].rows
 
+    def cell_values(self, smoothed: bool = True) -> Iterable[tuple[str, int, int, float, int]]:
+        """(type key, c_in, c_out, value, measured) of every derived cell: the smoothed value, or
+        the unsmoothed one (`value`; the mean in files from before per-cell estimators)."""
+        column = "smoothed" if smoothed else (
+            "value" if "value" in self.db["aggregates"].columns_dict else "mean")
+        return self.db.execute(f"select type_key, c_in, c_out, {column}, measured from aggregates")
+
     def layer_map(self) -> dict[str, str]:
         return {r["layer"]: r["type_key"] for r in self.db["layer_map"].rows}
 
     def set_layer_map(self, mapping: dict[str, str]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["layer_map"].upsert_all([{"layer": k, "type_key": v} for k, v in mapping.items()], pk="layer")
 
     def close(self) -> None:
+        if self.writable:
+            try:  # the .sqlite file alone is then complete (nothing left only in the -wal file)
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # another connection holds the WAL: it checkpoints when it closes
         self.db.conn.close()

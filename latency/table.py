@@ -16,6 +16,7 @@ from models.arch import Arch, Layer
 from .context import overhead_per_extra_layer_s
 from .fusion import RuntimePlanner, fused_layer, fusion_candidates
 from .layer_types import LayerType, type_key
+from .recipe import TableRecipe, recipe_from_meta
 from .store import TableStore
 
 OP_NAMES = {"add": "residual additions", "bn_act": "unfoldable batch-norms", "se": "squeeze-excite blocks",
@@ -37,9 +38,10 @@ class LayerLatency:
 
 class LatencyTable:
     def __init__(self, path: Path, meta: dict, types: dict[str, LayerType], values: dict[str, np.ndarray],
-                 measured: dict[str, np.ndarray], layer_map: dict[str, str]):
+                 measured: dict[str, np.ndarray], layer_map: dict[str, str], recipe: TableRecipe | None = None):
         self.path = path
         self.meta = meta
+        self.recipe = recipe if recipe is not None else recipe_from_meta(meta)  # how its cells were measured
         self.types = types
         self.values = values  # key -> (n_in, n_out) seconds
         self.measured = measured  # key -> bool mask of cells timed (not interpolated)
@@ -48,18 +50,17 @@ class LatencyTable:
 
     @classmethod
     def open(cls, path: str | Path, smoothed: bool = True) -> "LatencyTable":
-        """Loads every finished layer type; `smoothed=False` gives the unsmoothed per-cell values
-        (mean or median of the passes, as the table was built; interpolated on sparse grids)."""
+        """Loads every finished layer type (read-only: the file is never changed); `smoothed=False`
+        gives the unsmoothed per-cell values (the passes combined by the table's estimator;
+        interpolated on sparse grids)."""
         store = TableStore.open(path)
         try:
             meta = store.meta()
+            recipe = store.recipe()
             all_types = store.layer_types()
-            column = "smoothed" if smoothed else "value"
             values = {k: np.full(t.shape, np.nan) for k, t in all_types.items()}
             measured = {k: np.zeros(t.shape, bool) for k, t in all_types.items()}
-            for key, c_in, c_out, v, m in store.db.execute(
-                f"select type_key, c_in, c_out, {column}, measured from aggregates"
-            ):
+            for key, c_in, c_out, v, m in store.cell_values(smoothed):
                 t = all_types[key]
                 i, j = c_in - t.in_lo, (c_out - t.out_lo) if t.two_axes else 0
                 values[key][i, j] = v
@@ -69,7 +70,8 @@ class LatencyTable:
         finally:
             store.close()
         types = {k: t for k, t in all_types.items() if k in done}
-        return cls(Path(path), meta, types, {k: values[k] for k in done}, {k: measured[k] for k in done}, layer_map)
+        return cls(Path(path), meta, types, {k: values[k] for k in done}, {k: measured[k] for k in done}, layer_map,
+                   recipe)
 
     @property
     def arch_name(self) -> str:
@@ -122,7 +124,7 @@ class Predictor:
 
     def __init__(self, table: LatencyTable, arch: Arch, allow_missing: bool = False):
         self.table, self.arch, self.allow_missing = table, arch, allow_missing
-        self.overhead_s = overhead_per_extra_layer_s(table.meta)
+        self.overhead_s = overhead_per_extra_layer_s(table.recipe, table.meta)
         self.group_names = [g.name for g in arch.groups]
         gidx = {n: i for i, n in enumerate(self.group_names)}
         self.full = np.array([g.full for g in arch.groups])

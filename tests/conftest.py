@@ -11,15 +11,15 @@ SMALL_TIMING = dict(runs=5, warmup=1)
 
 
 def build_small_table(arch_name: str, out: Path, grid: str = "step:4", passes: int = 1, sigma: float = 1.0) -> Path:
-    from latency.build import BuildSettings, build_table
-    from latency.devices.base import TimingSettings
+    from latency.build import BuildOptions, build_table
     from latency.devices.local import LocalDevice
     from latency.layer_types import parse_grid
+    from latency.recipe import TableRecipe
     from models.families import get_arch
 
-    timing = TimingSettings(**SMALL_TIMING)
-    settings = BuildSettings(passes=passes, grid_step=parse_grid(grid), sigma=sigma, batch_size=64)
-    asyncio.run(build_table(get_arch(arch_name), out, [LocalDevice(settings=timing)], settings, timing.runs))
+    recipe = TableRecipe(device_kind="local", passes=passes, grid_step=parse_grid(grid), sigma=sigma, **SMALL_TIMING)
+    asyncio.run(build_table(get_arch(arch_name), out, [LocalDevice(settings=recipe.timing())], recipe,
+                            BuildOptions(models_per_call=64)))
     return out
 
 

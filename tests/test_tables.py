@@ -16,7 +16,8 @@ from scipy.ndimage import gaussian_filter
 
 from latency.layer_types import axis_values, grid_cells, network_layer_types, parse_grid
 from latency.smoothing import cell_stats, fill_sparse, smooth
-from latency.store import TableFileError
+from latency.recipe import TableRecipe
+from latency.store import TableFileError, TableStore
 from latency.table import LatencyTable, PredictionError
 from models.arch import WidthError
 from models.families import get_arch
@@ -44,7 +45,8 @@ def test_small_table_content(small_table, arch_name):
     types = network_layer_types([arch])
     db = sqlite3.connect(path)
     meta = {k: json.loads(v) for k, v in db.execute("select key, value from meta")}
-    assert meta["arch"] == arch_name and meta["schema_version"] == 1
+    assert meta["arch"] == arch_name and meta["schema_version"] == 2
+    meta["passes"] = meta["recipe"]["passes"]
     assert set(r[0] for r in db.execute("select key from layer_types")) == set(types)
     # every grid cell measured exactly once per pass, with a positive time
     expected = sum(len(grid_cells(t, 4)) for t in types.values())
@@ -143,9 +145,9 @@ def test_smoothed_values_are_local_linear_gaussian_of_filled_means(small_table):
     path = small_table("mbv2-tiny")
     raw = LatencyTable.open(path, smoothed=False)
     smoothed = LatencyTable.open(path)
-    meta = dict(sqlite3.connect(path).execute("select key, value from meta").fetchall())
-    sigma = json.loads(meta["sigma"])
-    assert json.loads(meta["smoothing_edges"]) == "linear"
+    recipe = TableStore.open(path).recipe()
+    sigma = recipe.sigma
+    assert recipe.edges == "linear"
     rng = np.random.default_rng(0)
     for key, grid in raw.values.items():
         for i, j in [(0, 0), (grid.shape[0] - 1, grid.shape[1] - 1)] + [
@@ -166,18 +168,21 @@ def test_rebuilding_a_finished_table_resmooths_without_measuring(small_table, tm
             "--sigma", "2", "--edges", "nearest", "--quiet", "--out", str(out))
     assert "measurements (" not in p.stderr
     assert db.execute("select count(*), max(id) from measurements").fetchone() == before
-    meta = dict(db.execute("select key, value from meta").fetchall())
-    assert json.loads(meta["sigma"]) == 2 and json.loads(meta["smoothing_edges"]) == "nearest"
+    recipe = TableStore.open(out).recipe()
+    assert recipe.sigma == 2 and recipe.edges == "nearest"
     raw, smoothed = LatencyTable.open(out, smoothed=False), LatencyTable.open(out)
     for key, grid in raw.values.items():
         np.testing.assert_allclose(smoothed.values[key], gaussian_filter(grid, 2, mode="nearest"), rtol=1e-9)
 
-    # the local device's defaults: each cell's fastest invocation of all passes, not smoothed
+    # the same command again keeps the table's recipe: nothing re-derived differently
+    cli("-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--quiet", "--out", str(out))
+    assert TableStore.open(out).recipe() == recipe
+    # each cell's fastest invocation of all passes (the local default), then not smoothed
     cli("-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:4", "--passes", "1",
-        "--quiet", "--out", str(out))
+        "--estimator", "fastest", "--quiet", "--out", str(out))
     assert db.execute("select count(*), max(id) from measurements").fetchone() == before
-    meta = dict(db.execute("select key, value from meta").fetchall())
-    assert json.loads(meta["estimator"]) == "fastest" and json.loads(meta["sigma"]) == 0
+    recipe = TableStore.open(out).recipe()
+    assert recipe.estimator == "fastest" and recipe.sigma == 0
     fastest = dict(db.execute("select cell_id, min(fastest) from measurements group by cell_id").fetchall())
     means = dict(db.execute("select cell_id, min(seconds) from measurements group by cell_id").fetchall())
     assert all(0 < fastest[c] <= means[c] for c in fastest)
@@ -192,7 +197,7 @@ def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "t.sqlite"
     # enough runs per cell that measuring takes seconds, so the interrupt lands mid-build
     args = ["-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:8",
-            "--passes", "2", "--runs", "200", "--warmup", "1", "--min-time-ms", "0", "--batch-size", "8",
+            "--passes", "2", "--runs", "200", "--warmup", "1", "--min-time-ms", "0", "--models-per-call", "8",
             "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -400,14 +405,19 @@ def test_measurements_record_extra_runs_also_in_older_files(tmp_path):
     from latency.store import TableStore
 
     path = tmp_path / "t.sqlite"
-    store = TableStore.create_or_open(path, "test")
+    store = TableStore.create_or_open(path, "test", TableRecipe(device_kind="local"))
     t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
     store.add_layer_type(t, 1, grid_cells(t, 1))
     run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
     store.db.execute("alter table measurements drop column runs")  # as written by older versions
     store.db.execute("alter table measurements drop column fastest")
+    store.db.execute("delete from _sqlite_migrations where name = '0002_measurement_invocations'")
+    store.db.conn.commit()
     store.close()
-    store = TableStore.open(path)
+    reader = TableStore.open(path)  # read-only: an older file is read as it is
+    assert reader.raw_by_cell("fastest") == {}
+    reader.close()
+    store = TableStore.open(path, write=True)  # a writer migrates it
     (c1, c2) = list(store.cells())[:2]
     assert store.raw_by_cell("fastest") == {}
     assert store.add_measurements(run, "local", 0, [Timing(c1, 1e-6, 0.0, runs=700, fastest_s=0.8e-6),
@@ -427,7 +437,7 @@ def test_median_and_min_estimators_resist_a_disturbed_pass(tmp_path):
     from latency.layer_types import LayerType
     from latency.store import TableStore
 
-    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test")
+    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test", TableRecipe(device_kind="local"))
     t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
     store.add_layer_type(t, 1, grid_cells(t, 1))
     run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))
@@ -441,7 +451,6 @@ def test_median_and_min_estimators_resist_a_disturbed_pass(tmp_path):
         row = store.db.execute("select value, mean, median from aggregates where c_in = 2").fetchone()
         assert row[0] == pytest.approx(expected) and row[1] == pytest.approx((1 + 100 + 0.9) / 3 * 2e-6)
         assert row[2] == pytest.approx(2e-6)
-        assert json.loads(dict(store.db.execute("select key, value from meta").fetchall())["estimator"]) == estimator
     with pytest.raises(ValueError, match="estimator"):
         finalize(store, 0, "mode")
 
@@ -455,7 +464,7 @@ def test_fastest_estimator_takes_the_fastest_invocation_of_all_passes(tmp_path):
     from latency.smoothing import EstimatorError
     from latency.store import TableStore
 
-    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test")
+    store = TableStore.create_or_open(tmp_path / "t.sqlite", "test", TableRecipe(device_kind="local"))
     t = LayerType("add-m8", "add", 1, 1, 8, False, None, 1, 4, 0, 0)
     store.add_layer_type(t, 1, grid_cells(t, 1))
     run = store.start_run(DeviceInfo("local", "local", "ai-edge-litert", "x", "h", 1))

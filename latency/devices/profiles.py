@@ -31,11 +31,10 @@ Relative ``key`` / ``known_hosts`` paths are relative to the devices file's dire
 expanded. Passwords are never read or stored: a ``password`` (or ``passphrase``) entry is an
 error; use a key (``ssh-copy-id``) or ssh-agent.
 
-Precedence of the timing settings (runs, warmup, threads, cool-down): a value the build-tables
-command line set explicitly wins; otherwise the profile's value; otherwise the command line's
-default. "Set explicitly" means the value differs from build-tables' default (``CLI_DEFAULTS``),
-unless the caller passes ``cli_set``, the names it knows were given: so ``--runs 50`` (the
-default) cannot override a profile's ``runs = 20``; drop ``runs`` from the profile instead.
+A profile's `grid`, `block`, `passes`, `runs`, `warmup`, `threads`, `cooldown_s`, `estimator`,
+`sigma`, `edges` set its default table recipe (`latency.recipe`); a build-tables flag overrides
+one field; a table being continued keeps its own recipe. `report_passes` is how often
+latency-report times each whole network.
 """
 from __future__ import annotations
 
@@ -44,35 +43,36 @@ import getpass
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .base import Device, TimingSettings
 
+if TYPE_CHECKING:
+    from .defaults import DeviceDefaults
+
 __all__ = [
-    "CLI_DEFAULTS",
     "DEFAULT_DEVICES_FILE",
     "ProfileError",
     "ProfileGroup",
     "SshProfile",
     "devices_from_profiles",
     "expand_names",
+    "find_devices_file",
     "load_profiles",
-    "passes_for",
-    "resolve_timing",
+    "profile_defaults",
 ]
 
 #: the default devices file, relative to the working directory (then to this checkout)
 DEFAULT_DEVICES_FILE = Path("tables") / "devices.toml"
 _CHECKOUT_DEVICES_FILE = Path(__file__).resolve().parents[2] / "tables" / "devices.toml"
 
-#: build-tables' command-line defaults; a CLI value equal to these counts as "not set"
-CLI_DEFAULTS = TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=0.0)
-
 _TIMERS = ("runner", "benchmark_model")
 _TRANSFERS = ("pool", "zlib")
 _SECRET_KEYS = ("password", "passphrase")
-# TimingSettings field -> profile key
-_TIMING_KEYS = {"runs": "runs", "warmup": "warmup", "threads": "threads", "cooldown_s": "cooldown_s"}
+# recipe field -> profile key, for the recipe fields a profile may set
+_RECIPE_KEYS = {"grid_step": "grid", "grid_block": "block", "passes": "passes", "runs": "runs", "warmup": "warmup",
+                "threads": "threads", "cooldown_s": "cooldown_s", "estimator": "estimator", "sigma": "sigma",
+                "edges": "edges"}
 
 
 class ProfileError(ValueError):
@@ -101,6 +101,12 @@ class SshProfile:
     warmup: int | None = None
     cooldown_s: float | None = None
     passes: int | None = None
+    grid: str | None = None  # "full" or "step:K"
+    block: int | None = None
+    estimator: str | None = None
+    sigma: float | None = None
+    edges: str | None = None
+    report_passes: int | None = None
     call_timeout_s: float = 120.0
     retries: int = 2
     transfer: str = "pool"  # "pool": weights sent as references into a pool cached on the device
@@ -139,7 +145,7 @@ def _toml_load(path: Path) -> dict:
         raise ProfileError(f"{path} is not valid TOML: {exc}") from exc
 
 
-def _find_devices_file(devices_file: str | Path | None) -> Path:
+def find_devices_file(devices_file: str | Path | None) -> Path:
     if devices_file is not None:
         path = Path(devices_file).expanduser()
         if not path.is_file():
@@ -196,7 +202,8 @@ def _validate(p: SshProfile, path: Path) -> None:
         raise ProfileError(f"{where}: timer = \"benchmark_model\" needs benchmark_model = \"<path on the device>\"")
     if p.transfer not in _TRANSFERS:
         raise ProfileError(f"{where}: transfer must be one of {', '.join(_TRANSFERS)}, got {p.transfer!r}")
-    for key, low in (("threads", 1), ("runs", 1), ("warmup", 0), ("passes", 1), ("retries", 0)):
+    for key, low in (("threads", 1), ("runs", 1), ("warmup", 0), ("passes", 1), ("retries", 0), ("block", 0),
+                     ("report_passes", 1)):
         value = getattr(p, key)
         if value is not None and value < low:
             raise ProfileError(f"{where}: {key} must be >= {low}, got {value}")
@@ -206,6 +213,10 @@ def _validate(p: SshProfile, path: Path) -> None:
         raise ProfileError(f"{where}: call_timeout_s must be > 0, got {p.call_timeout_s}")
     if p.key and p.agent:
         raise ProfileError(f"{where}: give either key or agent = true, not both")
+    try:
+        profile_defaults(p)
+    except ValueError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
 
 
 def _resolve_extends(name: str, raw: dict[str, dict], path: Path, chain: tuple[str, ...] = ()) -> dict:
@@ -228,7 +239,7 @@ def load_profiles(devices_file: str | Path | None = None) -> dict[str, SshProfil
 
     Raises ProfileError (a ValueError) for a missing or invalid file, naming the file.
     """
-    path = _find_devices_file(devices_file)
+    path = find_devices_file(devices_file)
     data = _toml_load(path)
     unknown_top = set(data) - {"devices", "groups"}
     if unknown_top:
@@ -307,42 +318,40 @@ def expand_names(names: Iterable[str], profiles: dict[str, SshProfile | ProfileG
     return chosen
 
 
-def resolve_timing(profile: SshProfile, timing: TimingSettings,
-                   cli_set: Collection[str] | None = None) -> TimingSettings:
-    """The timing settings for one device (see the module docstring for the precedence)."""
-    values = {}
-    for field_name, key in _TIMING_KEYS.items():
-        cli_value = getattr(timing, field_name)
-        explicit = (field_name in cli_set) if cli_set is not None else cli_value != getattr(CLI_DEFAULTS, field_name)
-        profile_value = getattr(profile, key)
-        values[field_name] = cli_value if explicit or profile_value is None else profile_value
-    return TimingSettings(**values)
+def profile_defaults(profile: SshProfile) -> "DeviceDefaults":
+    """The default recipe of a device: the thesis's method with what its profile sets."""
+    from ..layer_types import parse_grid
+    from ..recipe import RecipeError
+    from .defaults import SSH_RECIPE, DeviceDefaults
+
+    values = {field: getattr(profile, key) for field, key in _RECIPE_KEYS.items() if getattr(profile, key) is not None}
+    if "grid_step" in values:
+        values["grid_step"] = parse_grid(values["grid_step"])
+    if "estimator" in values and "sigma" not in values:
+        from ..recipe import default_sigma
+
+        values["sigma"] = default_sigma(values["estimator"])
+    try:
+        recipe = SSH_RECIPE.replace(**values)
+    except RecipeError as exc:
+        raise ProfileError(f"device {profile.name!r}: {exc}") from None
+    return DeviceDefaults(recipe, report_passes=profile.report_passes or 3)
 
 
-def passes_for(names: Iterable[str], devices_file: str | Path | None = None) -> int | None:
-    """The profiles' `passes` (None when no profile sets it); differing values are an error."""
-    profiles = load_profiles(devices_file)
-    chosen = expand_names(names, profiles, str(_find_devices_file(devices_file)))
-    values = {p.passes for p in chosen if p.passes is not None}
-    if len(values) > 1:
-        raise ProfileError(f"the devices' profiles ask for different passes {sorted(values)}; give --passes")
-    return values.pop() if values else None
-
-
-def devices_from_profiles(names: Iterable[str], timing: TimingSettings, devices_file: str | Path | None = None,
-                          cli_set: Collection[str] | None = None) -> list[Device]:
+def devices_from_profiles(names: Iterable[str], timing: TimingSettings,
+                          devices_file: str | Path | None = None) -> list[Device]:
     """SshDevices for profile and group names (a farm expands to its members).
 
     Raises ProfileError (a ValueError) for an unknown name (listing the known ones and the file
     read), a missing or invalid devices file.
     """
     names = list(names)
-    path = _find_devices_file(devices_file)
+    path = find_devices_file(devices_file)
     profiles = load_profiles(path)
     chosen = expand_names(names, profiles, str(path))
     from .ssh import SshDevice  # asyncssh only when SSH devices are used
 
-    return [SshDevice(p, resolve_timing(p, timing, cli_set)) for p in chosen]
+    return [SshDevice(p, timing) for p in chosen]
 
 
 if __name__ == "__main__":  # `python -m latency.devices.profiles [FILE]`: list what a file defines

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Device, TimingSettings
+from .defaults import device_names
 
 
 def known_devices(devices_file: str | Path | None = None) -> list[str]:
@@ -18,28 +19,11 @@ def known_devices(devices_file: str | Path | None = None) -> list[str]:
         return names
 
 
-def min_time_s(spec: str, min_time_ms: float | None) -> float:
-    """The minimum timed duration per model for `--device spec --min-time-ms min_time_ms`: the
-    local default when not given; SSH devices time exactly their runs and refuse one."""
-    if min_time_ms is not None and min_time_ms < 0:
-        raise ValueError("--min-time-ms must be >= 0")
-    if spec.strip() != "local":
-        if min_time_ms:
-            raise ValueError("--min-time-ms is a local-device option: SSH devices time exactly --runs invocations")
-        return 0.0
-    from .local import DEFAULT_MIN_TIME_S
-
-    return DEFAULT_MIN_TIME_S if min_time_ms is None else min_time_ms / 1000.0
-
-
 def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
-                 devices_file: str | Path | None = None, cli_set: set[str] | None = None) -> list[Device]:
-    """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles.
-
-    `cli_set`: the timing fields the user gave explicitly (they override a profile's)."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--device is empty; known devices: " + ", ".join(known_devices(devices_file)))
+                 devices_file: str | Path | None = None) -> list[Device]:
+    """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles,
+    each timing as `timing` says (one table, one recipe)."""
+    names = device_names(spec)
     if names == ["local"]:
         from .local import LocalDevice
 
@@ -50,4 +34,4 @@ def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
         from .profiles import devices_from_profiles
     except ImportError:
         raise ValueError(f"unknown device {spec!r}; known devices: local") from None
-    return devices_from_profiles(names, timing, devices_file, cli_set=cli_set)
+    return devices_from_profiles(names, timing, devices_file)

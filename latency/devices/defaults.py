@@ -1,0 +1,67 @@
+"""Each device's default recipe: the built-in `local` profile and the SSH profiles' values.
+
+The local CPU's defaults are the ones its measurements validated (`docs/measuring.md`): cells
+timed in a network context, grid points on both sides of XNNPACK's channel blocks, each cell's
+fastest invocation, no smoothing. SSH devices start from the thesis's method (back to back,
+mean of 50 runs, 3 passes, Gaussian sigma 3) and take what their profile sets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..recipe import RecipeError, TableRecipe
+
+#: the thesis's method, where SSH profiles start
+SSH_RECIPE = TableRecipe(device_kind="ssh")
+#: the local CPU back to back (`--context alone`): tiny layers timed until 5 ms are timed, like
+#: benchmark_model --min_secs; 50 runs of a 20 us layer last less than loading it
+LOCAL_ALONE_MIN_TIME_S = 0.005
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What a device profile says about measuring on it."""
+
+    recipe: TableRecipe
+    alone_min_time_s: float = 0.0  # the minimum timed duration when a table is timed back to back
+    report_passes: int = 3  # passes of each whole network in latency-report
+
+
+def local_defaults() -> DeviceDefaults:
+    from ..context import local_channel_block
+
+    recipe = TableRecipe(device_kind="local", grid_block=local_channel_block(), context="network",
+                         estimator="fastest", sigma=0.0)
+    # a whole network is quick to time: 10 passes, combined like the cells, steady its figure
+    return DeviceDefaults(recipe, alone_min_time_s=LOCAL_ALONE_MIN_TIME_S, report_passes=10)
+
+
+def device_names(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--device is empty: give 'local' or an SSH device profile")
+    return names
+
+
+def defaults_for(spec: str, devices_file: str | Path | None = None) -> DeviceDefaults:
+    """The defaults of `--device spec`: `local`, a profile, a group or a list of profiles (whose
+    recipes must agree: one table has one recipe)."""
+    names = device_names(spec)
+    if names == ["local"]:
+        return local_defaults()
+    if "local" in names:
+        raise ValueError("'local' cannot be combined with SSH devices in one build (their timings differ)")
+    from .profiles import expand_names, find_devices_file, load_profiles, profile_defaults
+
+    path = find_devices_file(devices_file)
+    chosen = expand_names(names, load_profiles(path), str(path))
+    found = {p.name: profile_defaults(p) for p in chosen}
+    distinct = set(found.values())
+    if len(distinct) > 1:
+        first, *_ = found.values()
+        fields = sorted({f for d in distinct for f in first.recipe.to_json()
+                         if getattr(d.recipe, f) != getattr(first.recipe, f)})
+        raise RecipeError(f"the profiles of {', '.join(found)} ask for different recipes ({', '.join(fields)}); "
+                          "one table has one recipe: align them in the devices file or give the flags")
+    return distinct.pop()
