@@ -37,10 +37,22 @@ class TableFileError(ValueError):
     """A file that is not a latency table, or one that does not fit the request."""
 
 
+def _in_wal_mode(path: Path) -> bool:
+    """The header's read/write versions are 2 in WAL mode (https://sqlite.org/fileformat.html)."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    return len(header) == 20 and header.startswith(b"SQLite format 3") and header[18:20] == b"\x02\x02"
+
+
 def _connect(path: Path, write: bool) -> sqlite3.Connection:
     if not write:
-        # read-only: no journal-mode switch, no file created, works on read-only storage
-        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        # read-only: no journal-mode switch, no file created, works on read-only storage. A file
+        # left in WAL mode with no -wal beside it (its writer closed) is complete as it is: read
+        # it as immutable, since a WAL reader would create -wal and -shm files next to it
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        if _in_wal_mode(path) and not Path(f"{path}-wal").exists():
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, timeout=30)
     conn = sqlite3.connect(str(path), timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")  # readers (predict) never block a running build
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -225,8 +237,11 @@ class TableStore:
 
     def close(self) -> None:
         if self.writable:
-            try:  # the .sqlite file alone is then complete (nothing left only in the -wal file)
+            try:
+                # the .sqlite file alone is then complete, and in rollback mode readers on
+                # read-only storage need no -wal/-shm files
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.db.execute("PRAGMA journal_mode=DELETE")
             except sqlite3.Error:
-                pass  # another connection holds the WAL: it checkpoints when it closes
+                pass  # another connection holds the WAL: the last one to close checkpoints it
         self.db.conn.close()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from latency import context as cx
+from latency.recipe import RecipeError, TableRecipe, check_resume, recipe_from_meta
 from latency.table import LatencyTable
-from latency.validate import network_cells
+from latency.networks import network_cells
 from models.families import get_arch
 from tests.test_tables import cli
 from latency.devices.runner import load_model
@@ -63,14 +64,19 @@ def test_channel_block_from_the_cpu_flags(tmp_path: Path) -> None:
     assert cx.local_channel_block(tmp_path / "absent") == 8
 
 
-def test_a_table_keeps_its_context() -> None:
-    network = cx.context_meta("network", 5, 0, 2 << 20)
-    cx.check_context({cx.CONTEXT_META_KEY: network}, dict(network, partners=6))  # same context and eviction
-    with pytest.raises(cx.ContextError, match="timed in context 'alone'.*--context alone"):
-        cx.check_context({}, network)  # a table from before contexts existed was timed back to back
-    with pytest.raises(cx.ContextError, match="evict_bytes 0"):
-        cx.check_context({cx.CONTEXT_META_KEY: network}, dict(network, evict_bytes=4 << 20))
-    assert cx.is_network_context({cx.CONTEXT_META_KEY: network}) and not cx.is_network_context({})
+def test_a_table_keeps_its_recipe() -> None:
+    network = TableRecipe(device_kind="local", context="network", evict_bytes=0)
+    check_resume(network, network.replace(sigma=1.0, estimator="median", passes=5), "t")  # derived fields may change
+    with pytest.raises(RecipeError, match="context: 'network' in the table, 'alone' asked.*--context network"):
+        check_resume(network, network.replace(context="alone"), "t")
+    with pytest.raises(RecipeError, match="evict_bytes: 0 in the table"):
+        check_resume(network, network.replace(evict_bytes=4 << 20), "t")
+    with pytest.raises(RecipeError, match="SSH devices"):
+        check_resume(TableRecipe(device_kind="ssh"), TableRecipe(device_kind="local"), "t")
+    # a table from before recipes existed, without a context, was timed back to back
+    legacy = recipe_from_meta({"arch": "x", "grid_step": 4, "estimator": "mean", "sigma": 3}, {"kind": "local"})
+    assert not legacy.in_network and legacy.grid_step == 4 and legacy.device_kind == "local"
+    assert recipe_from_meta({"cell_context": {"context": "network", "evict_bytes": 8}}, {"kind": "local"}).in_network
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +95,15 @@ def _meta(path: Path) -> dict:
 def test_build_times_cells_and_overhead_in_the_network_context(network_table: Path) -> None:
     meta = _meta(network_table)
     arch = get_arch(ARCH)
-    assert meta[cx.CONTEXT_META_KEY] == cx.context_meta("network", len(cx.partner_models(arch)),
-                                                        cx.evict_bytes_for(arch, cx.local_l2_bytes()),
-                                                        cx.local_l2_bytes())
+    recipe = TableRecipe.from_json(meta["recipe"])
+    assert recipe.in_network and recipe.evict_bytes == cx.evict_bytes_for(arch, cx.local_l2_bytes())
+    assert recipe.runs == 4 and recipe.warmup == 1 and recipe.min_time_s == 0
     with sqlite3.connect(network_table) as db:
         # exactly --runs each (a count is stored only where it differs from the run's)
         assert {r for (r,) in db.execute("select distinct runs from measurements")} == {None}
         settings = [json.loads(s) for (s,) in db.execute("select settings from runs")]
         probes = db.execute("select n_ops, fastest from invoke_probes where device = 'local'").fetchall()
-    assert all(s["partners"] == meta[cx.CONTEXT_META_KEY]["partners"] and "network context" in s["method"]
+    assert all(s["partners"] == len(cx.partner_models(arch)) and "network context" in s["method"]
                and s["runs"] == 4 and s["min_time_s"] == 0 for s in settings)
     # the overhead the table holds is the intercept of its own probes' fastest invocations
     xs = sorted({n for n, _ in probes})
@@ -112,12 +118,12 @@ def test_build_refuses_to_mix_contexts(network_table: Path, tmp_path: Path) -> N
         before = db.execute("select count(*) from measurements").fetchone()
     p = cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "2",
             "--context", "alone", "--out", str(out), check=False)
-    assert p.returncode == 2 and "timed in context 'network'" in p.stderr and "--context network" in p.stderr
+    assert p.returncode == 2 and "context: 'network' in the table" in p.stderr and "--context network" in p.stderr
     with sqlite3.connect(out) as db:
         assert db.execute("select count(*) from measurements").fetchone() == before  # nothing lost or added
     p = cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "2",
             "--block", "3", "--out", str(out), check=False)
-    assert p.returncode == 2 and "not 3" in p.stderr and "--block" in p.stderr
+    assert p.returncode == 2 and "grid_block" in p.stderr and "3 asked" in p.stderr and "--block" in p.stderr
     p = cli("-m", "latency.cli_build", "--device", "rpi3b", "--arch", ARCH, "--context", "network",
             "--out", str(tmp_path / "pi.sqlite"), check=False)
     assert p.returncode == 2 and "local device only" in p.stderr
