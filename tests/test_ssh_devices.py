@@ -17,16 +17,15 @@ from typing import Callable
 
 import pytest
 
-from latency.build import BuildError, BuildSettings, build_table
+from latency.build import BuildError, BuildOptions, build_table
 from latency.devices.base import DeviceError, ModelJob, TimingSettings
+from latency.devices.defaults import SSH_RECIPE, defaults_for
 from latency.devices.profiles import (
-    CLI_DEFAULTS,
     ProfileError,
     devices_from_profiles,
     load_profiles,
-    passes_for,
-    resolve_timing,
 )
+from latency.recipe import TableRecipe, resolve
 from models.arch import INPUT, Arch, Layer, WidthGroup
 from tests.sshd_fixture import (  # noqa: F401 - fixtures used by name
     SSH_KEYGEN,
@@ -58,16 +57,20 @@ PASSES = 2
 RUNS = 3
 
 
-def settings(**overrides: object) -> BuildSettings:
-    values: dict = dict(passes=PASSES, grid_step=GRID_STEP, sigma=1.0, batch_size=4, max_failures=3)
+#: what the tests' tables measure; SSH devices time with it, the local comparison build likewise
+RECIPE = TableRecipe(device_kind="ssh", grid_step=GRID_STEP, passes=PASSES, runs=RUNS, warmup=1, sigma=1.0)
+
+
+def settings(**overrides: object) -> BuildOptions:
+    values: dict = dict(models_per_call=4, max_failures=3)
     values.update(overrides)
-    return BuildSettings(**values)
+    return BuildOptions(**values)
 
 
 def ssh_devices(tmp_path: Path, profiles: dict[str, dict], names: list[str],
                 groups: dict[str, list[str]] | None = None) -> list:
     devices_file = write_devices_file(tmp_path / "devices.toml", profiles, groups)
-    return devices_from_profiles(names, CLI_DEFAULTS, devices_file)
+    return devices_from_profiles(names, RECIPE.timing(), devices_file)
 
 
 def rows(table: Path, sql: str) -> list[tuple]:
@@ -94,9 +97,14 @@ def assert_complete(table: Path) -> None:
     assert rows(table, "select count(*) from measurements where not (seconds > 0)")[0][0] == 0
 
 
-def build(out: Path, devices: list, build_settings: BuildSettings | None = None,
+def recipe_for(devices: list) -> TableRecipe:
+    local = all(getattr(d, "profile", None) is None for d in devices)
+    return RECIPE.replace(device_kind="local") if local else RECIPE
+
+
+def build(out: Path, devices: list, options: BuildOptions | None = None,
           report: Callable[[str], None] | None = None):
-    return asyncio.run(build_table(TINY, out, devices, build_settings or settings(), RUNS, report))
+    return asyncio.run(build_table(TINY, out, devices, recipe_for(devices), options or settings(), report))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +112,7 @@ def local_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from latency.devices.local import LocalDevice
 
     out = tmp_path_factory.mktemp("local") / "local.sqlite"
-    build(out, [LocalDevice(settings=TimingSettings(runs=RUNS, warmup=1))])
+    build(out, [LocalDevice(settings=RECIPE.timing())])
     return out
 
 
@@ -117,28 +125,37 @@ def test_shipped_rpi3b_profile_has_the_thesis_settings() -> None:
     assert (pi.host, pi.port, pi.user, pi.timer) == ("raspberrypi.local", 22, "pi", "runner")
     assert (pi.threads, pi.runs, pi.passes, pi.cooldown_s) == (1, 50, 3, 10.0)
     assert pi.known_hosts.endswith("/.ssh/known_hosts") and "~" not in pi.known_hosts
-    assert passes_for(["rpi3b"], REPO / "tables" / "devices.toml") == 3
-    timing = resolve_timing(pi, CLI_DEFAULTS)
-    assert timing == TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=10.0)
+    recipe = defaults_for("rpi3b", REPO / "tables" / "devices.toml").recipe
+    assert recipe == SSH_RECIPE.replace(cooldown_s=10.0)  # the thesis's method: mean of 50 runs, 3 passes
+    assert (recipe.passes, recipe.runs, recipe.warmup, recipe.threads, recipe.estimator, recipe.sigma) == (
+        3, 50, 2, 1, "mean", 3.0)
+    assert recipe.timing() == TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=10.0)
 
 
-def test_cli_defaults_match_build_tables() -> None:
-    """build-tables leaves timing options unset (so a profile's value applies) and falls back to
-    TimingSettings' defaults, which are the ones profiles.py documents."""
-    from latency.cli_build import _parser
+def test_cli_leaves_the_recipe_to_the_device() -> None:
+    """build-tables leaves every recipe flag unset, so the device's defaults (or the continued
+    table's recipe) apply; TimingSettings' defaults are the thesis's, as SSH profiles start."""
+    from latency.cli_build import RECIPE_FLAGS, _parser
 
     p = _parser()
-    assert (p.get_default("runs"), p.get_default("warmup"), p.get_default("threads")) == (None, None, None)
-    assert TimingSettings() == CLI_DEFAULTS
+    assert all(p.get_default(dest) is None for dest in RECIPE_FLAGS)
+    assert SSH_RECIPE.timing() == TimingSettings()
 
 
-def test_timing_precedence_cli_then_profile_then_default(tmp_path: Path) -> None:
-    path = write_devices_file(tmp_path / "d.toml", {"pi": {"host": "h", "runs": 20, "cooldown_s": 2.5}})
-    pi = load_profiles(path)["pi"]
-    assert resolve_timing(pi, CLI_DEFAULTS) == TimingSettings(runs=20, warmup=2, threads=1, cooldown_s=2.5)
-    explicit = TimingSettings(runs=7, warmup=2, threads=1, cooldown_s=0.0)
-    assert resolve_timing(pi, explicit).runs == 7  # differs from the CLI default: the user set it
-    assert resolve_timing(pi, CLI_DEFAULTS, cli_set={"runs"}).runs == 50  # caller knows it was given
+def test_recipe_precedence_flag_then_table_then_profile(tmp_path: Path) -> None:
+    path = write_devices_file(tmp_path / "d.toml", {"pi": {"host": "h", "runs": 20, "cooldown_s": 2.5,
+                                                          "grid": "step:4", "estimator": "median"}})
+    profile = defaults_for("pi", path).recipe
+    assert (profile.runs, profile.cooldown_s, profile.grid_step, profile.estimator, profile.warmup) == (
+        20, 2.5, 4, "median", 2)
+    assert profile.timing() == TimingSettings(runs=20, warmup=2, threads=1, cooldown_s=2.5)
+    assert resolve(profile, None, {"runs": 7}).runs == 7  # a flag overrides its own field only
+    assert resolve(profile, None, {"runs": 7}).replace(runs=20) == profile
+    stored = profile.replace(runs=30)
+    assert resolve(profile, stored, {}).runs == 30  # a continued table keeps its own recipe
+    with pytest.raises(ValueError, match="ask for different recipes"):
+        defaults_for("pi,pi-b", write_devices_file(tmp_path / "e.toml", {"pi": {"host": "h", "runs": 20},
+                                                                          "pi-b": {"host": "h", "runs": 21}}))
 
 
 def test_profile_errors(tmp_path: Path) -> None:
@@ -148,9 +165,9 @@ def test_profile_errors(tmp_path: Path) -> None:
     path = write_devices_file(tmp_path / "d.toml", {"pi-a": {"host": "a"}, "pi-b": {"host": "b", "extends": "pi-a"}},
                               groups={"farm": ["pi-a", "pi-b"]})
     with pytest.raises(ValueError, match=r"unknown device 'nope' in .*d\.toml; known devices: local, farm, pi-a, pi-b"):
-        devices_from_profiles(["nope"], CLI_DEFAULTS, path)
+        devices_from_profiles(["nope"], SSH_RECIPE.timing(), path)
     with pytest.raises(ValueError, match=r"devices file .*missing\.toml not found.*--devices-file"):
-        devices_from_profiles(["pi-a"], CLI_DEFAULTS, tmp_path / "missing.toml")
+        devices_from_profiles(["pi-a"], SSH_RECIPE.timing(), tmp_path / "missing.toml")
     with pytest.raises(ProfileError, match=r"unknown keys \['hots'\]"):
         load_profiles(write_devices_file(tmp_path / "t.toml", {"pi": {"host": "h", "hots": "x"}}))
     with pytest.raises(ProfileError, match=r"needs benchmark_model"):
@@ -159,7 +176,7 @@ def test_profile_errors(tmp_path: Path) -> None:
         load_profiles(write_devices_file(tmp_path / "g.toml", {"pi-a": {"host": "a"}}, groups={"farm": ["pi-a", "pi-c"]}))
 
     # a group expands to its members, each device once; names are the profile names
-    devices = devices_from_profiles(["farm", "pi-a"], CLI_DEFAULTS, path)
+    devices = devices_from_profiles(["farm", "pi-a"], SSH_RECIPE.timing(), path)
     assert [d.name for d in devices] == ["pi-a", "pi-b"]
     assert devices[1].profile.host == "b"
 
@@ -253,7 +270,7 @@ def test_sshd_killed_mid_build_reconnects_and_nothing_is_lost(running_sshd: SshS
     lines: list[str] = []
 
     async def scenario() -> object:
-        task = asyncio.create_task(build_table(TINY, out, devices, settings(max_failures=5), RUNS, lines.append))
+        task = asyncio.create_task(build_table(TINY, out, devices, recipe_for(devices), settings(max_failures=5), lines.append))
         await _wait_for(lambda: _count(out) > 0 or task.done(), "a first committed batch")
         running_sshd.stop()  # the device "reboots": its connection and runner die ...
         shutil.rmtree(tmp_path / "work")  # ... and its /tmp is wiped: runner and pool must come back
@@ -273,8 +290,8 @@ def test_interrupted_build_resumes_without_losing_or_duplicating(running_sshd: S
     out = tmp_path / "t.sqlite"
 
     async def first_build() -> None:
-        task = asyncio.create_task(build_table(TINY, out, ssh_devices(tmp_path, profiles, ["pi"]),
-                                               settings(max_failures=1), RUNS))
+        task = asyncio.create_task(build_table(TINY, out, ssh_devices(tmp_path, profiles, ["pi"]), RECIPE,
+                                               settings(max_failures=1)))
         await _wait_for(lambda: _count(out) > 0 or task.done(), "a first committed batch")
         running_sshd.stop()
         await task
@@ -357,7 +374,7 @@ def test_two_devices_share_one_build(running_sshd: SshServer, second_sshd_server
                 "pi-b": second_sshd_server.profile(tmp_path / "work-b")}
     devices = ssh_devices(tmp_path, profiles, ["farm"], groups={"farm": ["pi-a", "pi-b"]})
     out = tmp_path / "farm.sqlite"
-    build(out, devices, settings(batch_size=4))
+    build(out, devices, settings(models_per_call=4))
     assert_complete(out)
     assert coverage(out) == coverage(local_table)
     assert sorted(rows(out, "select distinct device from measurements")) == [("pi-a",), ("pi-b",)]
