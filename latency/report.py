@@ -1,7 +1,8 @@
-"""The validation report directory: report.md, metrics.json, scatter.png.
+"""The validation report directory: report.md, metrics.json, scatter.png, breakdown.png.
 
-Everything here renders values computed in `latency.validate`; nothing is measured. Paths
-written into the report are file names only (no machine paths).
+Everything here renders values computed by `latency.metrics` and `latency.comparison`;
+nothing is measured. The table is described by its recipe. Paths written into the report are
+file names only (no machine paths).
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .context import CONTEXT_META_KEY, is_network_context
+from .comparison import Comparison
+from .metrics import SPREAD_LIMIT_PCT, bias_analysis, comparison_metrics, pass_spread_pct
+from .overhead import OverheadEstimate
+from .recipe import TableRecipe
 from .table import LayerLatency
-from .validate import (SPREAD_LIMIT_PCT, Comparison, OverheadEstimate, bias_analysis, comparison_metrics,
-                       pass_spread_pct)
 
 
 @dataclass
@@ -23,7 +25,7 @@ class ReportInput:
     device: str  # where the networks were measured
     table_name: str  # file name of the table
     table_devices: list[str]  # where the table's cells were measured
-    table_meta: dict
+    recipe: TableRecipe  # how the table's cells were measured and combined
     rows: list[Comparison]
     overhead: OverheadEstimate | None  # applied to the predictions when not None
     overhead_measured: OverheadEstimate | None  # measured on `device` (may differ from the applied one)
@@ -70,6 +72,7 @@ def metrics_document(inp: ReportInput) -> dict:
         "measured_overhead": inp.overhead_measured.to_meta() if inp.overhead_measured else None,
         "bias": bias_analysis(inp.rows, inp.overhead_measured or inp.overhead),
         "measurement": inp.measurement,
+        "recipe": inp.recipe.to_json(),
         "networks": [{
             "label": r.network.label, "source": r.network.source, "widths": r.network.widths,
             "layers": r.n_layers, "params": r.params, "macs": r.macs,
@@ -113,33 +116,40 @@ def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
     fig.savefig(path, format="png")
 
 
-def _context_words(context: dict | None) -> str:
-    if not is_network_context({CONTEXT_META_KEY: context}):
+def _context_words(recipe: TableRecipe) -> str:
+    if not recipe.in_network:
         return "back to back"
-    evicted = (f", after {context['evict_bytes'] // 1024} KiB written over the caches" if context.get("evict_bytes")
-               else "")
+    evicted = f", after {recipe.evict_bytes // 1024} KiB written over the caches" if recipe.evict_bytes else ""
     return f"in a network context: other layer types run before each invocation{evicted}"
+
+
+def _table_words(recipe: TableRecipe) -> str:
+    block = f" and both sides of every multiple of {recipe.grid_block} channels" if recipe.grid_block else ""
+    return (f"grid step {recipe.grid_step}{block}, {recipe.passes} passes, cell = the {recipe.estimator} of the "
+            f"passes, sigma {recipe.sigma:g}, edges {recipe.edges}; timed {_context_words(recipe)}")
+
+
+def _timing_words(ms: dict) -> str:
+    at_least = f", at least {ms['min_time_s'] * 1e3:g} ms timed" if ms.get("min_time_s") else ""
+    return f"warm-up {ms.get('warmup', '?')}, mean of {ms.get('runs', '?')} runs{at_least}"
 
 
 def report_markdown(inp: ReportInput, metrics: dict) -> str:
     rows = inp.rows
-    meta = inp.table_meta
     ms = inp.measurement
     lines = [f"# Latency table validation: {inp.arch} on {inp.device}", ""]
     lines += [
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
-        f"grid step {meta.get('grid_step', '?')}, {meta.get('passes', '?')} passes, cell = the "
-        f"{meta.get('estimator') or 'mean'} of the passes, sigma {meta.get('sigma', '?')}, edges "
-        f"{meta.get('smoothing_edges') or 'nearest'}; timed {_context_words(meta.get('cell_context'))})",
-        f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}: warm-up {ms.get('warmup', '?')}, "
-        f"mean of {ms.get('runs', '?')} runs, {ms.get('passes', '?')} passes in shuffled order; measured = the "
-        f"{ms.get('estimator', 'mean')} of the passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
+        f"{_table_words(inp.recipe)})",
+        f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}, back to back: {_timing_words(ms)}, "
+        f"{ms.get('passes', '?')} passes in shuffled order; measured = the {ms.get('estimator', 'mean')} of the "
+        f"passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
     ]
     if inp.overhead:
         o = inp.overhead
         lines.append(f"- prediction: sum over the n layers the network runs of (cell − o) + o, with the per-invoke "
                      f"overhead o = {_us(o.seconds)} µs (± {_us(o.stderr_s)}) measured on `{o.device}`"
-                     + (" in the cells' context, as `LatencyTable.predict`" if is_network_context(meta) else ""))
+                     + (" in the cells' context, as `LatencyTable.predict`" if inp.recipe.in_network else ""))
     else:
         lines.append("- prediction: the plain sum of the cells of the layers the network runs, as "
                      "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")
@@ -170,7 +180,8 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     o = inp.overhead_measured or inp.overhead
     if o:
         lines += [
-            f"Per-invoke overhead on `{o.device}` ({o.runtime}): chains of n one-element MULs, median of the passes; "
+            f"Per-invoke overhead on `{o.device}` ({o.runtime}): chains of n one-element MULs, {o.combined} of the "
+            f"passes; "
             f"the intercept is what every single-layer model pays once and the network once in total, the slope "
             f"the per-op dispatch both pay.", "",
             "| probe | n ops | µs |", "|---|---:|---:|"]

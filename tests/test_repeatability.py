@@ -5,18 +5,18 @@ import re
 
 import pytest
 
-from latency import cli_report
-from latency.validate import Measured
+from latency.networks import Measured
 from tests.test_report import ARCH, FAST, _copy_table, _rows, reported, widths_dir  # noqa: F401
+from tools import report_diagnostics
 from tools.repeatability import RepeatabilityError, main, repeat_metrics, repeat_rows
 
 
 def test_second_run_compared_with_the_first(reported, widths_dir, tmp_path, capsys) -> None:  # noqa: F811
     first, _ = reported
     second = _copy_table(first, tmp_path / "second.sqlite")
-    assert cli_report.main(["--table", str(second), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--remeasure", "--no-overhead", "--no-op-check", "--out", str(tmp_path / "rep"),
-                            *FAST]) == 0
+    assert report_diagnostics.main(["--table", str(second), "--arch", ARCH, "--widths", str(widths_dir), "--sample",
+                                    "3", "--remeasure", "--no-overhead", "--no-op-check", "--out",
+                                    str(tmp_path / "rep"), *FAST]) == 0
     capsys.readouterr()
     assert main([str(first), str(second), "--arch", ARCH]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """latency-report end to end on this CPU: a real small table, real LiteRT timings of whole
-networks, a real SQLite store; every metric is recomputed here from the stored rows."""
+networks, a real SQLite store; every metric is recomputed here from the stored rows. The
+report's diagnostic options run through tools.report_diagnostics."""
 from __future__ import annotations
 
 import json
@@ -11,25 +12,23 @@ import numpy as np
 import pytest
 
 from latency import cli_report
-from latency.table import LatencyTable
+from latency.devices.defaults import defaults_for
+from latency.finalize import finalize
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.validate import (
-    corrected_prediction,
-    model_op_counts,
-    network_model,
-    op_check,
-    network_macs,
-    overhead_corrected,
-    sample_networks,
-    validation_metrics,
-    widths_key,
-)
+from latency.metrics import corrected_prediction, overhead_corrected, validation_metrics
+from latency.networks import network_model, sample_networks, widths_key
+from latency.op_coverage import model_op_counts, op_check
+from latency.store import TableStore
+from latency.table import LatencyTable
 from models.arch import widths_to_json
+from models.counts import network_macs
 from models.families import get_arch
+from tools import report_diagnostics
 
 ARCH = "wrn-10-1"
-FAST = ["--runs", "10", "--warmup", "2", "--passes", "2", "--min-time-ms", "0", "--quiet"]
+# runs, warm-up and the rest come from the table's recipe (conftest's small tables: 5 runs, 1 warm-up)
+FAST = ["--passes", "2", "--quiet"]
 
 
 def _copy_table(src: Path, dst: Path) -> Path:
@@ -62,8 +61,8 @@ def reported(small_table, tmp_path_factory, widths_dir):
     tmp = tmp_path_factory.mktemp("report")
     table = _copy_table(small_table(ARCH), tmp / "table.sqlite")
     out = tmp / "rep"
-    rc = cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                          "--exact-layers", "--out", str(out), *FAST])
+    rc = report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
+                                  "--exact-layers", "--out", str(out), *FAST])
     assert rc == 0
     return table, out
 
@@ -82,11 +81,17 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     assert {n["label"]: n["widths"] for n in nets} == expected
     assert metrics["n"] == len(expected) == 4
 
-    # measured: mean of the stored passes, one row per (network, pass)
+    # measured: mean of the stored passes, one row per (network, pass), timed with the table's recipe
+    recipe = LatencyTable.open(table).recipe
+    assert (recipe.runs, recipe.warmup, recipe.estimator) == (5, 1, "mean")
+    assert metrics["recipe"] == recipe.to_json()
+    assert (metrics["measurement"]["runs"], metrics["measurement"]["warmup"]) == (recipe.runs, recipe.warmup)
     for n in nets:
-        secs = [r[0] for r in _rows(table, "select seconds from whole_networks where arch = ? and widths = ? "
-                                           "and device = 'local' order by pass_index", (ARCH, widths_key(n["widths"])))]
+        rows = _rows(table, "select seconds, runs, warmup from whole_networks where arch = ? and widths = ? "
+                            "and device = 'local' order by pass_index", (ARCH, widths_key(n["widths"])))
+        secs = [r[0] for r in rows]
         assert len(secs) == 2 and all(s > 0 for s in secs)
+        assert {r[1:] for r in rows} == {(recipe.runs, recipe.warmup)}
         assert n["measured_s"] == pytest.approx(np.mean(secs), rel=1e-12)
 
     # the overhead: intercept of the probe medians on n, recomputed from invoke_probes
@@ -179,22 +184,26 @@ def test_rerun_does_not_measure_again(reported, widths_dir, tmp_path) -> None:
     before = counts()
     assert before[0] == 4 * 2  # 4 networks x 2 passes
     out = tmp_path / "again"
-    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--exact-layers", "--out", str(out), "--no-op-check", *FAST]) == 0
+    assert report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample",
+                                    "3", "--exact-layers", "--out", str(out), "--no-op-check", *FAST]) == 0
     assert counts() == before
     again = json.loads((out / "metrics.json").read_text())
     assert again["measurement"]["measured_now"] == 0 and again["measurement"]["already_stored"] == 8
 
 
 def test_fastest_estimator_reads_the_fastest_invocations(reported, widths_dir, tmp_path) -> None:
-    """--estimator fastest: every network, exact cell and overhead probe combines the fastest
-    invocation recorded by each of its passes (no new measurement); older rows without it are
-    refused with the way out."""
+    """A table whose recipe combines the fastest invocations: every network, exact cell and
+    overhead probe combines the fastest invocation recorded by each of its passes (no new
+    measurement); older rows without it are refused with the way out."""
     table = _copy_table(reported[0], tmp_path / "t.sqlite")
+    store = TableStore.open(table, write=True)  # the table re-derived with another estimator
+    recipe = store.recipe().replace(estimator="fastest")
+    store.set_recipe(recipe)
+    assert not finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
+    store.close()
     out = tmp_path / "fastest"
-    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--exact-layers", "--estimator", "fastest", "--out", str(out), "--no-op-check",
-                            *FAST]) == 0
+    assert report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--sample",
+                                    "3", "--exact-layers", "--out", str(out), "--no-op-check", *FAST]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["measurement"]["measured_now"] == 0 and m["estimator"] == "fastest"
     for n in m["networks"]:
@@ -213,8 +222,8 @@ def test_fastest_estimator_reads_the_fastest_invocations(reported, widths_dir, t
 
     with sqlite3.connect(table) as conn:  # as if the networks had been timed by an older version
         conn.execute("update whole_networks set fastest = null")
-    rc = cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--estimator",
-                          "fastest", "--out", str(tmp_path / "old"), "--no-op-check", *FAST])
+    rc = report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir), "--out",
+                                  str(tmp_path / "old"), "--no-op-check", *FAST])
     assert rc == 2 and not (tmp_path / "old" / "metrics.json").exists()
 
 
@@ -224,9 +233,9 @@ def test_remeasure_replaces_the_passes(reported, widths_dir, tmp_path) -> None:
     sql = "select run_id, pass_index from whole_networks where widths = ? order by pass_index"
     old = _rows(table, sql, (full,))
     total = _rows(table, "select count(*) from whole_networks")[0][0]
-    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir / "full.json"),
-                            "--out", str(tmp_path / "re"), "--remeasure", "--no-overhead", "--no-op-check",
-                            *FAST]) == 0
+    assert report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--widths", str(widths_dir / "full.json"),
+                                    "--out", str(tmp_path / "re"), "--remeasure", "--no-overhead", "--no-op-check",
+                                    *FAST]) == 0
     new = _rows(table, sql, (full,))
     assert [p for _, p in new] == [0, 1] and {r for r, _ in new}.isdisjoint({r for r, _ in old})
     assert _rows(table, "select count(*) from whole_networks")[0][0] == total
@@ -236,9 +245,9 @@ def test_rebuilt_table_reuses_the_measurements(reported, small_table, widths_dir
     old, _ = reported
     fresh = _copy_table(small_table(ARCH), tmp_path / "rebuilt.sqlite")
     out = tmp_path / "rebuilt"
-    assert cli_report.main(["--table", str(fresh), "--arch", ARCH, "--widths", str(widths_dir), "--sample", "3",
-                            "--measured-in", str(old), "--correction", "overhead", "--out", str(out), "--no-op-check",
-                            *FAST]) == 0
+    assert report_diagnostics.main(["--table", str(fresh), "--arch", ARCH, "--widths", str(widths_dir), "--sample",
+                                    "3", "--measured-in", str(old), "--correction", "overhead", "--out", str(out),
+                                    "--no-op-check", *FAST]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["measurement"]["measured_now"] == 0 and m["n"] == 4
     assert _rows(fresh, "select count(*) from whole_networks")[0][0] == 8
@@ -276,7 +285,8 @@ def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> No
     else:
         expect = "no networks"
     rows_before = _rows(table, "select count(*) from whole_networks")[0][0]
-    assert cli_report.main(args) == 2
+    command = report_diagnostics.main if "--no-overhead" in args else cli_report.main
+    assert command(args) == 2
     err = capsys.readouterr().err
     assert "latency-report: error:" in err and expect in err
     if case == "other arch":
@@ -328,3 +338,25 @@ def test_op_check_of_a_network_with_a_fused_batch_norm() -> None:
     assert check["fused"] == ["s2b0.shortcut+s3b0.bn"]
     assert check["matches"] and check["extra_in_network"] == {} == check["extra_in_layers"]
     assert check["network"]["MUL"] == 3  # s1b0.bn, s2b0.bn, head.bn; s3b0.bn is gone
+
+
+def test_passes_default_to_the_devices_report_passes(small_table, tmp_path) -> None:
+    table = _copy_table(small_table(ARCH), tmp_path / "t.sqlite")
+    out = tmp_path / "r"
+    assert report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--sample", "1", "--no-overhead",
+                                    "--no-op-check", "--quiet", "--out", str(out)]) == 0
+    passes = defaults_for("local").report_passes
+    assert passes == 10 and json.loads((out / "metrics.json").read_text())["measurement"]["passes"] == passes
+    assert _rows(table, "select count(*), count(distinct pass_index) from whole_networks") == [(passes, passes)]
+
+
+@pytest.mark.parametrize("flag", ["--runs", "--warmup", "--threads", "--min-time-ms", "--cooldown", "--estimator",
+                                  "--batch-size", "--exact-layers", "--raw", "--no-op-check", "--measured-in",
+                                  "--no-overhead"])
+def test_the_recipe_answers_what_the_report_no_longer_asks(flag, capsys) -> None:
+    """How networks are timed is the table's recipe; the diagnostic options are the tool's."""
+    with pytest.raises(SystemExit) as exc:
+        cli_report.report_parser().parse_args(["--table", "t.sqlite", flag, "1"])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    help_text = cli_report.report_parser().format_help()
+    assert "--models-per-call" in help_text and flag not in help_text

@@ -4,9 +4,11 @@ of sampled whole networks against it, and a summary of the figures.
     python -m tools.bench_validation --arch wrn-16-2 --arch mbv2-cifar --grid step:4 --passes 1 \
         --runs 20 --sample 24 --reports-dir reports/bench
 
-Both steps are the product's CLIs (`build-tables`, `latency-report`) called in-process, so
-both resume: a finished table is not measured again, stored networks are not re-timed. The
-summary (`summary.md`, `summary.json` in the reports directory) holds the exact commands.
+Both steps are the product's commands called in-process (`build-tables`, and `latency-report`
+through `tools.report_diagnostics` for its --exact-layers), so both resume: a finished table is
+not measured again, stored networks are not re-timed. The report times the networks as the
+table's recipe says (its runs, warm-up, estimator). The summary (`summary.md`, `summary.json`
+in the reports directory) holds the exact commands.
 
 On a shared machine other processes disturb the timings; `--min-idle F` waits (up to
 `--max-wait` s) before each step until the CPUs are at least F idle, and the idle fraction
@@ -65,12 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", action="append", default=[], help="architecture(s) (default wrn-16-2, mbv2-cifar)")
     p.add_argument("--grid", default="step:4")
     p.add_argument("--passes", type=int, default=1, help="table passes (1)")
-    p.add_argument("--runs", type=int, default=20, help="runs per table cell (20)")
+    p.add_argument("--runs", type=int, default=20, help="runs per table cell and report network (20)")
     p.add_argument("--sample", type=int, default=24, help="sampled networks per architecture (24)")
     p.add_argument("--report-passes", type=int, default=3)
-    p.add_argument("--report-runs", type=int, default=50)
-    p.add_argument("--cooldown", type=float, default=0.0, help="seconds between models in the report (0)")
-    p.add_argument("--estimator", default="mean", help="latency-report --estimator (mean)")
+    p.add_argument("--estimator", default="mean", help="build-tables --estimator, which the report uses too (mean)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tables-dir", default="reports/bench/tables", help="(under reports/: git ignores it)")
     p.add_argument("--reports-dir", default="reports/bench")
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait", type=float, default=600.0)
     args = p.parse_args(argv)
 
-    from latency import cli_build, cli_report
+    from latency import cli_build
+    from tools import report_diagnostics
 
     arches = args.arch or ["wrn-16-2", "mbv2-cifar"]
     tables, reports = Path(args.tables_dir), Path(args.reports_dir)
@@ -92,25 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         table = tables / f"local-{arch}.sqlite"
         out = reports / f"local-{arch}"
         build = ["--device", "local", "--arch", arch, "--grid", args.grid, "--passes", str(args.passes),
-                 "--runs", str(args.runs), "--out", str(table), "--quiet"]
+                 "--runs", str(args.runs), "--estimator", args.estimator, "--out", str(table), "--quiet"]
         report = ["--table", str(table), "--device", "local", "--arch", arch, "--sample", str(args.sample),
-                  "--seed", str(args.seed), "--passes", str(args.report_passes), "--runs", str(args.report_runs),
-                  "--cooldown", str(args.cooldown), "--estimator", args.estimator,
-                  "--exact-layers", "--out", str(out)]
+                  "--seed", str(args.seed), "--passes", str(args.report_passes), "--exact-layers", "--out", str(out)]
         if args.max_spread is not None:
             report += ["--max-spread", str(args.max_spread)]
         idle_build, build_s, rc = _timed_step(cli_build.main, build, args)
         if rc:
             print(f"build-tables failed for {arch} (exit {rc})", file=sys.stderr)
             return rc
-        idle_report, report_s, rc = _timed_step(cli_report.main, report, args)
+        idle_report, report_s, rc = _timed_step(report_diagnostics.main, report, args)
         if rc:
             print(f"latency-report failed for {arch} (exit {rc})", file=sys.stderr)
             return rc
         m = json.loads((out / "metrics.json").read_text())
         summary.append({
             "arch": arch, "build_command": "build-tables " + " ".join(build),
-            "report_command": "latency-report " + " ".join(report), "build_wall_s": build_s,
+            "report_command": "python -m tools.report_diagnostics " + " ".join(report), "build_wall_s": build_s,
             "report_wall_s": report_s, "idle_before_build": idle_build, "idle_before_report": idle_report,
             **{k: m[k] for k in ("n", "mape", "max_ape", "pearson", "spearman", "slope", "within_5", "within_10",
                                  "mean_error")},

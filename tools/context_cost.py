@@ -20,7 +20,7 @@ overhead per extra layer, is from the network:
 The overhead probes (chains of trivial MULs) are timed in the same context as the cells they
 correct: back to back for ``alone``, inside every rotation group for ``rot-B`` and ``own``.
 Every context is timed once per pass, passes in a new order each; values are the fastest of
-all passes. Nothing is stored; it is an instrument for the composition bias of issue 5.
+all passes. Nothing is stored; it is an instrument for the composition bias of summed layers.
 """
 from __future__ import annotations
 
@@ -32,10 +32,12 @@ import numpy as np
 
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.validate import (estimate_overhead, network_cells, network_model, network_params, overhead_corrected,
-                              percent_errors, probe_models, sample_networks)
-from models.families import KNOWN_ARCHS, get_arch
 from latency.devices.runner import load_model, time_loaded_stats, time_rotation
+from latency.metrics import overhead_corrected, percent_errors
+from latency.networks import network_cells, network_model, sample_networks
+from latency.overhead import estimate_overhead, probe_models
+from models.counts import network_params
+from models.families import KNOWN_ARCHS, get_arch
 
 
 def spanning(items: list, n: int) -> list:

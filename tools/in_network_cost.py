@@ -19,10 +19,11 @@ import random
 
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.validate import estimate_overhead, load_networks, network_cells, probe_models
+from latency.devices.runner import load_model, time_loaded_stats
+from latency.networks import load_networks, network_cells
+from latency.overhead import estimate_overhead, probe_models
 from models.families import KNOWN_ARCHS, get_arch
 from models.keras_builder import to_tflite_prefixes
-from latency.devices.runner import load_model, time_loaded_stats
 
 
 def main(argv: list[str] | None = None) -> int:

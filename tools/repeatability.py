@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from latency.metrics import percent_errors, validation_metrics
+from latency.networks import Measured
 from latency.smoothing import ESTIMATORS
 from latency.store import TableStore
-from latency.validate import Measured, measured_networks, percent_errors, validation_metrics
+from latency.store_networks import measured_networks
 from models.arch import Arch
 from models.families import KNOWN_ARCHS, get_arch
 
@@ -45,7 +47,11 @@ def repeat_metrics(rows: list[tuple[str, float, float]]) -> dict:
 
 
 def _load(path: Path, arch: Arch, device: str) -> dict[str, Measured]:
-    nets = measured_networks(TableStore.open(path), arch, device)
+    store = TableStore.open(path)
+    try:
+        nets = measured_networks(store, arch, device)
+    finally:
+        store.close()
     if not nets:
         raise RepeatabilityError(f"{path}: no {arch.name} network measured on device {device!r}; "
                                  f"run latency-report --table {path} --device {device} --arch {arch.name} first")
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", required=True, help=f"network family member ({KNOWN_ARCHS})")
     p.add_argument("--device", default="local", help="device name the networks were measured on (local)")
     p.add_argument("--estimator", choices=tuple(ESTIMATORS), default="fastest",
-                   help="how each run's passes combine, as latency-report --estimator (fastest)")
+                   help="how each run's passes combine (fastest: the local tables' estimator, which latency-report "
+                        "uses for them)")
     args = p.parse_args(argv)
     try:
         arch = get_arch(args.arch)

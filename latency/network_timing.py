@@ -1,0 +1,175 @@
+"""Timing whole networks, and every layer of them as a single-layer model, for a table.
+
+Whole networks are converted with `to_tflite` and timed back to back with the table's recipe
+(warm-up, `runs` invocations, threads, pause), `passes` passes each in a freshly shuffled
+order, through the pass engine (`latency.passes`); every pass is stored in the table file
+(`whole_networks`). On request every layer is also timed at its exact widths (`exact_cells`),
+rendered and timed as the table's cells were (`recipe.timing`, in their context): their sum
+against the network isolates the bias of summing from the table's own interpolation,
+smoothing and cell noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from models.arch import Arch
+from .devices.base import Device, DeviceInfo, ModelJob, Timing, TimingSettings
+from .networks import Network, network_cells, network_model
+from .op_coverage import model_op_counts
+from .passes import DeviceRun, plan_passes, require_all_measured, run_passes
+from .progress import Progress
+from .recipe import TableRecipe
+from .smoothing import estimate
+from .store import TableStore
+from .store_networks import (add_exact_cell_passes, add_network_passes, exact_cell_passes, exact_cell_values,
+                             forget_exact_cells, forget_networks, stored_passes)
+
+Report = Callable[[str], None] | None
+
+
+def whole_network_timing(recipe: TableRecipe, local: bool = True) -> TimingSettings:
+    """How whole networks are timed for a table: back to back, with its recipe's runs, warm-up,
+    threads and pause, and on the local device its minimum timed duration (SSH devices time
+    exactly `runs` invocations)."""
+    return TimingSettings(runs=recipe.runs, warmup=recipe.warmup, threads=recipe.threads, cooldown_s=recipe.cooldown_s,
+                          min_time_s=recipe.min_time_s if local else 0.0)
+
+
+def exact_cell_timing(recipe: TableRecipe, arch: Arch, local: bool = True) -> TimingSettings:
+    """How a table's cells were timed (`recipe.timing`, in their context), for exact cells."""
+    from .context import partner_models
+
+    timing = recipe.timing(partner_models(arch) if recipe.in_network else ())
+    return timing if local else dataclasses.replace(timing, min_time_s=0.0)
+
+
+@dataclass
+class MeasureResult:
+    measured_now: int = 0  # passes stored by this call
+    already: int = 0  # passes found in the store
+    run_id: int | None = None
+    info: DeviceInfo | None = None
+    wall_s: float = 0.0
+
+
+async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
+                           info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False,
+                           models_per_call: int = 4, cooldown_s: float = 0.0, report: Report = None,
+                           convert: Callable[[Arch, Mapping[str, int]], bytes] | None = None) -> MeasureResult:
+    """Measures every network on `device` for each pass it lacks in the store (all passes
+    with `remeasure`, replacing the stored ones); commits after every device call.
+
+    `device` is started by the caller (`info` is what its start returned) and stays open.
+    Models are converted up front, so the converter never runs while the device times (on
+    the local CPU it would disturb the timings).
+    """
+    if passes < 1 or models_per_call < 1:
+        raise ValueError("passes and models per call must be >= 1")
+    started = time.time()
+    by_key: dict[str, Network] = {}
+    for net in networks:
+        by_key.setdefault(net.key, net)
+    if remeasure:
+        forget_networks(store, arch, by_key, device.name)
+    done = stored_passes(store, arch, device.name)
+    plan = plan_passes(by_key, done, passes, models_per_call, seed)
+    result = MeasureResult(already=sum(1 for k, p in done if k in by_key and p < passes))
+    if not plan:
+        result.wall_s = time.time() - started
+        return result
+    convert = convert or network_model
+    needed = sorted({k for _, keys in plan for k in keys})
+    models: dict[str, bytes] = {}
+    for i, k in enumerate(needed):
+        if report:
+            report(f"converting network {i + 1}/{len(needed)}: {by_key[k].label}")
+        models[k] = convert(arch, by_key[k].widths)
+    ids = {k: i for i, k in enumerate(needed)}  # opaque ids for the device
+    ops = {k: model_op_counts(m) for k, m in models.items()}
+
+    def render(keys: list[str]) -> list[ModelJob]:
+        return [ModelJob(ids[k], models[k]) for k in keys]
+
+    def commit(run: DeviceRun, p: int, keys: list[str], timings: list[Timing]) -> int:
+        return add_network_passes(store, arch, device.name, run.run_id, p,
+                                  [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings)
+
+    result.info, result.run_id = info, store.start_run(info)
+    status = "interrupted"
+    try:
+        progress = Progress(passes * len(by_key), result.already, report, label="network timings")
+        outcome = await run_passes([DeviceRun(device, result.run_id)], plan, render, commit, pause_s=cooldown_s,
+                                   progress=progress, report=report)
+        progress.finish()
+        result.measured_now = outcome.stored
+        require_all_measured(outcome, "networks")
+        status = "finished"
+    finally:
+        store.end_run(result.run_id, status)
+    result.wall_s = time.time() - started
+    return result
+
+
+async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
+                              info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False,
+                              models_per_call: int = 32, cooldown_s: float = 0.0, report: Report = None) -> int:
+    """Times the single-layer model of every layer of the networks at its exact widths
+    (rendered exactly as the table builder renders cells), each cell once per pass, in
+    shuffled order; returns the passes stored now. `device` is started by the caller and set
+    to time as the table's cells were (`exact_cell_timing`)."""
+    from .generate import CellModels
+    from .layer_types import network_layer_types
+
+    cells = sorted({c for n in networks for c in network_cells(arch, n.widths)})
+    if remeasure:
+        forget_exact_cells(store, cells, device.name)
+    # cells are keyed by their JSON spelling: the pass orders of earlier versions
+    keys = {json.dumps(list(c)): c for c in cells}
+    done = {(json.dumps(list(c)), p) for c, p in exact_cell_passes(store, device.name)}
+    plan = plan_passes(keys, done, passes, models_per_call, seed)
+    if not plan:
+        return 0
+    renderer = CellModels(network_layer_types([arch]))
+    needed = sorted({k for _, ks in plan for k in ks})
+    if report:
+        report(f"rendering {len(needed)} single-layer models at the networks' exact widths")
+    models = {k: renderer.render(*keys[k]) for k in needed}
+    ids = {k: i for i, k in enumerate(needed)}
+
+    def render(ks: list[str]) -> list[ModelJob]:
+        return [ModelJob(ids[k], models[k]) for k in ks]
+
+    def commit(run: DeviceRun, p: int, ks: list[str], timings: list[Timing]) -> int:
+        return add_exact_cell_passes(store, device.name, run.run_id, p, [(keys[k], t) for k, t in zip(ks, timings)])
+
+    run_id = store.start_run(info)
+    status = "interrupted"
+    try:
+        already = sum(1 for k, p in done if k in keys and p < passes)
+        progress = Progress(passes * len(keys), already, report, label="exact single-layer timings")
+        outcome = await run_passes([DeviceRun(device, run_id)], plan, render, commit, pause_s=cooldown_s,
+                                   progress=progress, report=report)
+        progress.finish()
+        require_all_measured(outcome, "exact single-layer models")
+        status = "finished"
+    finally:
+        store.end_run(run_id, status)
+    return outcome.stored
+
+
+def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str,
+               estimator: str = "mean") -> dict[str, float]:
+    """network key -> sum over the layers it runs of the exact cell's passes combined by
+    `estimator` (networks with every cell measured only)."""
+    values = {c: estimate(estimator, v, f"exact cell {c}") for c, v in exact_cell_values(store, device,
+                                                                                          estimator).items()}
+    out = {}
+    for n in networks:
+        cells = network_cells(arch, n.widths)
+        if all(c in values for c in cells):
+            out[n.key] = sum(values[c] for c in cells)
+    return out

@@ -1,0 +1,179 @@
+"""The pass engine: timing models on devices in passes, each pass in its own shuffled order.
+
+Everything this project times goes through here: a table's cells, whole networks, exact-layer
+cells and overhead probes. A plan is a list of batches `(pass, keys)`: every pass over the keys
+that lack it, in an order that is a function of the seed and the pass only (a resumed run
+keeps it; a fixed order would let thermal drift correlate with the keys). One queue of
+batches is worked through by every device concurrently; each batch's models are rendered
+while the device works on the one before (holding its `host_work_guard`: a device timing on
+this machine times nothing meanwhile), and each finished batch is committed through a
+callback before the device takes the next, so an interruption loses at most the batches in
+flight. A failed batch goes back to the queue for any device; a device failing
+`max_failures` batches in a row is retired.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Hashable, Iterable, Sequence, TypeVar
+
+from .devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing
+from .progress import Progress
+
+K = TypeVar("K", bound=Hashable)
+Report = Callable[[str], None] | None
+#: consecutive failed batches before a device is retired
+MAX_FAILURES = 3
+
+
+class WrongTimings(DeviceError):
+    """A device answered for other models than it was given: nothing it returns can be trusted."""
+
+
+def pass_order(keys: Iterable[K], seed: int, pass_index: int) -> list[K]:
+    """The keys in the shuffled order of pass `pass_index` (a function of the seed and pass only)."""
+    order = sorted(keys)
+    random.Random(f"{seed}:{pass_index}").shuffle(order)
+    return order
+
+
+def plan_passes(keys: Iterable[K], done: Collection[tuple[K, int]], passes: int, per_call: int,
+                seed: int) -> list[tuple[int, list[K]]]:
+    """(pass, keys) batches of at most `per_call` keys of what is left to time: for every pass,
+    the keys without a `(key, pass)` in `done`, in that pass's order."""
+    if passes < 1 or per_call < 1:
+        raise ValueError("passes and models per call must be >= 1")
+    keys = list(keys)
+    batches = []
+    for p in range(passes):
+        todo = [k for k in pass_order(keys, seed, p) if (k, p) not in done]
+        batches += [(p, todo[i:i + per_call]) for i in range(0, len(todo), per_call)]
+    return batches
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """A started device and the run (`runs` row) its timings are stored under."""
+
+    device: Device
+    run_id: int
+
+
+@dataclass
+class PassOutcome:
+    stored: int = 0  # rows the commits reported stored
+    retired: list[str] = field(default_factory=list)  # why each retired device failed
+    left: int = 0  # batches no device measured
+    stopped: bool = False  # the stop event ended it
+
+
+async def start_devices(devices: Sequence[Device], start_run: Callable[[DeviceInfo], int],
+                        report: Report = None) -> tuple[list[DeviceRun], list[str]]:
+    """Starts every device and a run for each; a device that cannot start is left out and its
+    error returned with the others'."""
+    started, failed = [], []
+    for device in devices:
+        try:
+            info = await device.start()
+        except DeviceError as exc:
+            failed.append(str(exc))
+            if report:
+                report(f"device {device.name} could not start: {exc}")
+            continue
+        started.append(DeviceRun(device, start_run(info)))
+    return started, failed
+
+
+async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, list[K]]],
+                     render: Callable[[list[K]], list[ModelJob]],
+                     commit: Callable[[DeviceRun, int, list[K], list[Timing]], int], *,
+                     max_failures: int = MAX_FAILURES, pause_s: float = 0.0, stop: asyncio.Event | None = None,
+                     progress: Progress | None = None, report: Report = None) -> PassOutcome:
+    """Times `batches` on the started devices of `runs` (`device.concurrency` batches in flight
+    on each) until the queue is empty, every device is retired, or `stop` is set (the batches
+    in flight finish first).
+
+    `render(keys)` makes a batch's models (in a thread, under the device's host-work guard);
+    `commit(run, pass, keys, timings)` stores a finished batch (timings in the order of the
+    keys) and returns the rows stored. `pause_s` is a pause between two calls of one device.
+    Raises WrongTimings when a device answers for other models than it was given.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+    outcome = PassOutcome()
+
+    def take():
+        if stop is not None and stop.is_set():
+            return None
+        try:
+            return queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def guarded_render(device: Device, keys: list) -> list[ModelJob]:
+        with device.host_work_guard():  # no model is timed on this machine meanwhile
+            return render(keys)
+
+    def start_render(device: Device, item):
+        return loop.run_in_executor(None, guarded_render, device, item[1]) if item is not None else None
+
+    async def worker(run: DeviceRun) -> None:
+        device, failures, calls = run.device, 0, 0
+        item = take()
+        rendering = start_render(device, item)
+        while item is not None:
+            p, keys = item
+            jobs_future = rendering
+            # the next batch renders while the device works on this one
+            item = take()
+            rendering = start_render(device, item)
+            if calls and pause_s > 0:
+                await asyncio.sleep(pause_s)
+            calls += 1
+            jobs = await jobs_future
+            try:
+                timings = await device.measure(jobs)
+            except DeviceError as exc:
+                queue.put_nowait((p, keys))  # the batch goes back for any device
+                failures += 1
+                if report:
+                    report(f"{exc} (failure {failures}/{max_failures} of device {device.name})")
+                if failures >= max_failures:
+                    if item is not None:
+                        queue.put_nowait(item)
+                    outcome.retired.append(str(exc))
+                    if report:
+                        report(f"device {device.name} retired; its batches go to the other devices")
+                    return
+                await asyncio.sleep(min(2.0 ** failures, 30.0))  # back off before retrying
+                continue
+            failures = 0
+            if [t.cell_id for t in timings] != [j.cell_id for j in jobs]:
+                raise WrongTimings(f"device {device.name} returned timings for other models than it was given")
+            stored = commit(run, p, keys, timings)
+            outcome.stored += stored
+            if progress is not None:
+                progress.advance(stored, p)
+
+    tasks = [asyncio.create_task(worker(r)) for r in runs for _ in range(max(1, r.device.concurrency))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    outcome.left = queue.qsize()
+    outcome.stopped = stop is not None and stop.is_set()
+    return outcome
+
+
+def require_all_measured(outcome: PassOutcome, what: str) -> None:
+    """Raises DeviceError when batches are left because every device failed."""
+    if outcome.left and not outcome.stopped:
+        raise DeviceError(f"every device failed; {outcome.left} batches of {what} are left unmeasured (every "
+                          "finished one is saved: run the same command again to continue). Failures: "
+                          + "; ".join(outcome.retired))
