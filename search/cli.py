@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--jobs", type=int, default=1, help="candidates evaluated in parallel (default 1)")
     na.add_argument("--backend", choices=("loky", "ray"), default="loky",
                     help="joblib backend for --jobs > 1: loky (processes on this machine) or ray (needs 'ray')")
-    na.add_argument("--threads", type=int,
+    na.add_argument("--torch-threads", dest="threads", type=int,
                     help="torch threads per candidate (default: 1 per worker with --jobs > 1, else torch's default)")
     common = p.add_argument_group("all algorithms")
     common.add_argument("--groups", type=_groups, help="only prune these width groups (comma-separated)")

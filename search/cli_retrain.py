@@ -42,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=f"batch size (default {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=float, help=f"initial learning rate (default {DEFAULTS['lr']})")
     p.add_argument("--seed", type=int, help=f"seed of initialisation, batch order and augmentation (default {DEFAULTS['seed']})")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                   help="auto: CUDA with mixed precision when available, else CPU (default auto)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--torch-device", dest="device", choices=("auto", "cpu", "cuda"),
+                   help="where PyTorch trains: CUDA with mixed precision when available, else CPU (default auto)")
+    p.add_argument("--torch-threads", dest="threads", type=int,
                    help="PyTorch CPU threads (default: PyTorch's choice, one per core; fewer helps on a busy machine)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0,
                    help="also save a checkpoint inside an epoch this often (default 10)")
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> RetrainConfig:
     """The run's settings: from the command line, or with --resume from the run's checkpoint
-    (options given must then agree with it, except --data-dir and --device)."""
+    (options given must then agree with it, except --data-dir and --torch-device)."""
     given = {k: getattr(args, k) for k in ("arch", "data", "data_dir", "epochs", "batch_size", "lr", "seed",
                                            "device") if getattr(args, k) is not None}
     if args.resume:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint-minutes and --progress-seconds must be positive")
     if args.threads is not None:
         if args.threads < 1:
-            parser.error("--threads must be >= 1")
+            parser.error("--torch-threads must be >= 1")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -119,7 +119,7 @@ def worker_threads(jobs: int, threads: int | None) -> int | None:
     are the parallelism), or the process default for a single in-process worker."""
     if threads is not None:
         if threads < 1:
-            raise SearchError(f"--threads must be >= 1, got {threads}")
+            raise SearchError(f"--torch-threads must be >= 1, got {threads}")
         return threads
     return 1 if jobs > 1 else None
 

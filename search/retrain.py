@@ -148,7 +148,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RetrainError("--device cuda was asked for, but PyTorch sees no CUDA device (use --device auto or cpu)")
+        raise RetrainError("--torch-device cuda was asked for, but PyTorch sees no CUDA device (use --torch-device auto or cpu)")
     if name not in ("cpu", "cuda"):
         raise RetrainError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

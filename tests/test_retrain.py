@@ -63,7 +63,7 @@ def batch_loss(net: torch.nn.Module, data_dir: Path) -> float:
 def test_one_epoch_lowers_the_loss(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "run"
     rc = cli("--arch", "wrn-10-1", "--widths", widths_file(tmp_path, WRN_SMALL), "--data", "synthetic",
-             "--data-dir", data_dir, "--epochs", 1, "--batch-size", 16, "--out", out, "--device", "cpu")
+             "--data-dir", data_dir, "--epochs", 1, "--batch-size", 16, "--out", out, "--torch-device", "cpu")
     assert rc == 0
     torch.manual_seed(0)  # the run's seed: the very initialisation it started from
     fresh = build_torch(get_arch("wrn-10-1"), WRN_SMALL)
@@ -168,7 +168,7 @@ def test_resume_of_a_finished_run_changes_nothing(reference_run, capsys) -> None
 # -- errors ------------------------------------------------------------------------------------
 def run_args(data_dir: Path | str, out: Path, *extra: object) -> list[object]:
     return ["--arch", "wrn-10-1", "--data", "synthetic", "--data-dir", data_dir, "--epochs", 1, "--out", out,
-            "--device", "cpu", *extra]
+            "--torch-device", "cpu", *extra]
 
 
 def error_of(capsys, *args: object) -> str:

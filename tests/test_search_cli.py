@@ -29,7 +29,7 @@ def base_checkpoint(trained, tmp_path):
 def cli_args(checkpoint, table, data_dir, out, *extra):
     return ["--checkpoint", str(checkpoint), "--table", str(table), "--algorithm", "netadapt", "--data", "synthetic",
             "--data-dir", str(data_dir), "--out", str(out), "--finetune-batches", "2", "--batch-size", "16",
-            "--eval-batch-size", "200", "--threads", "1", "--quiet", *extra]
+            "--eval-batch-size", "200", "--torch-threads", "1", "--quiet", *extra]
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

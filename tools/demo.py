@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (data / "cifar-10-batches-py").exists():
         write_synthetic_cifar10(data, n_train=600 if quick else 2500, n_test=200 if quick else 500, seed=0)
-    train = ["--data", "synthetic", "--data-dir", str(data), "--threads", "2"]
+    train = ["--data", "synthetic", "--data-dir", str(data), "--torch-threads", "2"]
     run("base network (synthetic data)", "search.cli_retrain", "--arch", ARCH, *train,
         "--epochs", "1" if quick else "3", "--batch-size", "64", "--out", str(out / "runs" / "base"),
         *(["--resume"] if (out / "runs" / "base" / "checkpoint.pt").exists() else []))
