@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,13 +216,18 @@ def _debootstrap(target: Path, start: float) -> None:
     log_path = target.parent / f"{target.parent.name}-debootstrap.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            text = line[2:].strip() if line.startswith("I:") else ""
-            if text.startswith(_DEBOOTSTRAP_STAGES):  # its stages, not a line per package
-                _log(start, "debootstrap: " + text)
-        status = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                text = line[2:].strip() if line.startswith("I:") else ""
+                if text.startswith(_DEBOOTSTRAP_STAGES):  # its stages, not a line per package
+                    _log(start, "debootstrap: " + text)
+            status = proc.wait()
+        except BaseException:
+            proc.kill()  # interrupted: stop it before its target is removed
+            proc.wait()
+            raise
     if status != 0:
         tail = log_path.read_text()[-3000:]
         raise EmulatedPiError(f"debootstrap failed (status {status}); its log ends:\n{tail}")
@@ -403,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                              "../shared/data/armhf/benchmark_model-tflite-1.13.1 beside the checkout)")
     parser.add_argument("--check", action="store_true", help="build nothing; exit 1 when the roots are not complete")
     args = parser.parse_args(argv)
+    # a terminated build cleans up like an interrupted one (SIGKILL leaves it to the next run)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     root = (args.root.expanduser() if args.root else default_root()).absolute()
     problem = root_problem(root)
     if args.check:
