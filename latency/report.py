@@ -231,7 +231,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     w = worst(rows)
     lines += ["", f"## Worst network: {w.network.label} ({w.error_pct:+.2f} %)", "",
               f"Predicted {_ms(w.predicted_s)} ms, measured {_ms(w.measured_s)} ms "
-              f"(passes: {', '.join(_ms(s) for s in w.measured.seconds)} ms).", "",
+              f"(passes: {', '.join(_ms(s) for s in w.measured.seconds)} ms); per layer in `breakdown.png`.", "",
               "| layer | type | c_in | c_out | cell ms | share % |", "|---|---|---:|---:|---:|---:|"]
     total = sum(l.seconds for l in inp.worst_breakdown if l.seconds is not None) or 1.0
     for l in inp.worst_breakdown:
@@ -247,7 +247,8 @@ def _ops(c: dict) -> str:
 
 
 def write_report(out_dir: str | Path, inp: ReportInput) -> dict:
-    """Writes report.md, metrics.json and scatter.png into `out_dir`; returns the metrics."""
+    """Writes report.md, metrics.json, scatter.png and breakdown.png (the worst network's
+    per-layer prediction) into `out_dir`; returns the metrics."""
     if not inp.rows:
         raise ValueError("a report needs at least one network")
     out = Path(out_dir)
@@ -255,6 +256,11 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict:
     metrics = metrics_document(inp)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     (out / "report.md").write_text(report_markdown(inp, metrics))
-    scatter_png(inp.rows, out / "scatter.png",
-                f"{inp.arch} on {inp.device}: MAPE {_num(metrics['mape'], '.2f')} %, r = {_num(metrics['pearson'], '.4f')}")
+    scatter_png(inp.rows, out / "scatter.png", f"{inp.arch} on {inp.device}: MAPE {_num(metrics['mape'], '.2f')} %, "
+                                               f"r = {_num(metrics['pearson'], '.4f')}")
+    from .plots import plot_breakdown
+
+    w = worst(inp.rows)
+    plot_breakdown(inp.worst_breakdown, out / "breakdown.png",
+                   f"worst network {w.network.label} ({w.error_pct:+.2f} %): the table's cells")
     return metrics

@@ -154,6 +154,9 @@ def test_report_files_and_metrics_match_the_stored_rows(reported, widths_dir) ->
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "scatter.png").shape[:2] == (660, 660)
+    # breakdown.png: the worst network's per-layer prediction, one bar per layer
+    assert (out / "breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(out / "breakdown.png").shape[0] > 300
 
     # report.md: one row per network with its numbers, and the worst network's breakdown
     md = (out / "report.md").read_text()
