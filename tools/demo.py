@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "--passes", "1" if quick else "2", "--runs", "5" if quick else "20", "--sigma", "1", "--out", str(table),
         *(["--min-time-ms", "0"] if quick else []))
     run("validation report", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", ARCH,
-        "--sample", "3" if quick else "8", "--passes", "1" if quick else "2", "--runs", "5" if quick else "20",
-        "--out", str(out / "report"), *(["--min-time-ms", "0"] if quick else []))
+        "--sample", "3" if quick else "8", "--passes", "1" if quick else "2", "--out", str(out / "report"))
     from models.datasets import write_synthetic_cifar10
 
     if not (data / "cifar-10-batches-py").exists():
