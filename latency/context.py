@@ -3,7 +3,7 @@
 Timed back to back, a single-layer model finds its weights, code and buffers as warm as they
 can be; inside a network every layer runs after other layers, and when the network's weights
 exceed the L2 cache, after they have pushed its own weights out of it. Summed, back-to-back
-cells fall 2-5 % short of WRN-40-2 networks on a 2 MB-L2 x86 core (issue 5's measurements).
+cells therefore fall short of whole networks (docs/measuring.md).
 The `network` context reproduces both conditions for each timed invocation
 (`latency.devices.runner.time_in_context`): other layer types run first (the smallest model of
 each type: other code, almost no data), and for an architecture whose full weights exceed the
@@ -18,7 +18,7 @@ from typing import Mapping
 from models.arch import Arch
 from .recipe import TableRecipe
 
-#: meta key of the measured per-invoke overhead (a dict, see `latency.validate.OverheadEstimate`)
+#: meta key of the measured per-invoke overhead (a dict, see `latency.overhead.OverheadEstimate`)
 OVERHEAD_META_KEY = "invoke_overhead"
 #: where Linux describes the second-level cache of the first CPU
 L2_SIZE_FILE = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")

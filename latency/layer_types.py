@@ -113,9 +113,9 @@ def axis_values(lo: int, hi: int, step: int, block: int = 0) -> list[int]:
     """Channel counts measured on one axis: lo, every `step`-th count, and hi; with `block`,
     also both neighbours of every multiple of it. A runtime packs channels in blocks (16 for
     XNNPACK's float kernels on AVX-512): a layer costs about the same across a block and steps
-    at its ends, where a full block can even be faster than one channel less (a WRN-40-2 3x3
-    conv on this CPU: 245 us at 31 output channels, 174 us at 32). Measuring M - 1, M and M + 1
-    keeps linear interpolation inside one block."""
+    at its ends, where a full block can even be faster than one channel less
+    (docs/measuring.md). Measuring M - 1, M and M + 1 keeps linear interpolation inside one
+    block."""
     values = set(range(lo, hi + 1, step)) | {lo, hi}
     if lo == 1 and step > 1:
         values |= set(range(step, hi + 1, step))  # multiples of the step: the runtimes pack by 4/8

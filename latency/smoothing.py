@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 #: (the undisturbed time, where a shared machine slows whole passes down in phases lasting
 #: seconds), or "median-fastest", the median over passes (each pass loads the model afresh, and
 #: the minimum over loads picks each layer's luckiest memory layout, which a network summed from
-#: them cannot have all at once)
+#: them cannot have all at once); the measurements behind them: docs/measuring.md
 ESTIMATORS: dict[str, Callable[[Sequence[float]], float]] = {
     "mean": lambda a: float(np.mean(a)), "median": lambda a: float(np.median(a)), "min": lambda a: float(np.min(a)),
     "fastest": lambda a: float(np.min(a)), "median-fastest": lambda a: float(np.median(a)),

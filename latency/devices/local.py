@@ -8,9 +8,9 @@ times every model with `latency.devices.runner`, the same code the Pi runs.
 Nothing heavy of ours runs while a model is timed: the workers and the table builder share a
 timing token (a lock). A worker holds it to load a model (creating a LiteRT interpreter packs
 the weights for XNNPACK) and to time it; the builder holds it to render models
-(`host_work_guard`). On a 2-core machine, loading beside a timed 20 µs layer made it 29 %
-slower, a busy Python loop 14 %, so overlapping them would buy speed with wrong tables.
-The per-model overhead is instead amortised by `min_time_s`: tiny models are timed longer.
+(`host_work_guard`). Overlapping them would buy speed with wrong tables: a small layer timed
+beside our own work runs measurably slower (docs/measuring.md). The per-model overhead is
+instead amortised by `min_time_s` (back to back): tiny models are timed longer.
 
 Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
 ``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
@@ -31,12 +31,7 @@ from typing import Iterator, Optional
 
 from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
 
-__all__ = ["DEFAULT_MIN_TIME_S", "LocalDevice"]
-
-#: the CLIs' minimum timed duration per model on this machine: 50 runs of a 20 µs layer last
-#: 1 ms, less than loading it; with 5 ms a WRN-40-2 build spends 1.15-1.2x its pure timed
-#: compute, against 1.32-1.48x with exactly 50 runs (tools/bench_build)
-DEFAULT_MIN_TIME_S = 0.005
+__all__ = ["LocalDevice"]
 
 # (seconds, measured_at, temperature_c, throttled, runs, fastest) per timed model
 _Row = tuple[float, float, Optional[float], Optional[bool], int, float]

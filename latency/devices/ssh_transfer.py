@@ -1,11 +1,11 @@
 """The transfer format of a batch of models sent to an SSH device (pure functions, no I/O).
 
 A table's models are rendered from a template with weights sliced from one fixed random pool
-(`latency.tflite_rewrite`), so they are big (WRN-40-2: ~75 KB mean, ~17 GB for a full 3-pass
-table) and zlib saves only ~8 %. With ``transfer = "pool"`` the pool is uploaded to the device
-once (8 MiB, cached there by its hash), and every model is sent as its few non-weight bytes plus
-(offset, length) references into the pool, zlib-compressed (~140-170 bytes per WRN-40-2 cell):
-the device rebuilds the exact same bytes (checked by CRC-32), so what is timed is unchanged.
+(`latency.tflite_rewrite`), so they are big and random weights barely compress. With
+``transfer = "pool"`` the pool is uploaded to the device once (8 MiB, cached there by its hash),
+and every model is sent as its few non-weight bytes plus (offset, length) references into the
+pool, zlib-compressed, a tiny fraction of the model (docs/measuring.md): the device rebuilds the
+exact same bytes (checked by CRC-32), so what is timed is unchanged.
 ``transfer = "zlib"`` sends whole models, compressed. The decoder is the device's
 (`remote_feeder.decode_batch`); `decode_batch` here runs that same code on this side.
 """
