@@ -17,7 +17,9 @@ have too. Where the root is not built the tests skip, saying how to build it; wi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -64,11 +66,15 @@ class EmulatedPi(SshServer):
 
     chroot: Path = Path("/")
     variant: str = "pi"
+    # this server's own directory in the device's home: the root outlives the tests, their
+    # files do not
+    scratch: str = ""
 
     @classmethod
     def create_chrooted(cls, workdir: Path, chroot: Path, variant: str) -> "EmulatedPi":
         base = SshServer.create(workdir)  # keys, authorized_keys, known_hosts
-        server = cls(root=base.root, port=base.port, user=base.user, chroot=chroot, variant=variant)
+        server = cls(root=base.root, port=base.port, user=base.user, chroot=chroot, variant=variant,
+                     scratch=f"netadapt-tests-{uuid.uuid4().hex[:12]}")
         (workdir / "sshd_config").write_text(
             f"Port {server.port}\n"
             f"ListenAddress {server.host}\n"
@@ -101,14 +107,23 @@ class EmulatedPi(SshServer):
              f"{self.user}@{self.host}", command],
             input=stdin if stdin is not None else b"", capture_output=True, timeout=timeout_s)
 
+    @property
+    def home(self) -> Path:
+        """The session's home (/root on the device) as a path on this machine."""
+        return self.chroot / "root"
+
+    def remove_scratch(self) -> None:
+        shutil.rmtree(self.home / self.scratch, ignore_errors=True)
+
     def profile(self, work_dir: Path | str, **overrides: object) -> dict:
         """A devices.toml profile for this device: its python3 and the TF-Lite 1.13.1 binary in it.
 
-        `work_dir` is a path on the device (relative: to /root there). Emulation is slow: the
-        call timeout is generous, runs and warm-up tiny."""
+        A relative `work_dir` lies in this server's scratch directory in the device's home.
+        Emulation is slow: the call timeout is generous, runs and warm-up tiny."""
+        work_dir = str(work_dir) if str(work_dir).startswith("/") else f"{self.scratch}/{work_dir}"
         values: dict[str, object] = dict(
             host=self.host, port=self.port, user=self.user, key=str(self.client_key),
-            known_hosts=str(self.known_hosts), work_dir=str(work_dir),
+            known_hosts=str(self.known_hosts), work_dir=work_dir,
             python="python3",
             timer="runner" if self.variant == "pi" else "benchmark_model",
             benchmark_model=pi_root.DEVICE_BENCHMARK_MODEL,
@@ -140,6 +155,7 @@ def _running(tmp_path_factory: pytest.TempPathFactory, variant: str) -> Iterator
         yield server
     finally:
         server.stop()
+        server.remove_scratch()
 
 
 @pytest.fixture(scope="module")

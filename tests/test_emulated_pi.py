@@ -64,10 +64,10 @@ def test_bare_device_has_no_python(emulated_bare_pi: EmulatedPi) -> None:
 def test_benchmark_model_times_a_generated_model(device: str, request: pytest.FixtureRequest) -> None:
     pi: EmulatedPi = request.getfixturevalue(device)
     models: list[bytes] = request.getfixturevalue("models")  # after the device: no conversion when it skips
-    ok(pi.ssh("mkdir -p /tmp/bm && cat > /tmp/bm/cell.tflite", stdin=models[0]), "uploading the model")
+    ok(pi.ssh(f"mkdir -p {pi.scratch}/bm && cat > {pi.scratch}/bm/cell.tflite", stdin=models[0]), "uploading")
     digest = ok(pi.ssh(f"sha256sum {DEVICE_BENCHMARK_MODEL}"), "sha256sum").split()[0]
     assert digest == BENCHMARK_MODEL_SHA256
-    result = pi.ssh(f"{DEVICE_BENCHMARK_MODEL} --graph=/tmp/bm/cell.tflite --num_runs=3 --warmup_runs=1 "
+    result = pi.ssh(f"{DEVICE_BENCHMARK_MODEL} --graph={pi.scratch}/bm/cell.tflite --num_runs=3 --warmup_runs=1 "
                     "--num_threads=1 --min_secs=0 --warmup_min_secs=0")
     out = ok(result, "benchmark_model") + result.stderr.decode(errors="replace")
     parsed = parse_benchmark_output(out)  # raises, quoting the output, when no timing is in it
