@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import numpy as np
 
 from latency.quiet import add_verbose_flag, quiet_runtime
 
+from .atomic_write import WriteError, write_bytes_atomic, write_text_atomic
 from .torch_builder import ArchNet
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
@@ -170,13 +170,6 @@ def measure(model: bytes, passes: int = 3, runs: int = 50, warmup: int = 5, thre
     return [time_model(model, runs=runs, warmup=warmup, threads=threads) for _ in range(passes)]
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="export-tflite",
@@ -228,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                                "parity": report.as_dict(), "bytes": len(flatbuffer)}
     target = Path(args.check) if args.check else Path(args.out) if args.out else model_path.parent / "model.tflite"
     if not args.check:
-        _write_bytes(target, flatbuffer)
+        try:
+            write_bytes_atomic(target, flatbuffer)
+        except WriteError as exc:
+            print(f"export-tflite: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"wrote {target} ({len(flatbuffer):,} bytes)")
     if args.measure:
         seconds = measure(flatbuffer)
@@ -238,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{s * 1e3:.3f}" for s in seconds)
               + f" ms; mean {statistics.fmean(seconds) * 1e3:.3f} ms", flush=True)
     if not args.check:
-        report_path = target.with_suffix(".export.json")
-        tmp = report_path.with_name(f".{report_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
-        os.replace(tmp, report_path)
+        write_text_atomic(target.with_suffix(".export.json"), json.dumps(summary, indent=1) + "\n")
     return EXIT_OK
 
 

@@ -7,13 +7,13 @@ never executes code from it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from models.arch import WidthError
+from models.atomic_write import atomic_path
 from models.families import get_arch
 from models.torch_builder import ArchNet, build_torch
 
@@ -25,17 +25,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Writes to a temporary file next to `path`, then renames: a crash never leaves a
-    half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """`torch.save` through `models.atomic_write`: a crash never leaves a half-written file
+    under the final name."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def model_payload(net: ArchNet, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

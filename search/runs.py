@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from models.arch import Arch
+from models.atomic_write import atomic_path, write_text_atomic
 from .checkpoint_io import atomic_torch_save
 
 STATE_VERSION = 1
@@ -40,9 +40,7 @@ Callback = Callable[[str, dict], None]
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -167,6 +165,5 @@ def plot_channels(arch: Arch, original: Mapping[str, int], pruned: Mapping[str, 
     ax.set_title(title or f"{arch.name}: channels per layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks the format from it
+        fig.savefig(tmp, dpi=120)
