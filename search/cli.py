@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_runtime(args.verbose)
     from latency.store import TableFileError
     from latency.table import LatencyTable, PredictionError
-    from models.datasets import DatasetError, open_dataset, write_synthetic_cifar10
+    from models.datasets import DatasetError, open_dataset
+    from models.synthetic_data import write_synthetic_cifar10
     from .checkpoint_io import CheckpointError, load_model
     from .data import SearchData
     from .finetune import FinetuneSettings

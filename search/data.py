@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from models.datasets import CifarData, channel_mean_std, normalize, random_crop_flip, train_holdout_split
+from models.batches import channel_mean_std, load_batches
+from models.datasets import CifarData, train_holdout_split
 
 Observer = Callable[[str, np.ndarray], None]  # (kind: "train" | "fisher" | "holdout", indices)
 
@@ -77,27 +78,33 @@ class SearchData:
             raise ValueError(f"training batches are for 'train' or 'fisher', not {kind!r}")
         n = self.train_idx.size
         batch_size = min(batch_size, n)
-        gen = torch.Generator().manual_seed(seed)
-        mean, std = torch.tensor(self.mean), torch.tensor(self.std)  # copies: a worker may get read-only arrays
-        done = 0
-        while done < n_batches:
-            order = self.train_idx[torch.randperm(n, generator=gen).numpy()]
-            for start in range(0, n - batch_size + 1, batch_size):  # full batches only
-                if done >= n_batches:
-                    break
-                idx = np.sort(order[start:start + batch_size])
-                self._emit(kind, idx)
-                x = random_crop_flip(torch.from_numpy(np.ascontiguousarray(self.images[idx])), gen)
-                yield normalize(x, mean, std), torch.from_numpy(self.labels[idx])
-                done += 1
+        gen = torch.Generator().manual_seed(seed)  # one stream: the epochs' orders and the augmentation
+
+        def index_batches() -> Iterator[np.ndarray]:
+            done = 0
+            while done < n_batches:
+                order = self.train_idx[torch.randperm(n, generator=gen).numpy()]
+                for start in range(0, n - batch_size + 1, batch_size):  # full batches only
+                    if done >= n_batches:
+                        break
+                    idx = np.sort(order[start:start + batch_size])
+                    self._emit(kind, idx)
+                    yield idx
+                    done += 1
+
+        yield from load_batches(self.images, self.labels, index_batches(), *self._stats(), augment=gen)
 
     def holdout_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        mean, std = torch.tensor(self.mean), torch.tensor(self.std)  # copies: a worker may get read-only arrays
-        for start in range(0, self.holdout_idx.size, batch_size):
-            idx = self.holdout_idx[start:start + batch_size]
-            self._emit("holdout", idx)
-            x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
-            yield normalize(x, mean, std), torch.from_numpy(self.labels[idx])
+        def index_batches() -> Iterator[np.ndarray]:
+            for start in range(0, self.holdout_idx.size, batch_size):
+                idx = self.holdout_idx[start:start + batch_size]
+                self._emit("holdout", idx)
+                yield idx
+
+        yield from load_batches(self.images, self.labels, index_batches(), *self._stats())
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(self.mean), torch.tensor(self.std)  # copies: a worker may get read-only arrays
 
     # -- sharing with worker processes ---------------------------------------------------------
     def shared_in(self, directory: str | Path) -> "SearchData":

@@ -5,7 +5,7 @@ The recipe is the thesis's (Table 3.2): SGD with Nesterov momentum 0.9, weight d
 every parameter, batch 128, learning rate 0.1 decayed to 0 by a cosine **per iteration** (the
 rate changes after every batch, so it does not depend on where epochs end), cross-entropy.
 Images are normalised with the training set's per-channel statistics and augmented by
-reflect-pad 4, random 32x32 crop and horizontal flip (`models.datasets.make_loader`).
+reflect-pad 4, random 32x32 crop and horizontal flip (`models.batches.make_loader`).
 On CUDA the forward pass runs under float16 autocast with a GradScaler; on CPU in float32.
 
 A run directory holds
@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from models.arch import WidthError, load_widths
-from models.datasets import CifarData, channel_mean_std, make_loader, open_dataset
+from models.batches import channel_mean_std, make_loader
+from models.datasets import CifarData, open_dataset
 from models.families import get_arch
 from models.torch_builder import ArchNet, build_torch, count_parameters
 from .checkpoint_io import atomic_torch_save, save_model

@@ -1,4 +1,5 @@
-"""Tests for models.datasets: CIFAR-10 format I/O, splits, normalisation, augmentation, loaders."""
+"""Tests for the data modules of models/: CIFAR-10 format I/O (datasets), the synthetic stand-in
+(synthetic_data), splits, normalisation and loaders (batches), augmentation (augment)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.augment import crop_flip, random_crop_flip
+from models.batches import channel_mean_std, iterate_batches, make_loader, normalize
 from models.datasets import (
     CIFAR10_DIRNAME,
     CIFAR10_URL,
     DATASETS,
     DatasetError,
-    channel_mean_std,
-    crop_flip,
-    iterate_batches,
     load_cifar10,
-    make_loader,
-    normalize,
     open_dataset,
-    random_crop_flip,
     train_holdout_split,
-    write_synthetic_cifar10,
 )
+from models.synthetic_data import write_synthetic_cifar10
 
 N_TRAIN, N_TEST = 500, 100
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]

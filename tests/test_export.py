@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.datasets import write_synthetic_cifar10
+from models.synthetic_data import write_synthetic_cifar10
 from models.export import (DEFAULT_TOL, ExportError, check_parity, convert, load_run, main, sample_inputs,
                            tflite_outputs, torch_outputs)
 from search.retrain import RetrainConfig, train

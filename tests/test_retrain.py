@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.datasets import channel_mean_std, normalize, open_dataset, write_synthetic_cifar10
+from models.batches import channel_mean_std, normalize
+from models.datasets import open_dataset
+from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
 from models.torch_builder import build_torch
 from search.checkpoint_io import load_model, read_checkpoint

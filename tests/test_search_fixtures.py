@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.datasets import load_cifar10, write_synthetic_cifar10
+from models.datasets import load_cifar10
+from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
 from models.torch_builder import ArchNet, build_torch
 from search.data import SearchData

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np
 import torch
 
-from models.datasets import channel_mean_std, make_loader
+from models.batches import channel_mean_std, make_loader
 from models.families import get_arch
 from models.torch_builder import build_torch, count_parameters
 from search.retrain import RetrainConfig, describe_device, make_setup, resolve_device, train_step

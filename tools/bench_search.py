@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a script
 import torch
 
 from latency.table import LatencyTable
-from models.datasets import load_cifar10, write_synthetic_cifar10
+from models.datasets import load_cifar10
+from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
 from models.torch_builder import build_torch
 from search.data import SearchData

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         *(["--min-time-ms", "0"] if quick else []))
     run("validation report", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", ARCH,
         "--sample", "3" if quick else "8", "--passes", "1" if quick else "2", "--out", str(out / "report"))
-    from models.datasets import write_synthetic_cifar10
+    from models.synthetic_data import write_synthetic_cifar10
 
     if not (data / "cifar-10-batches-py").exists():
         write_synthetic_cifar10(data, n_train=600 if quick else 2500, n_test=200 if quick else 500, seed=0)
