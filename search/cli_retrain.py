@@ -16,8 +16,11 @@ from models.arch import WidthError
 from models.datasets import DATASETS, DatasetError
 from models.families import KNOWN_ARCHS
 from .checkpoint_io import CheckpointError
-from .retrain import (LR_SCHEDULE, RetrainConfig, RetrainError, StopRequest, TrainingDiverged, config_from_state,
-                      read_state, read_widths_file, stdout_log, train)
+from models.atomic_write import WriteError
+from .retrain import StopRequest, stdout_log, train
+from .retrain_config import RetrainConfig, RetrainError, TrainingDiverged, read_widths_file
+from .retrain_run_dir import config_from_state, read_state
+from .retrain_step import LR_SCHEDULE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULTS = {"epochs": 200, "batch_size": 128, "lr": 0.1, "seed": 0, "device": "auto"}
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (RetrainError, DatasetError, WidthError, CheckpointError) as exc:
+    except (RetrainError, DatasetError, WidthError, CheckpointError, WriteError) as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.synthetic_data import write_synthetic_cifar10
 from models.export import (DEFAULT_TOL, ExportError, check_parity, convert, load_run, main, sample_inputs,
                            tflite_outputs, torch_outputs)
-from search.retrain import RetrainConfig, train
+from models.synthetic_data import write_synthetic_cifar10
+from search.retrain import train
+from search.retrain_config import RetrainConfig
 
 WRN_SMALL = {"s1": 8, "s1b0": 8, "s2": 12, "s2b0": 12, "s3": 16, "s3b0": 16}
 
@@ -94,6 +95,15 @@ def test_check_fails_on_a_corrupted_model(run_dir: Path, tmp_path: Path, capsys)
         net.unit("s2b0.conv1").conv.weight.mul_(1.05)
     (tmp_path / "other.tflite").write_bytes(convert(net))
     assert main(["--run", str(run_dir), "--check", str(tmp_path / "other.tflite")]) == 1
+
+
+def test_unwritable_out_is_a_clear_error(run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "model.tflite"
+    assert main(["--run", str(run_dir), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"export-tflite: error: cannot write {target}" in err and "choose a writable --out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_missing_run(tmp_path: Path, capsys) -> None:

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 from models.batches import channel_mean_std, normalize
 from models.datasets import open_dataset
-from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
+from models.synthetic_data import write_synthetic_cifar10
 from models.torch_builder import build_torch
 from search.checkpoint_io import load_model, read_checkpoint
 from search.cli_retrain import main
-from search.retrain import (CHECKPOINT, LOG_JSONL, LOG_TEXT, MODEL, RESULT, RetrainConfig, RetrainError,
-                            StopRequest, read_state, train)
+from search.retrain import StopRequest, train
+from search.retrain_config import RetrainConfig, RetrainError
+from search.retrain_run_dir import CHECKPOINT, LOG_JSONL, LOG_TEXT, MODEL, RESULT, read_state
 
 # reduced widths: a few seconds per epoch on one core
 WRN_SMALL = {"s1": 8, "s1b0": 8, "s2": 12, "s2b0": 12, "s3": 16, "s3b0": 16}
@@ -210,6 +211,12 @@ def test_out_dir_holding_another_run(reference_run, data_dir: Path, capsys) -> N
     err = error_of(capsys, *run_args(data_dir, ref))
     assert "already holds a training run" in err and "--resume" in err
     assert (ref / MODEL).read_bytes() == before
+
+
+def test_out_dir_that_cannot_be_created(tmp_path: Path, data_dir: Path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    err = error_of(capsys, *run_args(data_dir, tmp_path / "file" / "run"))
+    assert f"cannot create the run directory {tmp_path / 'file' / 'run'}" in err and "choose a writable --out" in err
 
 
 def test_resume_with_nothing_to_resume(tmp_path: Path, capsys) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from models.datasets import load_cifar10
-from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
+from models.synthetic_data import write_synthetic_cifar10
 from models.torch_builder import ArchNet, build_torch
 from search.data import SearchData
 from search.finetune import FinetuneSettings, finetune, holdout_error

@@ -2,7 +2,7 @@
 
     python -m tools.bench_epoch [--arch wrn-40-2] [--iters 10] [--warmup 2] [--threads N] [--device cpu]
 
-Runs the training step of `search.retrain` (loader with augmentation, forward, backward, SGD
+Runs the training step of `search.retrain_step` (loader with augmentation, forward, backward, SGD
 Nesterov step, cosine scheduler step; float16 autocast on CUDA) on random images held in
 memory, times `--iters` iterations after `--warmup` untimed ones and extrapolates to an epoch
 of `images // batch` iterations. The test-set evaluation at the end of a run is not included.
@@ -28,7 +28,8 @@ import torch
 from models.batches import channel_mean_std, make_loader
 from models.families import get_arch
 from models.torch_builder import build_torch, count_parameters
-from search.retrain import RetrainConfig, describe_device, make_setup, resolve_device, train_step
+from search.retrain_config import RetrainConfig, describe_device, resolve_device
+from search.retrain_step import make_setup, train_step
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ import torch
 
 from latency.table import LatencyTable
 from models.datasets import load_cifar10
-from models.synthetic_data import write_synthetic_cifar10
 from models.families import get_arch
+from models.synthetic_data import write_synthetic_cifar10
 from models.torch_builder import build_torch
 from search.data import SearchData
 from search.finetune import FinetuneSettings
