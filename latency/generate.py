@@ -10,8 +10,9 @@ import threading
 
 
 from models.arch import INPUT, ActiveLayer, Layer
+from .keras_snippets import randomise_weights
 from .layer_types import LayerType
-from .tflite_rewrite import ModelTemplate, randomise_weights
+from .tflite_rewrite import ModelTemplate
 
 MARKERS = (37, 41, 43, 47, 53, 59, 61, 67)
 

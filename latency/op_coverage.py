@@ -15,7 +15,7 @@ from .networks import Network
 
 def model_op_counts(model: bytes) -> Counter:
     """Ops of a .tflite model by name (from the flatbuffer: no delegate hides any)."""
-    from .tflite_rewrite import describe_model
+    from .tflite_schema import describe_model
 
     return Counter(name for name, _ in describe_model(model))
 

@@ -14,7 +14,7 @@ from models.arch import Arch
 from .fusion import fused_layer, runtime_plan
 from .generate import CellModels
 from .layer_types import type_key
-from .tflite_rewrite import describe_model
+from .tflite_schema import describe_model
 
 
 class OpMappingError(RuntimeError):

@@ -39,7 +39,7 @@ def probe_models(chain: Sequence[int] = PROBE_CHAIN) -> list[tuple[str, int, byt
 
     import tensorflow as tf
 
-    from .tflite_rewrite import describe_model
+    from .tflite_schema import describe_model
 
     out = []
     for n in chain:

@@ -15,13 +15,12 @@ that a render is a copy of the small skeleton, an int32 scatter of the new dimen
 append of the buffer payloads (16-byte aligned, as the converter writes them) with their
 offsets patched -- no flatbuffer building in the hot path.
 
-`keras_layer_model` / `convert_keras` / `build_template` build the reference Keras snippets of
-the op kinds the product times; they import TensorFlow lazily so that render workers stay light.
+The flatbuffer is read through `latency.tflite_schema`; reference Keras snippets to convert
+templates from are in `latency.keras_snippets`.
 """
 from __future__ import annotations
 
 import functools
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,24 +29,10 @@ from typing import Any
 import flatbuffers
 import numpy as np
 
-# The bindings generated from the TFLite schema ship with ai-edge-litert (and TensorFlow);
-# the litert copy is importable without TensorFlow, which keeps worker processes cheap.
-try:
-    from ai_edge_litert import schema_py_generated as _fb
-except ImportError:  # pragma: no cover - older installs only have the TensorFlow copy
-    from tensorflow.lite.python import schema_py_generated as _fb  # type: ignore[no-redef]
+from .tflite_schema import FILE_IDENTIFIER, TYPE_NAMES, builtin_code, fb
 
-__all__ = [
-    "KINDS",
-    "ModelTemplate",
-    "build_template",
-    "choose_markers",
-    "convert_keras",
-    "describe_model",
-    "keras_layer_model",
-]
+__all__ = ["ModelTemplate"]
 
-_FILE_IDENTIFIER = b"TFL3"
 _ALIGN = 16  # the converter aligns buffer data to 16 bytes; some kernels/delegates rely on it
 _WEIGHT_STD = 0.1
 _POOL_FLOATS = 1 << 21  # 8 MiB: comfortably above the largest buffer of a WRN-40-2 (128*128*9)
@@ -56,22 +41,10 @@ _POOL_SEED = 0x5EED_7F1E
 # Inputs of these ops are shapes, so a marker inside them is a channel count to rewrite.
 # (op code -> input indices). Any other integer constant holding a marker is a collision.
 _SHAPE_OPERANDS: dict[int, tuple[int, ...]] = {
-    _fb.BuiltinOperator.RESHAPE: (1,),
-    _fb.BuiltinOperator.BROADCAST_TO: (1,),
-    _fb.BuiltinOperator.FILL: (0,),
+    fb.BuiltinOperator.RESHAPE: (1,),
+    fb.BuiltinOperator.BROADCAST_TO: (1,),
+    fb.BuiltinOperator.FILL: (0,),
 }
-
-_OP_NAMES: dict[int, str] = {
-    v: k for k, v in vars(_fb.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)
-}
-_TYPE_NAMES: dict[int, str] = {
-    v: k for k, v in vars(_fb.TensorType).items() if not k.startswith("_") and isinstance(v, int)
-}
-
-
-def _builtin_code(code: Any) -> int:
-    # Schema v3a keeps small codes in the deprecated int8 field; the real one is the max.
-    return max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,11 +118,11 @@ class ModelTemplate:
         self.markers: dict[str, int] = {str(k): int(v) for k, v in markers.items()}
         self.axes: tuple[str, ...] = tuple(self.markers)
         self._validate_markers()
-        if not _fb.Model.ModelBufferHasIdentifier(template_bytes, 0):
+        if not fb.Model.ModelBufferHasIdentifier(template_bytes, 0):
             raise ValueError("template is not a TFLite flatbuffer (missing 'TFL3' identifier)")
         # Kept for pickling (workers rebuild from it) and for callers who want the original.
         self.template_bytes = bytes(template_bytes)
-        model = _fb.ModelT.InitFromPackedBuf(self.template_bytes, 0)
+        model = fb.ModelT.InitFromPackedBuf(self.template_bytes, 0)
         plans = self._plan(model)
         self._build_skeleton(model, plans)
 
@@ -187,7 +160,7 @@ class ModelTemplate:
         """Classify buffers, check where marker values occur; returns per-buffer plans."""
         by_value = {v: i for i, v in enumerate(self.markers.values())}
         seen: set[int] = set()
-        codes = [_builtin_code(c) for c in model.operatorCodes or []]
+        codes = [builtin_code(c) for c in model.operatorCodes or []]
         buffers = model.buffers or []
         for buf in buffers:
             if int(getattr(buf, "offset", 0) or 0) > 1:  # data stored after the flatbuffer
@@ -201,7 +174,7 @@ class ModelTemplate:
                     if op.inputs is not None and k < len(op.inputs) and op.inputs[k] >= 0:
                         shape_operands.add(int(op.inputs[k]))
                 opts = op.builtinOptions
-                if isinstance(opts, _fb.ReshapeOptionsT) and opts.newShape is not None:
+                if isinstance(opts, fb.ReshapeOptionsT) and opts.newShape is not None:
                     for v in (int(v) for v in opts.newShape):
                         if v in by_value:
                             seen.add(by_value[v])
@@ -231,18 +204,18 @@ class ModelTemplate:
                         raise self._collision(f"axis {axis} of the shape_signature of tensor '{name}'", d)
                 if not is_const:
                     continue
-                if t.type == _fb.TensorType.FLOAT32 and marker_dims:
+                if t.type == fb.TensorType.FLOAT32 and marker_dims:
                     shape = tuple(-1 - by_value[d] if d in by_value else d for d in dims)
                     self._add_plan(plans, t.buffer, ("float", shape), name)
-                elif t.type in (_fb.TensorType.INT32, _fb.TensorType.INT64):
+                elif t.type in (fb.TensorType.INT32, fb.TensorType.INT64):
                     values = np.frombuffer(bytes(np.asarray(data, np.uint8)),
-                                           np.int32 if t.type == _fb.TensorType.INT32 else np.int64)
+                                           np.int32 if t.type == fb.TensorType.INT32 else np.int64)
                     hits = [i for i, v in enumerate(values) if int(v) in by_value]
                     if ti in shape_operands:
                         for v in values:
                             if int(v) not in by_value:
                                 self._check_not_derived(int(v), f"a value of shape operand '{name}' {values.tolist()}")
-                    if hits and (ti not in shape_operands or t.type != _fb.TensorType.INT32):
+                    if hits and (ti not in shape_operands or t.type != fb.TensorType.INT32):
                         what = f"a value of integer constant '{name}' {values.tolist()}"
                         raise self._collision(what, int(values[hits[0]]))
                     if hits:
@@ -252,7 +225,7 @@ class ModelTemplate:
                         self._add_plan(plans, t.buffer, ("shape", (values.copy(), slots, mk)), name)
                 elif marker_dims:
                     raise ValueError(
-                        f"constant '{name}' of type {_TYPE_NAMES.get(t.type, t.type)} has a channel "
+                        f"constant '{name}' of type {TYPE_NAMES.get(t.type, t.type)} has a channel "
                         "axis; only float32 weights can be re-generated"
                     )
         missing = [n for i, n in enumerate(self.axes) if i not in seen]
@@ -281,12 +254,12 @@ class ModelTemplate:
                 # to the payload appended after the flatbuffer.
                 buf.data = np.zeros(0, np.uint8)
         builder = flatbuffers.Builder(4096)
-        builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+        builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
         skel = bytes(builder.Output())
         # Appended payloads start at a 16-byte boundary relative to the file start.
         skel += b"\0" * (-len(skel) % _ALIGN)
 
-        root = _fb.Model.GetRootAs(skel, 0)
+        root = fb.Model.GetRootAs(skel, 0)
         words: list[int] = []
         marks: list[int] = []
 
@@ -309,7 +282,7 @@ class ModelTemplate:
                 collect(tab, 18)  # Tensor.shape_signature
             for oi in range(sg.OperatorsLength()):
                 op = sg.Operators(oi)
-                if op.BuiltinOptionsType() == _fb.BuiltinOptions.ReshapeOptions:
+                if op.BuiltinOptionsType() == fb.BuiltinOptions.ReshapeOptions:
                     collect(op.BuiltinOptions(), 4)  # ReshapeOptions.new_shape
         self._shape_words = np.array(words, np.int64)
         self._shape_markers = np.array(marks, np.int64)
@@ -382,166 +355,3 @@ class ModelTemplate:
 
     def __repr__(self) -> str:
         return f"ModelTemplate(markers={self.markers}, skeleton={len(self._skeleton)} B)"
-
-
-# --------------------------------------------------------------------------------------------
-# inspection
-# --------------------------------------------------------------------------------------------
-
-
-def describe_model(model_bytes: bytes) -> list[tuple[str, list[list[int]]]]:
-    """Ops in execution order, each with the shapes of its inputs then outputs.
-
-    Missing optional inputs (e.g. a FULLY_CONNECTED without bias) are left out. Parsed from the
-    flatbuffer rather than the interpreter so that no delegate can fuse or hide nodes.
-    """
-    model = _fb.Model.GetRootAs(model_bytes, 0)
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        c = model.OperatorCodes(i)
-        code = max(c.BuiltinCode(), c.DeprecatedBuiltinCode())
-        custom = c.CustomCode()
-        if code == _fb.BuiltinOperator.CUSTOM and custom:
-            codes.append(custom.decode())
-        else:
-            codes.append(_OP_NAMES.get(code, str(code)))
-    sg = model.Subgraphs(0)
-    out: list[tuple[str, list[list[int]]]] = []
-    for i in range(sg.OperatorsLength()):
-        op = sg.Operators(i)
-        idx = [op.Inputs(j) for j in range(op.InputsLength())]
-        idx += [op.Outputs(j) for j in range(op.OutputsLength())]
-        shapes = [sg.Tensors(t).ShapeAsNumpy() for t in idx if t >= 0]
-        out.append((codes[op.OpcodeIndex()], [[int(d) for d in s] if not isinstance(s, int) else [] for s in shapes]))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# reference Keras snippets (TensorFlow imported lazily)
-# --------------------------------------------------------------------------------------------
-
-#: op kind -> its channel axes, in the order the marker values are assigned
-KINDS: dict[str, tuple[str, ...]] = {
-    "conv_bn_relu": ("c_in", "c_out"),  # Conv2D(no bias) + BN + ReLU -> CONV_2D (fused)
-    "conv": ("c_in", "c_out"),  # plain Conv2D with bias
-    "dwconv_bn_relu6": ("c",),  # DepthwiseConv2D + BN + ReLU6 -> DEPTHWISE_CONV_2D
-    "bn_relu": ("c",),  # standalone BN + ReLU -> MUL + ADD(relu)
-    "add": ("c",),  # residual add of two inputs -> ADD
-    "head": ("c_in",),  # GAP + Dense(classes) -> MEAN + FULLY_CONNECTED
-    "se": ("c", "h"),  # squeeze-excite -> MEAN, FC(relu), FC, LOGISTIC, MUL
-}
-
-_MARKER_CANDIDATES = (37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
-
-
-def choose_markers(
-    kind: str, *, input_hw: int = 32, stride: int = 1, kernel: int = 3, classes: int = 10
-) -> dict[str, int]:
-    """Marker values for `kind` that cannot collide with its spatial, kernel or class sizes."""
-    out_hw = math.ceil(input_hw / stride)
-    taken = {1, 2, 4, input_hw, out_hw, kernel, stride, classes}
-    free = [m for m in _MARKER_CANDIDATES if m not in taken]
-    return dict(zip(KINDS[kind], free))
-
-
-def randomise_weights(model: Any, seed: int) -> None:
-    # Fresh Keras weights are trivial (zero biases, unit BN statistics) and the converter drops
-    # an all-zero FULLY_CONNECTED bias; random "trained-like" weights keep the graph realistic.
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        ws = layer.get_weights()
-        if not ws:
-            continue
-        if layer.__class__.__name__ == "BatchNormalization":
-            gamma, beta, mean, var = ws
-            c = gamma.shape
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, c).astype(np.float32),
-                rng.normal(0, 0.1, c).astype(np.float32),
-                rng.normal(0, 0.1, c).astype(np.float32),
-                rng.uniform(0.5, 1.5, c).astype(np.float32),
-            ])
-        else:
-            layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in ws])
-
-
-def keras_layer_model(
-    kind: str,
-    channels: Mapping[str, int],
-    *,
-    input_hw: int = 32,
-    stride: int = 1,
-    kernel: int = 3,
-    classes: int = 10,
-    seed: int = 0,
-) -> Any:
-    """The single-layer Keras model of one op kind and cell (batch 1, NHWC float32)."""
-    import keras
-
-    L = keras.layers
-    ch = {k: int(channels[k]) for k in KINDS[kind]}
-    hw = (input_hw, input_hw)
-    if kind in ("conv_bn_relu", "conv"):
-        x = keras.Input((*hw, ch["c_in"]), batch_size=1)
-        bn = kind == "conv_bn_relu"
-        y = L.Conv2D(ch["c_out"], kernel, strides=stride, padding="same", use_bias=not bn)(x)
-        if bn:
-            y = L.ReLU()(L.BatchNormalization()(y))
-        inputs: Any = x
-    elif kind == "dwconv_bn_relu6":
-        x = keras.Input((*hw, ch["c"]), batch_size=1)
-        y = L.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False)(x)
-        y = L.ReLU(6.0)(L.BatchNormalization()(y))
-        inputs = x
-    elif kind == "bn_relu":
-        x = keras.Input((*hw, ch["c"]), batch_size=1)
-        y = L.ReLU()(L.BatchNormalization()(x))
-        inputs = x
-    elif kind == "add":
-        a = keras.Input((*hw, ch["c"]), batch_size=1)
-        b = keras.Input((*hw, ch["c"]), batch_size=1)
-        y = L.Add()([a, b])
-        inputs = [a, b]
-    elif kind == "head":
-        x = keras.Input((*hw, ch["c_in"]), batch_size=1)
-        y = L.Dense(classes)(L.GlobalAveragePooling2D()(x))
-        inputs = x
-    elif kind == "se":
-        x = keras.Input((*hw, ch["c"]), batch_size=1)
-        s = L.GlobalAveragePooling2D()(x)
-        s = L.Dense(ch["h"], activation="relu")(s)
-        s = L.Dense(ch["c"], activation="sigmoid")(s)
-        # (1, c) broadcasts against (1, H, W, c): the converter emits a plain MUL, except at
-        # c == 1 where it inserts a RESHAPE to (1, 1, 1, 1) first (so does an explicit Reshape).
-        y = L.Multiply()([x, s])
-        inputs = x
-    else:
-        raise ValueError(f"unknown kind {kind!r}; known: {sorted(KINDS)}")
-    model = keras.Model(inputs, y)
-    randomise_weights(model, seed)
-    return model
-
-
-def convert_keras(model: Any) -> bytes:
-    """float32 TFLite bytes of a Keras model (the converter's export chatter is swallowed)."""
-    from models.keras_builder import convert_keras as convert
-
-    return convert(model)
-
-
-def build_template(
-    kind: str,
-    *,
-    input_hw: int = 32,
-    stride: int = 1,
-    kernel: int = 3,
-    classes: int = 10,
-    markers: Mapping[str, int] | None = None,
-) -> ModelTemplate:
-    """Convert `kind` once at marker channel counts and wrap it as a template."""
-    marks = dict(markers) if markers is not None else choose_markers(
-        kind, input_hw=input_hw, stride=stride, kernel=kernel, classes=classes
-    )
-    model = keras_layer_model(kind, marks, input_hw=input_hw, stride=stride, kernel=kernel, classes=classes)
-    return ModelTemplate(convert_keras(model), marks)
-

@@ -6,7 +6,7 @@ import pytest
 from latency.generate import CellModels, convert_cell
 from latency.layer_types import network_layer_types
 from latency.op_map import OpMappingError, check_network_ops
-from latency.tflite_rewrite import describe_model
+from latency.tflite_schema import describe_model
 from models.families import get_arch
 
 

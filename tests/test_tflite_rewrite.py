@@ -15,15 +15,9 @@ pytest.importorskip("tensorflow")
 from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.interpreter import Interpreter
 
-from latency.tflite_rewrite import (
-    KINDS,
-    ModelTemplate,
-    build_template,
-    choose_markers,
-    convert_keras,
-    describe_model,
-    keras_layer_model,
-)
+from latency.keras_snippets import KINDS, build_template, choose_markers, convert_keras, keras_layer_model
+from latency.tflite_rewrite import ModelTemplate
+from latency.tflite_schema import describe_model
 
 # (id, kind, geometry, cells as tuples in KINDS[kind] order)
 CASES = [

@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make `latency` importable
 
 import numpy as np
 
-from latency.tflite_rewrite import KINDS, ModelTemplate, build_template, convert_keras, keras_layer_model
+from latency.keras_snippets import KINDS, build_template, convert_keras, keras_layer_model
+from latency.tflite_rewrite import ModelTemplate
 
 
 @dataclass(frozen=True)
