@@ -91,6 +91,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
     check_devices(devices, recipe)
     started = time.time()
     types = network_layer_types([arch])
+    created = not Path(out).exists()
     store = TableStore.create_or_open(out, arch.name, recipe)
     try:
         check_resume(store.recipe(), recipe, str(out))
@@ -114,7 +115,15 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
         result.wall_s = time.time() - started
         return result
     finally:
+        try:
+            used = bool(store.measured_passes()) or store.db["runs"].count > 0
+        except Exception:  # noqa: BLE001 - an unreadable file is kept as it is; the real error follows
+            used = True
         store.close()
+        if created and not used and not Path(out).with_name(Path(out).name + "-wal").exists():
+            # no device started on the file this call created: no skeleton is left behind for a
+            # later build to continue
+            Path(out).unlink(missing_ok=True)
 
 
 def _has_overhead(store: TableStore) -> bool:

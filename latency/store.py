@@ -18,12 +18,17 @@ Tables:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shutil
+import socket
 import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import sqlite_utils
 
@@ -59,14 +64,44 @@ def _connect(path: Path, write: bool) -> sqlite3.Connection:
     return conn
 
 
+def kill_point(name: str) -> None:
+    """Dies right here when the environment names this point (tests kill a writer at chosen
+    moments with it, then check that the file is whole)."""
+    if os.environ.get("NETADAPT_KILL_AT") == name:
+        os.kill(os.getpid(), 9)
+
+
+def _take_writer_lock(path: Path) -> int:
+    """An exclusive flock on the table file for this writer; the kernel drops it when the
+    process dies, so a killed build's lock is taken over safely."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        who = "another process"
+        with contextlib.suppress(Exception):
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                row = db.execute("select value from meta where key = 'writer'").fetchone()
+            finally:
+                db.close()
+            w = json.loads(row[0])
+            who = f"pid {w['pid']}, host {w['host']}"
+        raise TableFileError(f"another build ({who}) is writing {path}: wait for it to finish, or choose another "
+                             "--out") from None
+    return fd
+
+
 class TableStore:
     """Access to a table file, read-only unless opened with `write`; every write commits
     before returning."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path, writable: bool = False):
+    def __init__(self, db: sqlite_utils.Database, path: Path, writable: bool = False, lock_fd: int | None = None):
         self.db = db
         self.path = path
         self.writable = writable
+        self._lock_fd = lock_fd  # held while writing: one writer per table file
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -89,10 +124,12 @@ class TableStore:
             db = sqlite_utils.Database(_connect(path, write=True))
         except sqlite3.OperationalError as exc:
             raise TableFileError(f"cannot create {path}: {exc}") from exc
-        migrations.apply(db)
-        store = cls(db, path, writable=True)
+        store = cls(db, path, writable=True, lock_fd=_take_writer_lock(path))
+        with store._write():
+            migrations.apply(db)
         store.set_meta(schema_version=SCHEMA_VERSION, arch=arch_name, created_at=time.time(),
                        **{RECIPE_META_KEY: recipe.to_json()})
+        store._claim()
         return store
 
     @classmethod
@@ -116,8 +153,39 @@ class TableStore:
             raise TableFileError(f"{path} has table schema version {version}; this version reads "
                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
         if write:
-            migrations.apply(db)
+            try:
+                store._lock_fd = _take_writer_lock(path)
+            except TableFileError:
+                db.conn.close()
+                raise
+            with store._write():
+                migrations.apply(db)
+            store._claim()
         return store
+
+    def _claim(self) -> None:
+        """Records this writer (named when another is refused) and closes the runs a killed
+        writer left 'running': holding the lock, no other process can be measuring."""
+        with self._write():
+            self.db["meta"].upsert({"key": "writer", "value": json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})}, pk="key")
+            self.db.execute("update runs set status = 'interrupted', ended_at = coalesce(ended_at, ?) "
+                            "where status = 'running'", [time.time()])
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One transaction: all of it is in the file, or none of it. A full disk becomes an
+        error naming the file and the space left; everything committed before stays."""
+        try:
+            with self.db.atomic():
+                yield
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            free = shutil.disk_usage(self.path.resolve().parent).free
+            raise TableFileError(
+                f"{self.path}: the disk is full ({free / 1e6:.1f} MB free there): free some space and run the same "
+                "command again; everything committed so far is kept") from exc
 
     # -- recipe -------------------------------------------------------------------------------
     def recipe(self) -> TableRecipe:
@@ -132,7 +200,7 @@ class TableStore:
         return {r["key"]: json.loads(r["value"]) for r in self.db["meta"].rows}
 
     def set_meta(self, **values) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["meta"].upsert_all([{"key": k, "value": json.dumps(v)} for k, v in values.items()], pk="key")
 
     # -- layer types and cells ------------------------------------------------------------------
@@ -157,11 +225,18 @@ class TableStore:
                 raise TableFileError(
                     f"{self.path}: layer type {t.key} is already there with another grid; build into a new file"
                 )
+            if self.db["cells"].count_where("type_key = ?", [t.key]) == 0:
+                # an older version committed a type and its cells apart: a kill between them left
+                # a type without cells, which this repairs
+                with self._write():
+                    self.db["cells"].insert_all(({"type_key": t.key, "c_in": i, "c_out": o} for i, o in cells),
+                                                batch_size=5000)
             return
         rec = asdict(t)
         rec.update(bn=int(t.bn), act=t.act or "", grid_step=grid_step, ops=json.dumps(ops or []))
-        with self.db.atomic():
+        with self._write():
             self.db["layer_types"].insert(rec)
+            kill_point("after-type-row")
             self.db["cells"].insert_all(({"type_key": t.key, "c_in": i, "c_out": o} for i, o in cells), batch_size=5000)
 
     def cells(self) -> dict[int, tuple[str, int, int]]:
@@ -172,7 +247,7 @@ class TableStore:
 
     # -- runs and measurements --------------------------------------------------------------------
     def start_run(self, info: DeviceInfo) -> int:
-        with self.db.atomic():
+        with self._write():
             row = self.db["runs"].insert({
                 "device": info.name, "kind": info.kind, "runtime": info.runtime,
                 "runtime_version": info.runtime_version, "threads": info.threads, "host": info.host,
@@ -182,7 +257,7 @@ class TableStore:
         return row.last_pk
 
     def end_run(self, run_id: int, status: str) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["runs"].update(run_id, {"ended_at": time.time(), "status": status})
 
     def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
@@ -193,10 +268,11 @@ class TableStore:
             for value in (r[4], r[9]) if r[9] is not None else (r[4],):
                 if not (value > 0 and value < float("inf")):
                     raise ValueError(f"refusing to store a non-positive or non-finite timing {value!r} for cell {r[0]}")
-        with self.db.atomic():
+        with self._write():
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
                 " temperature_c, throttled, runs, fastest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        kill_point("after-measurements")
         return cur.rowcount
 
     def raw_by_cell(self, column: str = "seconds") -> dict[int, list[float]]:
@@ -214,8 +290,9 @@ class TableStore:
         return out
 
     def write_aggregates(self, rows: list[dict]) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["aggregates"].delete_where()
+            kill_point("after-aggregates-delete")
             self.db["aggregates"].insert_all(rows, batch_size=5000)
 
     def aggregates(self) -> Iterable[dict]:
@@ -232,7 +309,7 @@ class TableStore:
         return {r["layer"]: r["type_key"] for r in self.db["layer_map"].rows}
 
     def set_layer_map(self, mapping: dict[str, str]) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["layer_map"].upsert_all([{"layer": k, "type_key": v} for k, v in mapping.items()], pk="layer")
 
     def close(self) -> None:
@@ -245,3 +322,6 @@ class TableStore:
             except sqlite3.Error:
                 pass  # another connection holds the WAL: the last one to close checkpoints it
         self.db.conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # after SQLite's connection: closing a descriptor drops POSIX locks
+            self._lock_fd = None

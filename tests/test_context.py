@@ -136,9 +136,8 @@ def test_report_counts_the_tables_overhead_once_per_network(network_table: Path,
     table = tmp_path / "t.sqlite"
     table.write_bytes(network_table.read_bytes())
     out = tmp_path / "rep"
-    cli("-m", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", ARCH, "--sample", "2",
-        "--passes", "1", "--runs", "5", "--warmup", "1", "--min-time-ms", "0", "--exact-layers", "--no-op-check",
-        "--quiet", "--out", str(out))
+    cli("-m", "tools.report_diagnostics", "--table", str(table), "--device", "local", "--arch", ARCH, "--sample", "2",
+        "--passes", "1", "--exact-layers", "--no-op-check", "--quiet", "--out", str(out))
     m = json.loads((out / "metrics.json").read_text())
     o = _meta(table)["invoke_overhead"]["seconds"]
     assert m["prediction"] == "overhead_corrected" and m["correction"]["seconds"] == pytest.approx(o)
