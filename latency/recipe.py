@@ -136,8 +136,6 @@ FLAGS: dict[str, tuple[str | None, Any]] = {
 #: fields that decide how a cell is measured: a table continues only with the same values
 MEASURED_FIELDS = ("device_kind", "grid_step", "grid_block", "context", "evict_bytes", "runs", "warmup", "threads",
                    "min_time_s")
-#: fields re-derived from the stored measurements when they change (no measuring)
-DERIVED_FIELDS = ("estimator", "sigma", "edges")
 
 
 def flag_for(field: str, value: Any) -> str:

@@ -211,9 +211,6 @@ class TableStore:
                                       r["act"] or None, r["in_lo"], r["in_hi"], r["out_lo"], r["out_hi"])
         return out
 
-    def grid_steps(self) -> dict[str, int]:
-        return {r["key"]: r["grid_step"] for r in self.db["layer_types"].rows}
-
     def add_layer_type(self, t: LayerType, grid_step: int, cells: Iterable[tuple[int, int]],
                        ops: list[str] | None = None) -> None:
         """Registers a type and its cells; a type already there must have the same grid."""
@@ -294,9 +291,6 @@ class TableStore:
             self.db["aggregates"].delete_where()
             kill_point("after-aggregates-delete")
             self.db["aggregates"].insert_all(rows, batch_size=5000)
-
-    def aggregates(self) -> Iterable[dict]:
-        return self.db["aggregates"].rows
 
     def cell_values(self, smoothed: bool = True) -> Iterable[tuple[str, int, int, float, int]]:
         """(type key, c_in, c_out, value, measured) of every derived cell: the smoothed value, or

@@ -7,18 +7,6 @@ from .base import Device, TimingSettings
 from .defaults import device_names
 
 
-def known_devices(devices_file: str | Path | None = None) -> list[str]:
-    names = ["local"]
-    try:
-        from .profiles import load_profiles
-    except ImportError:  # SSH devices not installed in this build
-        return names
-    try:
-        return names + sorted(load_profiles(devices_file))
-    except (OSError, ValueError):
-        return names
-
-
 def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
                  devices_file: str | Path | None = None) -> list[Device]:
     """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles,
