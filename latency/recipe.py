@@ -148,6 +148,8 @@ def check_resume(stored: TableRecipe, asked: TableRecipe, where: str) -> None:
     """Refuses to continue a table measured with `stored` under `asked` when any measured
     field differs; the message names each field and the flag that matches the table."""
     diff = [f for f in MEASURED_FIELDS if getattr(stored, f) != getattr(asked, f)]
+    if asked.passes < stored.passes:
+        diff.append("passes")  # more passes extend a table; fewer would hide measured ones
     if not diff:
         return
     lines = []
@@ -160,6 +162,8 @@ def check_resume(stored: TableRecipe, asked: TableRecipe, where: str) -> None:
         elif f == "evict_bytes":
             lines.append(f"evict_bytes: {s} in the table, {a} on this device (its L2 cache differs: continue it "
                          "on the machine it was started on)")
+        elif f == "passes":
+            lines.append(f"passes: {s} measured in the table, {a} asked (pass {flag_for(f, s)} or more)")
         else:
             lines.append(f"{f}: {s!r} in the table, {a!r} asked (pass {flag_for(f, s)} to continue it)")
     raise RecipeError(f"{where} was measured with another recipe: " + "; ".join(lines) +

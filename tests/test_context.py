@@ -71,6 +71,8 @@ def test_a_table_keeps_its_recipe() -> None:
         check_resume(network, network.replace(context="alone"), "t")
     with pytest.raises(RecipeError, match="evict_bytes: 0 in the table"):
         check_resume(network, network.replace(evict_bytes=4 << 20), "t")
+    with pytest.raises(RecipeError, match=r"passes: 3 measured in the table, 1 asked \(pass --passes 3 or more\)"):
+        check_resume(network, network.replace(passes=1), "t")
     with pytest.raises(RecipeError, match="SSH devices"):
         check_resume(TableRecipe(device_kind="ssh"), TableRecipe(device_kind="local"), "t")
     # a table from before recipes existed, without a context, was timed back to back
