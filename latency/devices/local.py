@@ -15,6 +15,10 @@ instead amortised by `min_time_s` (back to back): tiny models are timed longer.
 Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
 ``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
 say) every worker imports again at start-up.
+
+Workers end with their parent, however it ends (a SIGKILL included), and ignore SIGINT: a
+terminal's Ctrl-C reaches the whole process group, and the parent alone coordinates the stop
+(`latency.devices.worker_lifetime`).
 """
 from __future__ import annotations
 
@@ -23,26 +27,34 @@ import contextlib
 import dataclasses
 import functools
 import multiprocessing
+import os
 import socket
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
+from latency.devices.worker_lifetime import exit_with_parent, ignore_terminal_interrupt, spawning_without_sigint
 
 __all__ = ["LocalDevice"]
 
 # (seconds, measured_at, temperature_c, throttled, runs, fastest) per timed model
 _Row = tuple[float, float, Optional[float], Optional[bool], int, float]
+_T = TypeVar("_T")
 
 
 # the device's timing token in a worker process; set by _worker_init
 _timing_token: contextlib.AbstractContextManager = contextlib.nullcontext()
 
 
-def _worker_init(token: contextlib.AbstractContextManager | None = None) -> None:
+def _worker_init(token: contextlib.AbstractContextManager | None = None, parent_pid: int | None = None,
+                 kernel_signal: bool = False) -> None:
     global _timing_token
+    ignore_terminal_interrupt()  # first: Ctrl-C is the parent's to handle
+    if parent_pid is not None:
+        exit_with_parent(parent_pid, kernel_signal)
     if token is not None:
         _timing_token = token
     # import the runtime when the process starts, not inside the first timed batch
@@ -126,14 +138,25 @@ class LocalDevice(Device):
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        # a new token with every pool: a worker that died holding the old one never released it
-        self._token = context.Lock()
+        # a new token with every pool: a worker that died holding the old one never released it.
+        # The first one starts multiprocessing's resource tracker: it too ignores Ctrl-C at once
+        with spawning_without_sigint():
+            self._token = context.Lock()
+        # workers are spawned by the thread that submits work: this one, the event loop's. The
+        # kernel's parent-death signal follows that thread, so it is used only from the main
+        # thread, which lives as long as the process; elsewhere the workers' watchdog serves
+        from_main_thread = threading.current_thread() is threading.main_thread()
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
             initializer=_worker_init,
-            initargs=(self._token,),
+            initargs=(self._token, os.getpid(), from_main_thread),
         )
+
+    def _submit(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Hands `call` to a worker; a worker started for it ignores Ctrl-C from its first instant."""
+        with spawning_without_sigint():
+            return asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     @contextlib.contextmanager
     def host_work_guard(self) -> Iterator[None]:
@@ -152,10 +175,9 @@ class LocalDevice(Device):
         if self._info is not None:
             return self._info
         self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
         try:
             # also proves the worker can import a runtime before the builder queues work here
-            runtime = await loop.run_in_executor(self._pool, _worker_info)
+            runtime = await self._submit(_worker_info)
         except BrokenProcessPool as exc:
             await self._discard_pool()
             raise DeviceError(f"{self.name}: worker process failed to start: {exc}") from exc
@@ -205,7 +227,7 @@ class LocalDevice(Device):
             s.evict_bytes,
         )
         try:
-            rows, failure = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            rows, failure = await self._submit(call)
         except BrokenProcessPool as exc:
             # a worker died (e.g. the runtime crashed on a model); replace the pool so the
             # device stays usable for the other batches
