@@ -10,7 +10,6 @@ converter does the folding itself).
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
 
 from models.arch import INPUT, Arch, Layer
@@ -28,89 +27,49 @@ def fused_layer(conv: Layer, bn: Layer) -> Layer:
 
 def runtime_plan(arch: Arch, zero: frozenset[str]) -> list[tuple[int, int | None]]:
     """(layer index, index of the batch-norm folded into it or None) of every op group the
-    device runs when the groups in `zero` are 0, in order."""
-    plan = arch.plan(zero)
-    readers = Counter(src for _, inputs in plan for src in inputs)
-    index = {arch.layers[i].name: i for i, _ in plan}
-    folded: dict[int, int] = {}  # conv index -> bn index
-    absorbed: set[int] = set()
-    for i, inputs in plan:
-        layer = arch.layers[i]
-        if layer.op == "bn_act" and inputs[0] in index:
-            j = index[inputs[0]]
-            if readers[inputs[0]] == 1 and j != len(arch.layers) - 1 and can_fuse(arch.layers[j], layer):
-                folded[j] = i
-                absorbed.add(i)
-    return [(i, folded.get(i)) for i, _ in plan if i not in absorbed]
+    device runs when the groups in `zero` are 0, in order. Callers that plan many zero sets
+    build one `RuntimePlanner` and call it instead."""
+    return RuntimePlanner(arch)(arch.zero_flags(zero))
 
 
 class RuntimePlanner:
-    """`runtime_plan` compiled for one architecture: the same result from integer arrays built
-    once, about three times faster. Prediction calls it for every new set of removed blocks,
-    which a search over block removals meets constantly."""
+    """What the device runs for one architecture: the layers `Arch.plan_positions` keeps alive,
+    with each batch-norm folded into the conv before it when that conv feeds it alone.
+
+    Which (conv, batch-norm) pairs can fold is worked out once, here; prediction then calls the
+    planner for every new set of removed blocks, which a search over block removals meets
+    constantly."""
 
     def __init__(self, arch: Arch):
         self.arch = arch
-        position = {l.name: i for i, l in enumerate(arch.layers)}
-        group = {g.name: k for k, g in enumerate(arch.groups)}
-        self.group_names = [g.name for g in arch.groups]
         self.n = len(arch.layers)
-        # per layer: (c_in group, c_out group, input positions with INPUT = -1, is an addition)
-        self.layers = [(group[l.c_in], group[l.c_out], tuple(-1 if s == INPUT else position[s] for s in l.inputs),
-                        l.op == "add") for l in arch.layers]
         last = self.n - 1
-        # batch-norm position -> the positions of the convs it would fold into if it read them alone
+        # batch-norm position -> the positions of the convs it folds into when it reads one alone
+        # (never the network's output layer: the converter keeps that one as it is)
         self.folds: dict[int, frozenset[int]] = {}
-        for conv, bn in fusion_candidates(arch):
-            j = position[conv.name]
-            if j != last:
-                i = position[bn.name]
-                self.folds[i] = self.folds.get(i, frozenset()) | {j}
+        for i, bn in enumerate(arch.layers):
+            if bn.op == "bn_act":
+                convs = frozenset(j for j in range(i) if j != last and can_fuse(arch.layers[j], bn))
+                if convs:
+                    self.folds[i] = convs
 
     def __call__(self, zero: "list[bool] | tuple[bool, ...]") -> list[tuple[int, int | None]]:
-        """Like `runtime_plan`, with `zero[k]` true when width group k is 0."""
-        alias: list[int | None] = [None] * self.n
-        alive: list[tuple[int, list[int]]] = []
-        for i, (c_in, c_out, inputs, is_add) in enumerate(self.layers):
-            if zero[c_in] or zero[c_out]:
-                continue
-            live = [s if s < 0 else alias[s] for s in inputs]
-            if None in live:
-                live = [s for s in live if s is not None]
-                if not live:
-                    continue
-                if is_add and len(live) == 1:
-                    alias[i] = live[0]  # the block is gone: identity
-                    continue
-                self._raise(zero)  # a layer lost an input: the slow path names it
-            alias[i] = i
-            alive.append((i, live))
-        out = alias[-1]
-        if out is None or out < 0:
-            self._raise(zero)
-        needed = [False] * self.n
-        needed[out] = True
-        readers = [0] * self.n
-        kept = []
-        for i, srcs in reversed(alive):
-            if needed[i]:
-                kept.append((i, srcs))
-                for s in srcs:
-                    if s >= 0:
-                        needed[s] = True
-                        readers[s] += 1
-        kept.reverse()
-        folded: dict[int, int] = {}
-        for i, srcs in kept:
-            convs = self.folds.get(i)
-            if convs is not None and srcs[0] in convs and readers[srcs[0]] == 1:
-                folded[srcs[0]] = i
+        """`runtime_plan` with `zero[k]` true when width group k is 0."""
+        plan = self.arch.plan_positions(zero)
+        readers = [0] * (self.n + 1)  # the image (-1) counts in the spare last slot
+        folds = self.folds
+        pairs = []  # (conv, batch-norm) that fold if nothing else reads the conv
+        for i, srcs in plan:
+            for s in srcs:
+                readers[s] += 1
+            convs = folds.get(i)
+            if convs is not None and srcs[0] in convs:
+                pairs.append((srcs[0], i))
+        folded = {j: i for j, i in pairs if readers[j] == 1}  # conv position -> batch-norm position
+        if not folded:
+            return [(i, None) for i, _ in plan]
         absorbed = set(folded.values())
-        return [(i, folded.get(i)) for i, _ in kept if i not in absorbed]
-
-    def _raise(self, zero) -> None:
-        self.arch.plan(frozenset(n for n, z in zip(self.group_names, zero) if z))  # raises the WidthError
-        raise AssertionError("RuntimePlanner and Arch.plan disagree")  # pragma: no cover
+        return [(i, folded.get(i)) for i, _ in plan if i not in absorbed]
 
 
 def fusion_candidates(arch: Arch) -> list[tuple[Layer, Layer]]:

@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping, Sequence
 
 #: ops a layer may have, with the number of channel axes of its latency table
 OPS = {
@@ -162,35 +162,70 @@ class Arch:
         plan = self.plan(zero)
         return [ActiveLayer(self.layers[i], inputs, ch[self.layers[i].c_in], ch[self.layers[i].c_out]) for i, inputs in plan]
 
+    def zero_flags(self, zero: Collection[str]) -> list[bool]:
+        """`zero` (group names) as one flag per group, in the order of `groups`."""
+        return [g.name in zero for g in self.groups]
+
     def plan(self, zero: frozenset[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
         """(layer index, resolved inputs) of the layers alive when the groups in `zero` are 0.
 
         Depends only on which groups are zero, so callers (prediction) cache it."""
-        alias: dict[str, str | None] = {INPUT: INPUT}
-        alive: list[tuple[int, tuple[str, ...]]] = []
-        for i, layer in enumerate(self.layers):
-            srcs = [alias[s] for s in layer.inputs]
-            live_srcs = tuple(s for s in srcs if s is not None)
-            if layer.c_in in zero or layer.c_out in zero or not live_srcs:
-                alias[layer.name] = None
-            elif layer.op == "add" and len(live_srcs) == 1:
-                alias[layer.name] = live_srcs[0]  # the block is gone: identity
-            elif len(live_srcs) != len(srcs):
-                raise WidthError(f"{self.name}: layer {layer.name} lost an input to a zero width")
-            else:
-                alias[layer.name] = layer.name
-                alive.append((i, live_srcs))
-        output = alias[self.layers[-1].name]
+        names = [l.name for l in self.layers]
+        return tuple((i, tuple(INPUT if s < 0 else names[s] for s in srcs))
+                     for i, srcs in self.plan_positions(self.zero_flags(zero)))
+
+    @cached_property
+    def _topology(self) -> tuple[tuple[int, int, tuple[int, ...], bool], ...]:
+        """Per layer: (c_in group position, c_out group position, input positions with the image
+        as -1, is an addition): the graph as integers, so that planning is list indexing."""
+        position = {l.name: i for i, l in enumerate(self.layers)}
+        group = {g.name: k for k, g in enumerate(self.groups)}
+        return tuple((group[l.c_in], group[l.c_out], tuple(-1 if s == INPUT else position[s] for s in l.inputs),
+                      l.op == "add") for l in self.layers)
+
+    def plan_positions(self, zero: Sequence[bool]) -> list[tuple[int, list[int]]]:
+        """The one derivation of which layers run: (layer index, positions of its resolved
+        inputs, -1 for the image) of every layer alive when width group k is 0 where `zero[k]`.
+
+        A zero group removes its layers, an addition that lost a branch passes the other one
+        through, a layer that lost some but not all inputs is an error, and layers nobody reads
+        vanish. `plan` is the same with names; prediction calls this for every new set of
+        removed blocks, which a search over block removals meets constantly."""
+        n = len(self.layers)
+        alias: list[int | None] = [None] * n
+        alive: list[tuple[int, list[int]]] = []
+        for i, (c_in, c_out, inputs, is_add) in enumerate(self._topology):
+            if zero[c_in] or zero[c_out]:
+                continue
+            live = [s if s < 0 else alias[s] for s in inputs]
+            if None in live:
+                live = [s for s in live if s is not None]
+                if live and not (is_add and len(live) == 1):
+                    raise WidthError(f"{self.name}: layer {self.layers[i].name} lost an input to a zero width")
+            if not live:
+                continue
+            if is_add and len(live) == 1:
+                alias[i] = live[0]  # the block is gone: identity
+                continue
+            alias[i] = i
+            alive.append((i, live))
+        output = alias[-1]
         if output is None:
             raise WidthError(f"{self.name}: the width assignment removes the network's output")
+        if output < 0:
+            return []  # the network is the image itself: nothing runs
         # dead-code elimination: a pre-activation whose block vanished is not run
-        needed = {output}
+        needed = [False] * n
+        needed[output] = True
         kept = []
         for i, srcs in reversed(alive):
-            if self.layers[i].name in needed:
+            if needed[i]:
                 kept.append((i, srcs))
-                needed.update(srcs)
-        return tuple(reversed(kept))
+                for s in srcs:
+                    if s >= 0:
+                        needed[s] = True
+        kept.reverse()
+        return kept
 
     def output_name(self, widths: Mapping[str, int] | None = None) -> str:
         return self.active_layers(widths)[-1].layer.name

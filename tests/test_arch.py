@@ -330,6 +330,87 @@ def test_plan_depends_only_on_the_zero_set(wrn162: Arch) -> None:
     assert wrn162.plan(frozenset()) == tuple((i, l.inputs) for i, l in enumerate(wrn162.layers))
 
 
+def _plan_by_names(arch: Arch, zero: frozenset[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Which layers run, derived directly on layer names: the oracle for Arch.plan's integer form."""
+    alias: dict[str, str | None] = {INPUT: INPUT}
+    alive = []
+    for i, layer in enumerate(arch.layers):
+        srcs = [alias[s] for s in layer.inputs]
+        live = tuple(s for s in srcs if s is not None)
+        if layer.c_in in zero or layer.c_out in zero or not live:
+            alias[layer.name] = None
+        elif layer.op == "add" and len(live) == 1:
+            alias[layer.name] = live[0]
+        elif len(live) != len(srcs):
+            raise WidthError(f"{arch.name}: layer {layer.name} lost an input to a zero width")
+        else:
+            alias[layer.name] = layer.name
+            alive.append((i, live))
+    output = alias[arch.layers[-1].name]
+    if output is None:
+        raise WidthError(f"{arch.name}: the width assignment removes the network's output")
+    needed, kept = {output}, []
+    for i, srcs in reversed(alive):
+        if arch.layers[i].name in needed:
+            kept.append((i, srcs))
+            needed.update(srcs)
+    return tuple(reversed(kept))
+
+
+def _folds_by_names(arch: Arch, plan) -> list[tuple[int, int | None]]:
+    """The batch-norms the converter folds, derived directly: a bn_act whose input is a conv
+    that nothing else reads (and that is not the output layer) folds into it."""
+    from collections import Counter
+
+    from latency.fusion import can_fuse
+
+    readers = Counter(src for _, inputs in plan for src in inputs)
+    index = {arch.layers[i].name: i for i, _ in plan}
+    folded = {}
+    for i, inputs in plan:
+        if arch.layers[i].op == "bn_act" and inputs[0] in index:
+            j = index[inputs[0]]
+            if readers[inputs[0]] == 1 and j != len(arch.layers) - 1 and can_fuse(arch.layers[j], arch.layers[i]):
+                folded[j] = i
+    return [(i, folded.get(i)) for i, _ in plan if i not in folded.values()]
+
+
+@pytest.mark.parametrize("name", ["wrn-10-1", "wrn-40-2", "mbv2-cifar", "mbv2-se-tiny"])
+def test_plan_matches_a_derivation_by_names(name: str) -> None:
+    """Arch.plan (from plan_positions) and latency.fusion's runtime plan equal the direct
+    derivations above, errors included, for removable groups and for any groups."""
+    import random
+
+    from latency.fusion import RuntimePlanner, runtime_plan
+
+    arch = get_arch(name)
+    names = [g.name for g in arch.groups]
+    droppable = [g.name for g in arch.groups if g.may_be_zero]
+    rng = random.Random(name)
+    sets = [frozenset()] + [frozenset(rng.sample(droppable, rng.randint(1, len(droppable)))) for _ in range(150)]
+    sets += [frozenset(rng.sample(names, rng.randint(1, len(names)))) for _ in range(50)] + [frozenset(names)]
+    planner = RuntimePlanner(arch)
+    folds = errors = 0
+    for zero in sets:
+        try:
+            expected = _plan_by_names(arch, zero)
+        except WidthError as exc:
+            errors += 1
+            for call in (lambda: arch.plan(zero), lambda: runtime_plan(arch, zero),
+                         lambda: planner(arch.zero_flags(zero))):
+                with pytest.raises(WidthError) as got:
+                    call()
+                assert str(got.value) == str(exc)
+            continue
+        assert arch.plan(zero) == expected
+        steps = _folds_by_names(arch, expected)
+        assert runtime_plan(arch, zero) == steps == planner(arch.zero_flags(zero))
+        folds += sum(f is not None for _, f in steps)
+    assert errors > 0
+    if name.startswith("wrn"):
+        assert folds > 0  # the sets tried include folded batch-norms
+
+
 def test_layers_of_group(wrn162: Arch) -> None:
     assert [l.name for l in wrn162.layers_of_group("s1b1")] == ["s1b1.conv1", "s1b1.conv2"]
     assert [l.name for l in wrn162.layers_of_group("stem")] == ["stem", "s1b0.conv1", "s1b0.shortcut"]
