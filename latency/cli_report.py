@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +222,12 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
         return _error(str(exc))
     arch, networks, recipe, device = plan.arch, plan.networks, plan.table.recipe, plan.device
     out = Path(args.out or f"reports/{device.name}-{arch.name}")
+    try:  # before any device time is spent
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        return _error(f"cannot write the report into {out}: {exc.strerror or exc}; choose a writable --out")
 
     store = None
     try:

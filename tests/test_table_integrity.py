@@ -169,3 +169,15 @@ def test_a_full_disk_loses_nothing_and_the_build_continues(small_fs: Path) -> No
     _build(out)
     _assert_whole(out)
     assert kept <= set(_rows(out, "select cell_id, pass_index, seconds from measurements"))
+
+
+def test_a_report_that_cannot_be_written_fails_before_measuring(small_table, tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    shutil.copy(small_table("wrn-10-1"), table)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    p = cli("-m", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", "wrn-10-1",
+            "--sample", "2", "--passes", "1", "--out", str(blocker / "rep"), check=False)
+    assert p.returncode == 2 and "cannot write the report into" in p.stderr and "--out" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert _rows(table, "select count(*) from whole_networks")[0][0] == 0  # no device time was spent
