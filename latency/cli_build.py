@@ -106,6 +106,18 @@ def resolve_recipe(args: argparse.Namespace, arch, out: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C outside the build's own handling
+        # (while importing: a compiled module's initialisation turns it into an ImportError)
+        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        print("\ninterrupted: every finished batch is saved; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     # heavy imports stay inside main: spawned device workers re-import the caller's main module
     parser = _parser()
     args = parser.parse_args(argv)
