@@ -135,9 +135,10 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     recipe = table.recipe
     correction = args.correction or ("overhead" if recipe.in_network else "none")
     local = device_names(args.device) == ["local"]
-    if recipe.in_network and not local:
-        raise ValueError("this table's cells were timed in a network context on the local device; "
-                         f"validate it on --device local, not {args.device!r}")
+    if recipe.in_network and local != (recipe.device_kind == "local"):
+        where = "the local device" if recipe.device_kind == "local" else "SSH devices"
+        raise ValueError(f"this table's cells were timed in a network context on {where}; validate it there "
+                         f"(the device it was built on), not on {args.device!r}")
     predictor = table.predictor(arch, allow_missing=args.allow_missing)
     for n in networks:  # fail before any device time is spent
         predictor.predict(n.widths)

@@ -9,7 +9,10 @@ while the device works on the one before (holding its `host_work_guard`: a devic
 this machine times nothing meanwhile), and each finished batch is committed through a
 callback before the device takes the next, so an interruption loses at most the batches in
 flight. A failed batch goes back to the queue for any device; a device failing
-`max_failures` batches in a row is retired.
+`max_failures` batches in a row is retired. A timing taken while the device was throttled or
+too hot (`Timing.throttled`) is not stored: its key goes back to the queue and is timed again,
+so every (key, pass) keeps exactly one normal measurement; a batch that came back throttled
+throughout counts as a failure of its device.
 """
 from __future__ import annotations
 
@@ -74,6 +77,8 @@ async def start_devices(devices: Sequence[Device], start_run: Callable[[DeviceIn
     error returned with the others'."""
     started, failed = [], []
     for device in devices:
+        if report is not None:
+            device.report = report  # notes while it works (a pause for heat)
         try:
             info = await device.start()
         except DeviceError as exc:
@@ -136,6 +141,14 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
             jobs = await jobs_future
             try:
                 timings = await device.measure(jobs)
+                if [t.cell_id for t in timings] != [j.cell_id for j in jobs]:
+                    raise WrongTimings(f"device {device.name} returned timings for other models than it was given")
+                if timings and all(t.throttled for t in timings):
+                    raise DeviceError(f"{device.name}: every model of the batch was timed while the device was "
+                                      "throttled or above its temperature limit (under-voltage, or a cooling "
+                                      "problem?); it is timed again")
+            except WrongTimings:
+                raise
             except DeviceError as exc:
                 queue.put_nowait((p, keys))  # the batch goes back for any device
                 failures += 1
@@ -149,10 +162,21 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
                         report(f"device {device.name} retired; its batches go to the other devices")
                     return
                 await asyncio.sleep(min(2.0 ** failures, 30.0))  # back off before retrying
+                if item is None:  # the batch just put back may be all that is left
+                    item = take()
+                    rendering = start_render(device, item)
                 continue
             failures = 0
-            if [t.cell_id for t in timings] != [j.cell_id for j in jobs]:
-                raise WrongTimings(f"device {device.name} returned timings for other models than it was given")
+            hot = [k for k, t in zip(keys, timings) if t.throttled]
+            if hot:  # timed again, by any device; the rest of the batch is stored
+                queue.put_nowait((p, hot))
+                if report:
+                    report(f"{device.name}: {len(hot)} of {len(keys)} models were timed while throttled or too hot: "
+                           "they are timed again")
+                keys, timings = map(list, zip(*[(k, t) for k, t in zip(keys, timings) if not t.throttled]))
+                if item is None:
+                    item = take()
+                    rendering = start_render(device, item)
             stored = commit(run, p, keys, timings)
             outcome.stored += stored
             if progress is not None:

@@ -108,9 +108,6 @@ def check(r: TableRecipe) -> None:
     if r.in_network and r.min_time_s:
         raise RecipeError("--min-time-ms applies to --context alone; in a network context every cell is timed "
                           "exactly --runs times")
-    if r.in_network and r.device_kind != "local":
-        raise RecipeError("--context network times cells on the local device only; SSH devices time them back "
-                          "to back (--context alone)")
     if r.context == "alone" and r.evict_bytes:
         raise RecipeError("evict_bytes applies to the network context only")
 

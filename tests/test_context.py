@@ -126,9 +126,11 @@ def test_build_refuses_to_mix_contexts(network_table: Path, tmp_path: Path) -> N
     p = cli("-m", "latency.cli_build", "--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "2",
             "--block", "3", "--out", str(out), check=False)
     assert p.returncode == 2 and "grid_block" in p.stderr and "3 asked" in p.stderr and "--block" in p.stderr
-    p = cli("-m", "latency.cli_build", "--device", "rpi3b", "--arch", ARCH, "--context", "network",
-            "--out", str(tmp_path / "pi.sqlite"), check=False)
-    assert p.returncode == 2 and "local device only" in p.stderr
+    devices = tmp_path / "devices.toml"
+    devices.write_text('[devices.pi-bm]\nhost = "pi.invalid"\ntimer = "benchmark_model"\nbenchmark_model = "bm"\n')
+    p = cli("-m", "latency.cli_build", "--device", "pi-bm", "--devices-file", str(devices), "--arch", ARCH,
+            "--context", "network", "--out", str(tmp_path / "pi.sqlite"), check=False)
+    assert p.returncode == 2 and "benchmark_model times models back to back only" in p.stderr
     p = cli("-m", "latency.cli_build", "--arch", ARCH, "--min-time-ms", "5", "--out", str(tmp_path / "m.sqlite"),
             check=False)
     assert p.returncode == 2 and "exactly --runs" in p.stderr

@@ -115,9 +115,6 @@ def test_ssh_device_benchmark_model_timer_on_the_emulated_pi(emulated_pi: Emulat
     _check_timings(timings, batch)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the benchmark_model timer still needs Python on the device: SshDevice.start runs the runner's --info and "
-    "measure unpacks each batch with the Python feeder; a device with only a shell and the binary cannot start"))
 def test_ssh_device_benchmark_model_timer_without_python(emulated_bare_pi: EmulatedPi, models: list[bytes],
                                                          tmp_path: Path) -> None:
     devices_file = emulated_bare_pi.write_devices_toml(tmp_path / "devices.toml", "bare-pi",

@@ -123,13 +123,16 @@ def test_shipped_rpi3b_profile_has_the_thesis_settings() -> None:
     profiles = load_profiles(REPO / "tables" / "devices.toml")
     pi = profiles["rpi3b"]
     assert (pi.host, pi.port, pi.user, pi.timer) == ("raspberrypi.local", 22, "pi", "runner")
-    assert (pi.threads, pi.runs, pi.passes, pi.cooldown_s) == (1, 50, 3, 10.0)
+    assert (pi.threads, pi.runs, pi.passes, pi.cooldown_s) == (1, 50, 3, None)
+    # no fixed sleep before every model: the Pi pauses while hot and re-times what it timed throttled
+    assert (pi.pause_above_c, pi.resume_below_c, pi.l2_bytes) == (75.0, 65.0, 512 * 1024)
+    assert pi.thermal_sensor == "/sys/class/thermal/thermal_zone0/temp"
     assert pi.known_hosts.endswith("/.ssh/known_hosts") and "~" not in pi.known_hosts
     recipe = defaults_for("rpi3b", REPO / "tables" / "devices.toml").recipe
-    assert recipe == SSH_RECIPE.replace(cooldown_s=10.0)  # the thesis's method: mean of 50 runs, 3 passes
+    assert recipe == SSH_RECIPE  # the thesis's method: mean of 50 runs, 3 passes
     assert (recipe.passes, recipe.runs, recipe.warmup, recipe.threads, recipe.estimator, recipe.sigma) == (
         3, 50, 2, 1, "mean", 3.0)
-    assert recipe.timing() == TimingSettings(runs=50, warmup=2, threads=1, cooldown_s=10.0)
+    assert recipe.timing() == TimingSettings(runs=50, warmup=2, threads=1)
 
 
 def test_cli_leaves_the_recipe_to_the_device() -> None:

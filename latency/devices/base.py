@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class TimingSettings:
     min_time_s: float = 0.0
     # time each model as it runs inside a network (runner.time_in_context): other
     # layers' models invoked before every invocation, and with evict_bytes the caches written
-    # over first; empty = back to back (the thesis). Local device only
+    # over first; empty = back to back (the thesis). The local device and the SSH runner
     partners: tuple[bytes, ...] = ()
     evict_bytes: int = 0
 
@@ -42,6 +43,7 @@ class Timing:
     seconds: float  # mean latency of one invocation
     measured_at: float  # unix time when the timing finished
     temperature_c: float | None = None
+    # throttled, or above the device's pause limit, when timed: the engine times it again
     throttled: bool | None = None
     runs: int | None = None  # invocations timed, when more than the settings' runs (min_time_s)
     fastest_s: float | None = None  # the fastest single invocation (None: the device cannot tell)
@@ -70,6 +72,8 @@ class Device(abc.ABC):
     name: str
     #: how many batches the builder may have in flight on this device at once
     concurrency: int = 1
+    #: where a device says what it is doing besides timing (a pause for heat); set by the pass engine
+    report: Callable[[str], None] | None = None
 
     @abc.abstractmethod
     async def start(self) -> DeviceInfo:

@@ -15,8 +15,12 @@ File format (TOML; see the shipped ``tables/devices.toml`` for a commented examp
     threads = 1
     runs = 50
     warmup = 2
-    cooldown_s = 10.0               # pause between two timed models ("calls")
     passes = 3
+    pause_above_c = 75.0            # the device waits before a model while hotter than this ...
+    resume_below_c = 65.0           # ... until cooler than this; throttled timings are re-measured
+    thermal_sensor = "/sys/class/thermal/thermal_zone0/temp"   # millidegrees; relative: in work_dir
+    throttle_command = "vcgencmd get_throttled"
+    l2_bytes = 524288               # when sysfs does not say (network timing context)
     call_timeout_s = 120.0          # no result for this long -> the call is killed
     retries = 2                     # re-connect/re-try a failed call this often (with backoff)
 
@@ -31,10 +35,17 @@ Relative ``key`` / ``known_hosts`` paths are relative to the devices file's dire
 expanded. Passwords are never read or stored: a ``password`` (or ``passphrase``) entry is an
 error; use a key (``ssh-copy-id``) or ssh-agent.
 
+Heat (`latency.devices.thermal`): ``pause_above_c`` / ``resume_below_c`` make the device pause
+before a model while hot, ``max_pause_s`` (1800) bounds a pause, ``thermal_sensor`` and
+``throttle_command`` say where temperature and throttle flags are read; ``cooldown_s`` is a fixed
+sleep between models instead (or as well).
+
 A profile's `grid`, `block`, `passes`, `runs`, `warmup`, `threads`, `cooldown_s`, `estimator`,
 `sigma`, `edges` set its default table recipe (`latency.recipe`); a build-tables flag overrides
 one field; a table being continued keeps its own recipe. `report_passes` is how often
-latency-report times each whole network.
+latency-report times each whole network. `reference_table` (relative to the devices file) is a
+table measured on such a device, from which `build-tables` estimates a build's time before it
+starts (`latency.eta`).
 """
 from __future__ import annotations
 
@@ -46,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .base import Device, TimingSettings
+from .thermal import DEFAULT_SENSOR, DEFAULT_THROTTLE_COMMAND, ThermalLimits
 
 if TYPE_CHECKING:
     from .defaults import DeviceDefaults
@@ -96,6 +108,12 @@ class SshProfile:
     benchmark_model: str | None = None  # path of the binary on the device (timer benchmark_model)
     benchmark_flags: tuple[str, ...] = ("--min_secs=0", "--warmup_min_secs=0")
     runtime_version: str | None = None  # recorded for benchmark_model (it cannot report its own)
+    thermal_sensor: str = DEFAULT_SENSOR
+    pause_above_c: float | None = None  # pause before a model while hotter (None: no pacing)
+    resume_below_c: float | None = None  # until cooler than this (default: pause_above_c - 10)
+    throttle_command: str = DEFAULT_THROTTLE_COMMAND
+    max_pause_s: float = 1800.0
+    l2_bytes: int | None = None  # the L2 cache, where the device's sysfs does not say
     threads: int | None = None
     runs: int | None = None
     warmup: int | None = None
@@ -107,6 +125,7 @@ class SshProfile:
     sigma: float | None = None
     edges: str | None = None
     report_passes: int | None = None
+    reference_table: str | None = None  # a table of this kind of device: build-tables' ETA (absolute)
     call_timeout_s: float = 120.0
     retries: int = 2
     transfer: str = "pool"  # "pool": weights sent as references into a pool cached on the device
@@ -115,6 +134,11 @@ class SshProfile:
     @property
     def target(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def thermal(self) -> ThermalLimits:
+        return ThermalLimits(self.thermal_sensor, self.pause_above_c, self.resume_below_c, self.throttle_command,
+                             self.max_pause_s)
 
 
 @dataclass(frozen=True)
@@ -209,6 +233,12 @@ def _validate(p: SshProfile, path: Path) -> None:
             raise ProfileError(f"{where}: {key} must be >= {low}, got {value}")
     if p.cooldown_s is not None and p.cooldown_s < 0:
         raise ProfileError(f"{where}: cooldown_s must be >= 0, got {p.cooldown_s}")
+    if p.l2_bytes is not None and p.l2_bytes < 1:
+        raise ProfileError(f"{where}: l2_bytes must be >= 1 (bytes of the L2 cache), got {p.l2_bytes}")
+    try:
+        p.thermal.check()
+    except ValueError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
     if not p.call_timeout_s > 0:
         raise ProfileError(f"{where}: call_timeout_s must be > 0, got {p.call_timeout_s}")
     if p.key and p.agent:
@@ -272,7 +302,7 @@ def load_profiles(devices_file: str | Path | None = None) -> dict[str, SshProfil
         if "host" not in merged:
             raise ProfileError(f"{path}: device {name!r} has no host")
         values: dict[str, Any] = {k: _check_type(name, k, v, path) for k, v in merged.items() if k != "extends"}
-        for key in ("key", "known_hosts"):
+        for key in ("key", "known_hosts", "reference_table"):
             if key in values:
                 values[key] = _local_path(values[key], base)
         values.setdefault("known_hosts", _local_path(SshProfile.known_hosts, base))

@@ -45,12 +45,23 @@ or, when that model fails (the batch goes on)::
 
     {"cell_id": 7, "error": "ValueError: ...", "measured_at": 1700000000.0}
 
-``--cooldown S`` sleeps S seconds between models (a Pi heats up). ``temperature_c`` comes from
-/sys/class/thermal/thermal_zone0/temp and ``throttled`` from ``vcgencmd get_throttled`` (null where
-absent). A model that crashes the interpreter process itself (segfault) ends the batch: the caller
-sees the stream stop and a non-zero exit status.
+``--cooldown S`` sleeps S seconds between models. ``temperature_c`` comes from the sensor file
+(``--thermal-sensor``, default /sys/class/thermal/thermal_zone0/temp, millidegrees) and
+``throttled`` from ``--throttle-command`` (default ``vcgencmd get_throttled``; true when bits 0-3
+are set: throttled *now*), null where absent. With ``--pause-above C`` the batch waits before a
+model while the sensor reads above C, until it reads below ``--resume-below`` (default C - 10),
+printing ``{"event": "paused", "temperature_c": ..}`` when it starts and every second while it
+waits, then ``{"event": "resumed", ..}``: a hot Pi cools down instead of timing slowly.
 
-``--info`` prints one JSON line describing the runtime (interpreter, versions, host, sensors).
+``--partner FILE`` (repeatable) times every model in a network context (`time_in_context`, seeded
+by its cell id): the partner models are invoked before each invocation, and with
+``--evict-bytes N`` N bytes are written over the caches first.
+
+A model that crashes the interpreter process itself (segfault) ends the batch: the caller sees
+the stream stop and a non-zero exit status.
+
+``--info`` prints one JSON line describing the runtime (interpreter, versions, host, sensors,
+the L2 cache size where sysfs tells it).
 
 Exit status: 0 every model timed; 1 a model (or, in batch mode, at least one model) failed;
 2 bad command line or unreadable batch source; 3 no TFLite interpreter could be imported;
@@ -104,6 +115,8 @@ EXIT_INTERRUPTED = 130
 ModelSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
 
 _THERMAL_ZONE = "/sys/class/thermal/thermal_zone0/temp"
+_L2_SIZE_FILE = "/sys/devices/system/cpu/cpu0/cache/index2/size"
+_PAUSE_POLL_S = 1.0  # sensor readings while paused (each also tells the caller the batch is alive)
 # get_throttled bits 0-3 describe the *current* state (under-voltage, frequency capped, throttled,
 # soft temperature limit); bits 16-19 only say it happened since boot, which would taint every
 # later timing.
@@ -176,16 +189,29 @@ def runtime_info() -> Dict[str, Any]:
         "host": socket.gethostname(),
         "temperature_c": temperature,
         "throttled": throttled,
+        "l2_bytes": read_l2_bytes(),
     }
+
+
+def read_l2_bytes(path: str = _L2_SIZE_FILE) -> Optional[int]:
+    """Bytes of the first CPU's L2 cache ('512K' in sysfs), or None where the system does not say."""
+    try:
+        with open(path) as f:
+            text = f.read().strip().upper()
+    except OSError:
+        return None
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    return int(digits) * scale if digits.isdigit() else None
 
 
 # ---------------------------------------------------------------------------- sensors
 
 
-def read_temperature() -> Optional[float]:
-    """SoC temperature in degrees Celsius, or None where the thermal zone is absent."""
+def read_temperature(sensor: str = _THERMAL_ZONE) -> Optional[float]:
+    """SoC temperature in degrees Celsius from a sensor file in millidegrees, or None where absent."""
     try:
-        with open(_THERMAL_ZONE) as f:
+        with open(sensor) as f:
             return int(f.read().strip()) / 1000.0
     except (OSError, ValueError):
         return None
@@ -195,32 +221,51 @@ _vcgencmd: Optional[str] = None
 _vcgencmd_looked_up = False
 
 
-def read_throttled() -> Optional[bool]:
-    """True when the Pi is under-voltage, frequency-capped or throttled *now*; None without vcgencmd."""
-    global _vcgencmd, _vcgencmd_looked_up
-    if not _vcgencmd_looked_up:  # PATH scan once per process
-        _vcgencmd = shutil.which("vcgencmd")
-        _vcgencmd_looked_up = True
-    if _vcgencmd is None:
+def _throttle_flags(text: str) -> Optional[bool]:
+    """'throttled=0x50000' (vcgencmd) or a bare number -> throttled now (bits 0-3)."""
+    lines = text.strip().splitlines()
+    if not lines:
         return None
+    value = lines[0].split("=", 1)[1] if "=" in lines[0] else lines[0]
+    try:
+        return bool(int(value.strip(), 0) & _THROTTLED_NOW_MASK)
+    except ValueError:
+        return None
+
+
+def read_throttled(command: Optional[str] = None) -> Optional[bool]:
+    """True when the Pi is under-voltage, frequency-capped or throttled *now*; None without a reading.
+
+    `command` is a shell command printing the flags as ``vcgencmd get_throttled`` does (default:
+    that, where vcgencmd is installed)."""
+    global _vcgencmd, _vcgencmd_looked_up
+    if command is None:
+        if not _vcgencmd_looked_up:  # PATH scan once per process
+            _vcgencmd = shutil.which("vcgencmd")
+            _vcgencmd_looked_up = True
+        if _vcgencmd is None:
+            return None
+        argv = [_vcgencmd, "get_throttled"]  # type: Union[List[str], str]
+    else:
+        argv = command
     try:
         out = subprocess.run(
-            [_vcgencmd, "get_throttled"],
+            argv,
+            shell=command is not None,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             timeout=5,
-            check=True,
         ).stdout.decode("ascii", "replace")
-        value = int(out.strip().split("=", 1)[1], 16)  # "throttled=0x50000"
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+    except (OSError, subprocess.SubprocessError):
         return None
-    return bool(value & _THROTTLED_NOW_MASK)
+    return _throttle_flags(out)
 
 
 _throttle_cache: Tuple[float, Optional[bool]] = (-math.inf, None)
 
 
-def read_sensors() -> Tuple[Optional[float], Optional[bool]]:
+def read_sensors(sensor: str = _THERMAL_ZONE,
+                 throttle_command: Optional[str] = None) -> Tuple[Optional[float], Optional[bool]]:
     """(temperature_c, throttled) for a timing that just finished.
 
     The throttled flag is re-read at most once a second: vcgencmd spawns a process, which would
@@ -229,8 +274,26 @@ def read_sensors() -> Tuple[Optional[float], Optional[bool]]:
     global _throttle_cache
     now = time.monotonic()
     if now - _throttle_cache[0] >= _THROTTLE_MAX_AGE_S:
-        _throttle_cache = (now, read_throttled())
-    return read_temperature(), _throttle_cache[1]
+        _throttle_cache = (now, read_throttled(throttle_command))
+    return read_temperature(sensor), _throttle_cache[1]
+
+
+def wait_until_cool(sensor: str, pause_above: Optional[float], resume_below: Optional[float],
+                    note: Callable[[Dict[str, Any]], None], poll_s: float = _PAUSE_POLL_S) -> None:
+    """Before a model: while the sensor reads above `pause_above`, wait until it reads below
+    `resume_below` (default 10 degrees less), calling `note` with a "paused" event at the start
+    and after every reading, and a "resumed" one at the end. No limit: the caller decides how
+    long a pause may last (it sees the events)."""
+    temperature = read_temperature(sensor)
+    if pause_above is None or temperature is None or temperature <= pause_above:
+        return
+    resume = resume_below if resume_below is not None else pause_above - 10.0
+    started = time.monotonic()
+    while temperature is not None and temperature >= resume:
+        note({"event": "paused", "temperature_c": temperature})
+        time.sleep(poll_s)
+        temperature = read_temperature(sensor)
+    note({"event": "resumed", "temperature_c": temperature, "paused_s": time.monotonic() - started})
 
 
 # ---------------------------------------------------------------------------- timing
@@ -618,26 +681,44 @@ def _emit(record: Dict[str, Any]) -> None:
     sys.stdout.flush()  # a caller streaming over SSH sees each result as it comes
 
 
-def _run_batch_mode(source: str, runs: int, warmup: int, threads: int, cooldown: float) -> int:
+def _load_partners(paths: List[str], threads: int) -> List[Any]:
+    partners = []
+    for path in paths:
+        interpreter = _load(path, threads)
+        interpreter.invoke()  # first invocations allocate and pack; not part of any timing
+        partners.append(interpreter)
+    return partners
+
+
+def _run_batch_mode(source: str, args: argparse.Namespace) -> int:
+    runs, warmup, threads = args.num_runs, args.warmup_runs, args.num_threads
     _check_counts(runs, warmup)
     try:
         items = list(_batch_items(source))
+        partners = _load_partners(args.partner, threads)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.stderr.write("tflite_runner: cannot read batch %s: %s: %s\n" % (source, type(exc).__name__, exc))
         return EXIT_USAGE
     failed = 0
     for position, (cell_id, model) in enumerate(items):
-        if position and cooldown > 0:
-            time.sleep(cooldown)
+        if position and args.cooldown > 0:
+            time.sleep(args.cooldown)
+        wait_until_cool(args.thermal_sensor, args.pause_above, args.resume_below, _emit)
         try:
-            seconds, _, fastest = time_loaded_stats(_load(model, threads), runs, warmup)
+            interpreter = _load(model, threads)
+            if partners:
+                seed = cell_id if isinstance(cell_id, int) else sum(map(ord, str(cell_id)))
+                seconds, _, fastest = time_in_context(interpreter, partners, runs, warmup, args.evict_bytes, seed)
+            else:
+                seconds, _, fastest = time_loaded_stats(interpreter, runs, warmup)
+            del interpreter
         except Exception as exc:  # one bad model must not end the batch
             failed += 1
             message = ("%s: %s" % (type(exc).__name__, exc))[:1000]
             _emit({"cell_id": cell_id, "error": message, "measured_at": time.time()})
             continue
         measured_at = time.time()
-        temperature, throttled = read_sensors()
+        temperature, throttled = read_sensors(args.thermal_sensor, args.throttle_command)
         _emit(
             {
                 "cell_id": cell_id,
@@ -666,14 +747,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup_runs", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=1)
     parser.add_argument("--cooldown", type=float, default=0.0, help="seconds between models (batch)")
+    parser.add_argument("--thermal-sensor", default=_THERMAL_ZONE, help="temperature file, millidegrees")
+    parser.add_argument("--throttle-command", help="prints the throttle flags (default: vcgencmd get_throttled)")
+    parser.add_argument("--pause-above", type=float, help="wait before a model while hotter (degrees C)")
+    parser.add_argument("--resume-below", type=float, help="a pause ends below this (default: pause-above - 10)")
+    parser.add_argument("--partner", action="append", default=[], help="network context: a partner model (batch)")
+    parser.add_argument("--evict-bytes", type=int, default=0, help="network context: bytes written over the caches")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI; returns the exit status (see module docstring)."""
     args = _parser().parse_args(argv)
-    if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1 or args.cooldown < 0:
-        sys.stderr.write("tflite_runner: need num_runs>=1, warmup_runs>=0, num_threads>=1, cooldown>=0\n")
+    if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1 or args.cooldown < 0 or args.evict_bytes < 0:
+        sys.stderr.write("tflite_runner: need num_runs>=1, warmup_runs>=0, num_threads>=1, cooldown>=0, "
+                         "evict_bytes>=0\n")
         return EXIT_USAGE
     try:
         interpreter_class()
@@ -685,9 +773,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _emit(runtime_info())
             return EXIT_OK
         if args.batch is not None:
-            return _run_batch_mode(
-                args.batch, args.num_runs, args.warmup_runs, args.num_threads, args.cooldown
-            )
+            return _run_batch_mode(args.batch, args)
         try:
             return _run_benchmark_mode(args.graph, args.num_runs, args.warmup_runs, args.num_threads)
         except Exception as exc:

@@ -1,56 +1,62 @@
-"""A device reached over SSH (a Raspberry Pi, or any machine with Python and a TFLite runtime).
+"""A device reached over SSH (a Raspberry Pi, or any machine with a shell).
 
 The connection (host key checks, retries, remote calls with a deadline) is `ssh_connection`;
-the format batches travel in is `ssh_transfer`.
-
-On start the device side is prepared in the profile's work directory over SFTP: the one-file
-runner (`latency.devices.runner`, saved there as ``tflite_runner.py``), the feeder
-(`latency.devices.remote_feeder`, saved as ``netadapt_feed.py``) and, for ``transfer = "pool"``,
-the weight pool; then ``tflite_runner.py --info`` reports the runtime for the table's
-provenance. On a reconnect the files are checked again (a rebooted device may have lost /tmp).
+the format runner batches travel in is `ssh_transfer`; the benchmark_model timer's upload and
+shell loop are `ssh_benchmark`; heat is `thermal`.
 
 Timers
 ------
-``runner``: one remote process per batch; the encoded batch goes to its stdin, and it prints one
-JSON line per model as soon as that model is timed. ``cooldown_s`` is passed to it (pause
-between models) and also kept between batches.
+``runner``: on start the work directory is prepared over SFTP: the one-file runner
+(`latency.devices.runner`, saved there as ``tflite_runner.py``), the feeder
+(`latency.devices.remote_feeder`, saved as ``netadapt_feed.py``), for ``transfer = "pool"`` the
+weight pool, and in a network timing context the partner models; then ``tflite_runner.py
+--info`` reports the runtime for the table's provenance. One remote process per batch: the
+encoded batch goes to its stdin, and it prints one JSON line per model as soon as that model is
+timed (in a network context after invoking the partners, `runner.time_in_context`).
 
-``benchmark_model``: the encoded batch is uploaded into the work directory over SFTP, unpacked
-to ``<cell_id>.tflite`` files there, and the binary runs once per model with
-``--graph=... --num_runs=N --warmup_runs=W --num_threads=T`` plus the profile's
-``benchmark_flags``; its output is parsed by `parse_benchmark_output` (no timing found -> a
-DeviceError quoting the raw output, never a made-up value). ``cooldown_s`` is the pause
-between two calls.
+``benchmark_model``: the device needs a POSIX shell and the binary, no Python: on start the
+shell says what the device is (`ssh_facts`: machine, host, the binary's sha256); the runtime
+version is the profile's ``runtime_version`` (the binaries seen print none). Models go up as
+plain files and one shell loop times them (`ssh_benchmark`). It times back to back only: a
+network context is refused when the device is made.
+
+Both pause before a model while the device is hot and record the temperature and throttle
+flags with every timing (`latency.devices.thermal`); ``cooldown_s`` is a fixed sleep between
+models. On a reconnect the work directory is checked again (a rebooted device may have lost
+/tmp).
 
 Failures
 --------
-Every remote call has a deadline: ``call_timeout_s`` without a result (for the runner: between
-two result lines, plus the cool-down) kills the remote process group and counts as a failed
-attempt. Transport failures (refused, dropped, timed out) are retried ``retries`` times with
-exponential backoff, reconnecting each time; then the batch fails with a DeviceError and the
-builder re-queues it (and retires the device after repeated failures). A model the runtime
-rejects fails at once (retrying would not help). Nothing is half-stored: the builder commits a
-batch only when all its timings came back. `SshDevice.transfer_stats` counts what was sent;
+Every remote call has a deadline: ``call_timeout_s`` without a line of output (a paused device
+prints one every second) kills the remote process group and counts as a failed attempt.
+Transport failures (refused, dropped, timed out) are retried ``retries`` times with exponential
+backoff, reconnecting each time; then the batch fails with a DeviceError and the builder
+re-queues it (and retires the device after repeated failures). A model the runtime rejects
+fails at once (retrying would not help). Nothing is half-stored: the builder commits a batch
+only when all its timings came back. `SshDevice.transfer_stats` counts what was sent;
 ``python -m tools.bench_ssh`` measures it.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import math
 import shlex
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..benchmark_output import BenchmarkParseError, parse_benchmark_output
 from . import remote_feeder
 from .base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
 from .profiles import SshProfile
+from .ssh_benchmark import read_timings, timing_script, upload_models
 from .ssh_connection import CallResult, RemoteCall, SshConnection, Transient, run_command, tail, upload
+from .ssh_facts import read_facts
 from .ssh_transfer import PoolIndex, TransferStats, decode_batch, encode_batch, pool_index
+from .thermal import PauseWatch, timed_hot
 
 __all__ = ["SshDevice", "TransferStats", "decode_batch", "encode_batch"]
 
@@ -77,15 +83,25 @@ class SshDevice(Device):
         if s.min_time_s:
             raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
                              "SSH devices time exactly `runs` invocations")
-        if s.partners or s.evict_bytes:
-            raise ValueError(f"{self.name}: timing models in a network context is a local-device setting; "
-                             "SSH devices time them back to back (build-tables --context alone)")
+        if (s.partners or s.evict_bytes) and profile.timer == "benchmark_model":
+            raise ValueError(f"{self.name}: benchmark_model times models back to back only; a network timing context "
+                             f"needs timer = \"runner\" (profile {profile.name} in {profile.source}), or build the "
+                             "table with --context alone")
         self.transfer_stats = TransferStats()
         self._link = SshConnection(profile, self.name, self._prepare)
         self._info: DeviceInfo | None = None
         self._pool: PoolIndex | None = None
         self._files_uploaded = False
         self._last_call_end = -math.inf  # monotonic time the last timed call ended
+        # content-addressed: a work dir shared with an earlier build never times stale partners
+        self._partners = {f"partner-{hashlib.sha256(m).hexdigest()[:16]}.tflite": m for m in s.partners}
+        #: progress notes (a pause for heat); set by the pass engine
+        self.report: Callable[[str], None] | None = None
+        self.pause_watch = PauseWatch(self.name, profile.thermal, self._note)
+
+    def _note(self, text: str) -> None:
+        if self.report is not None:
+            self.report(text)
 
     # -- remote commands ------------------------------------------------------------------------
     def _cd(self) -> str:
@@ -110,8 +126,15 @@ class SshDevice(Device):
         self.transfer_stats.setup_bytes += len(data)
 
     async def _prepare(self, conn: Any) -> None:
-        """Work dir, runner, feeder and pool on the device (re-checked after every reconnect)."""
+        """The work dir; for the runner also runner, feeder, pool and partner models (re-checked
+        after every reconnect). A benchmark_model device gets its directory from its shell."""
         wd = self.profile.work_dir
+        if self.profile.timer == "benchmark_model":
+            made = await self._exec(conn, f"mkdir -p {shlex.quote(wd)}", self.profile.call_timeout_s)
+            if made.status != 0:
+                raise DeviceError(f"{self.name}: cannot create work dir {wd!r} on {self.profile.target}: "
+                                  f"{tail(made.stderr)} (set work_dir in profile {self.profile.name})")
+            return
         files = {RUNNER_NAME: RUNNER_PATH.read_bytes(), FEEDER_NAME: FEEDER_PATH.read_bytes()}
         try:
             async with conn.start_sftp_client() as sftp:
@@ -119,6 +142,9 @@ class SshDevice(Device):
                 for name, data in files.items():
                     # always fresh on start (the project may have changed); on reconnect only if gone
                     if not self._files_uploaded or not await sftp.exists(f"{wd}/{name}"):
+                        await self._upload(sftp, name, data)
+                for name, data in self._partners.items():
+                    if not await sftp.exists(f"{wd}/{name}"):
                         await self._upload(sftp, name, data)
                 if self._pool is not None:
                     name = remote_feeder.pool_file_name(self._pool.sha256)
@@ -140,6 +166,39 @@ class SshDevice(Device):
         if self._info is not None:
             return self._info
         p = self.profile
+        if p.timer == "benchmark_model":
+            facts = await read_facts(self._link, p, self.name, p.benchmark_model)
+            runtime = {"runtime": "benchmark_model", "runtime_version": p.runtime_version or "unknown",
+                       "python": None, "numpy": None, **facts}
+        else:
+            runtime = await self._runner_info()
+        s = self.settings
+        settings = dataclasses.asdict(s)
+        settings.update(
+            timer=p.timer, transfer=p.transfer if p.timer == "runner" else "plain files (cat)", ssh=p.target,
+            work_dir=p.work_dir, profile_file=p.source, call_timeout_s=p.call_timeout_s, retries=p.retries,
+            python=runtime.get("python"), numpy=runtime.get("numpy"), machine=runtime.get("machine"),
+            interpreter=f"{runtime.get('runtime')} {runtime.get('runtime_version')}",
+            l2_bytes=runtime.get("l2_bytes") or p.l2_bytes, partners=len(s.partners), **p.thermal.describe(),
+        )
+        if p.timer == "benchmark_model":
+            settings.update(benchmark_model=p.benchmark_model, benchmark_flags=list(p.benchmark_flags),
+                            benchmark_model_sha256=runtime.get("sha256"),
+                            method="benchmark_model per model; its 'Inference (avg)' (or last avg) in us")
+        elif s.partners:
+            settings["method"] = ("in a network context: before each timed invocation, the partners (other layers' "
+                                  "models) invoked, evict_bytes written over the caches first when > 0, and the input "
+                                  "set again; exactly runs invocations")
+        else:
+            settings["method"] = "random input set once; warm-up; perf_counter around runs invocations / runs"
+        self._info = DeviceInfo(name=self.name, kind="ssh", runtime=runtime["runtime"],
+                                runtime_version=runtime["runtime_version"], host=str(runtime.get("host") or p.host),
+                                threads=s.threads, settings=settings)
+        return self._info
+
+    async def _runner_info(self) -> dict:
+        """The runner's --info (after uploading the device-side files)."""
+        p = self.profile
         for path in (RUNNER_PATH, FEEDER_PATH):
             if not path.is_file():
                 raise DeviceError(f"{self.name}: the device-side file {path.name} is missing from this installation "
@@ -157,39 +216,7 @@ class SshDevice(Device):
             except (IndexError, ValueError):
                 raise DeviceError(f"{self.name}: --info printed no JSON: {tail(result.stdout + result.stderr)}") from None
 
-        runtime = await self._link.with_retries("start", info)
-        binary_hash = None
-        if p.timer == "benchmark_model":
-            async def check(conn: Any) -> CallResult:
-                return await self._exec(
-                    conn, f"{self._cd()} && test -x {shlex.quote(p.benchmark_model)} && "
-                          f"(sha256sum {shlex.quote(p.benchmark_model)} 2>/dev/null || true)", p.call_timeout_s)
-
-            found = await self._link.with_retries("start", check)
-            if found.status != 0:
-                raise DeviceError(f"{self.name}: benchmark_model {p.benchmark_model!r} is not an executable file on "
-                                  f"{p.target} (relative paths start in work_dir {p.work_dir!r}); fix "
-                                  f"benchmark_model in profile {p.name} of {p.source}")
-            binary_hash = (found.stdout.split() or [b""])[0].decode() or None
-        settings = dataclasses.asdict(self.settings)
-        settings.update(
-            timer=p.timer, transfer=p.transfer, ssh=p.target, work_dir=p.work_dir, profile_file=p.source,
-            call_timeout_s=p.call_timeout_s, retries=p.retries,
-            python=runtime.get("python"), numpy=runtime.get("numpy"), machine=runtime.get("machine"),
-            interpreter=f"{runtime.get('runtime')} {runtime.get('runtime_version')}",
-        )
-        if p.timer == "benchmark_model":
-            settings.update(benchmark_model=p.benchmark_model, benchmark_flags=list(p.benchmark_flags),
-                            benchmark_model_sha256=binary_hash,
-                            method="benchmark_model per model; its 'Inference (avg)' (or last avg) in us")
-            runtime_name, version = "benchmark_model", p.runtime_version or "unknown"
-        else:
-            settings["method"] = "random input set once; warm-up; perf_counter around runs invocations / runs"
-            runtime_name, version = runtime["runtime"], runtime["runtime_version"]
-        self._info = DeviceInfo(name=self.name, kind="ssh", runtime=runtime_name, runtime_version=version,
-                                host=str(runtime.get("host") or p.host), threads=self.settings.threads,
-                                settings=settings)
-        return self._info
+        return await self._link.with_retries("start", info)
 
     # -- measuring ------------------------------------------------------------------------------
     async def _cool_down(self) -> None:
@@ -203,10 +230,10 @@ class SshDevice(Device):
             raise DeviceError(f"{self.name}: measure() before start()")
         if not batch:
             return []
-        payload = await asyncio.to_thread(encode_batch, batch, self._pool)
         if self.profile.timer == "benchmark_model":
-            op = lambda conn: self._benchmark_batch(conn, payload, batch)  # noqa: E731
+            op = lambda conn: self._benchmark_batch(conn, batch)  # noqa: E731
         else:
+            payload = await asyncio.to_thread(encode_batch, batch, self._pool)
             op = lambda conn: self._runner_batch(conn, payload, batch)  # noqa: E731
         cells = ", ".join(str(job.cell_id) for job in batch[:8]) + (" ..." if len(batch) > 8 else "")
         timings = await self._link.with_retries(f"timing cells [{cells}]", op)
@@ -224,12 +251,23 @@ class SshDevice(Device):
             raise DeviceError(f"{self.name}: cell {job.cell_id}: implausible timing {value!r}: {raw[:500]}")
         return seconds
 
+    def _runner_command(self) -> str:
+        p, s, limits = self.profile, self.settings, self.profile.thermal
+        parts = [f"{self._cd()} && exec {p.python} {FEEDER_NAME} batch --num_runs={s.runs}",
+                 f"--warmup_runs={s.warmup} --num_threads={s.threads} --cooldown={s.cooldown_s:g}",
+                 f"--thermal-sensor={shlex.quote(limits.sensor)}",
+                 f"--throttle-command={shlex.quote(limits.throttle_command)}"]
+        if limits.paces:
+            parts.append(f"--pause-above={limits.pause_above_c:g} --resume-below={limits.resume_c:g}")
+        parts += [f"--partner={name}" for name in self._partners]
+        if s.evict_bytes:
+            parts.append(f"--evict-bytes={s.evict_bytes}")
+        return " ".join(parts)
+
     async def _runner_batch(self, conn: Any, payload: bytes, batch: list[ModelJob]) -> list[Timing]:
         p, s = self.profile, self.settings
-        command = (f"{self._cd()} && exec {p.python} {FEEDER_NAME} batch --num_runs={s.runs} "
-                   f"--warmup_runs={s.warmup} --num_threads={s.threads} --cooldown={s.cooldown_s:g}")
         await self._cool_down()
-        call = await RemoteCall.start(conn, command, self.name, stdin=payload)
+        call = await RemoteCall.start(conn, self._runner_command(), self.name, stdin=payload)
         self.transfer_stats.sent_bytes += len(payload)
         per_model_s = p.call_timeout_s + s.cooldown_s
         timings: list[Timing] = []
@@ -238,28 +276,22 @@ class SshDevice(Device):
             for job in batch:
                 while True:
                     line = await asyncio.wait_for(call.readline(), per_model_s)
-                    if not line or line.startswith(b"{"):
-                        break  # anything else is chatter (e.g. from a login script)
-                if not line:
-                    return await self._runner_stopped(call, len(timings), len(batch))
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise DeviceError(f"{self.name}: unreadable runner output {tail(line)!r}") from None
-                if record.get("cell_id") != job.cell_id:
-                    raise DeviceError(f"{self.name}: expected cell {job.cell_id}, the runner reported {record!r}")
-                if "error" in record:
-                    raise DeviceError(f"{self.name}: cell {job.cell_id}: {record['error']}")
-                raw = line.decode("utf-8", "replace")
-                fastest = record.get("fastest")  # absent from an older runner left on the device
-                timings.append(Timing(
-                    cell_id=job.cell_id,
-                    seconds=self._check_seconds(job, record.get("seconds"), raw),
-                    measured_at=float(record.get("measured_at") or time.time()),
-                    temperature_c=record.get("temperature_c"),
-                    throttled=record.get("throttled"),
-                    fastest_s=None if fastest is None else self._check_seconds(job, fastest, raw),
-                ))
+                    if not line:
+                        return await self._runner_stopped(call, len(timings), len(batch))
+                    if not line.startswith(b"{"):
+                        continue  # chatter (e.g. from a login script)
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        raise DeviceError(f"{self.name}: unreadable runner output {tail(line)!r}") from None
+                    event = record.get("event")
+                    if event is None:
+                        break
+                    if event == "paused":  # the runner waits for the device to cool down
+                        self.pause_watch.paused(record.get("temperature_c"))
+                    elif event == "resumed":
+                        self.pause_watch.resumed(record.get("temperature_c"))
+                timings.append(self._runner_timing(job, record, line))
             return timings
         except asyncio.TimeoutError:
             await call.kill()
@@ -271,85 +303,68 @@ class SshDevice(Device):
             raise
         finally:
             self._last_call_end = time.monotonic()
+            self.pause_watch.ended()
             call.close()
+
+    def _runner_timing(self, job: ModelJob, record: dict, line: bytes) -> Timing:
+        if record.get("cell_id") != job.cell_id:
+            raise DeviceError(f"{self.name}: expected cell {job.cell_id}, the runner reported {record!r}")
+        if "error" in record:
+            raise DeviceError(f"{self.name}: cell {job.cell_id}: {record['error']}")
+        raw = line.decode("utf-8", "replace")
+        fastest = record.get("fastest")  # absent from an older runner left on the device
+        temperature = record.get("temperature_c")
+        return Timing(
+            cell_id=job.cell_id,
+            seconds=self._check_seconds(job, record.get("seconds"), raw),
+            measured_at=float(record.get("measured_at") or time.time()),
+            temperature_c=temperature,
+            throttled=timed_hot(self.profile.thermal, temperature, record.get("throttled")),
+            fastest_s=None if fastest is None else self._check_seconds(job, fastest, raw),
+        )
 
     async def _runner_stopped(self, call: RemoteCall, done: int, total: int) -> list[Timing]:
         try:
             completed = await asyncio.wait_for(call.finish(), 10)
         except asyncio.TimeoutError:
-            raise Transient(f"the runner's output ended after {done} of {total} models") from None
+            raise Transient(f"the device's output ended after {done} of {total} models") from None
         if completed.status is None and completed.signal is None:
             raise Transient(f"the connection dropped after {done} of {total} models")
         status = completed.status if completed.status is not None else f"signal {completed.signal}"
-        raise self._exit_problem(completed, f"the runner (stopped after {done} of {total} models, status {status})")
+        what = "the runner" if self.profile.timer == "runner" else "the timing loop"
+        raise self._exit_problem(completed, f"{what} (stopped after {done} of {total} models, status {status})")
 
-    async def _benchmark_batch(self, conn: Any, payload: bytes, batch: list[ModelJob]) -> list[Timing]:
+    async def _benchmark_batch(self, conn: Any, batch: list[ModelJob]) -> list[Timing]:
         p, s = self.profile, self.settings
         tag = f"batch-{uuid.uuid4().hex[:12]}"
-        async with conn.start_sftp_client() as sftp:  # models travel encoded; unpacked next to the binary
-            async with sftp.open(f"{p.work_dir}/{tag}.bin", "wb") as f:
-                await f.write(payload)
-        self.transfer_stats.sent_bytes += len(payload)
         try:
-            unpacked = await self._exec(conn, f"{self._cd()} && exec {p.python} {FEEDER_NAME} unpack {tag}.bin {tag}",
-                                        p.call_timeout_s)
-            if unpacked.status != 0:
-                raise self._exit_problem(unpacked, "unpacking the batch")
-            flags = " ".join(shlex.quote(f) for f in p.benchmark_flags)
-            timings = []
-            for job in batch:
-                await self._cool_down()
-                # sensors read in the same call, after the timing (vcgencmd exists on a Pi only)
-                command = (f"{self._cd()} && {shlex.quote(p.benchmark_model)} --graph={tag}/{job.cell_id}.tflite "
-                           f"--num_runs={s.runs} --warmup_runs={s.warmup} --num_threads={s.threads} {flags}; "
-                           "st=$?; echo; echo \"__temp $(cat /sys/class/thermal/thermal_zone0/temp 2>/dev/null)\"; "
-                           "echo \"__throttled $(vcgencmd get_throttled 2>/dev/null)\"; exit $st")
-                try:
-                    result = await self._exec(conn, command, p.call_timeout_s)
-                finally:
-                    self._last_call_end = time.monotonic()
-                timings.append(self._benchmark_timing(job, result))
-            return timings
+            self.transfer_stats.sent_bytes += await upload_models(conn, self.name, p.work_dir, tag, batch,
+                                                                  p.call_timeout_s)
+            await self._cool_down()
+            script = timing_script(p.work_dir, tag, [job.cell_id for job in batch], p.benchmark_model,
+                                   p.benchmark_flags, s.runs, s.warmup, s.threads, p.thermal, s.cooldown_s)
+            call = await RemoteCall.start(conn, script, self.name)
+            try:
+                await asyncio.wait_for(call.read_pid(), p.call_timeout_s)
+                return await read_timings(call, self.name, batch, p.call_timeout_s + s.cooldown_s, p.thermal,
+                                          self.pause_watch, lambda done: self._runner_stopped(call, done, len(batch)))
+            except asyncio.TimeoutError:
+                await call.kill()
+                raise Transient(f"benchmark_model gave no result within call_timeout_s={p.call_timeout_s:g} s; "
+                                "the timing loop was killed") from None
+            except (asyncio.CancelledError, DeviceError):
+                await call.kill_quietly()
+                raise
+            finally:
+                self._last_call_end = time.monotonic()
+                self.pause_watch.ended()
+                call.close()
         finally:
             if not conn.is_closed():
                 try:
-                    await asyncio.wait_for(conn.run(f"{self._cd()} && rm -rf {tag} {tag}.bin"), 10)
+                    await asyncio.wait_for(conn.run(f"{self._cd()} && rm -rf {tag}"), 10)
                 except Exception:  # noqa: BLE001 - leftovers in the work dir are harmless
                     pass
-
-    def _benchmark_timing(self, job: ModelJob, result: CallResult) -> Timing:
-        stdout = result.stdout.decode("utf-8", "replace")
-        sensors = {}
-        kept = []
-        for line in stdout.splitlines():
-            if line.startswith("__temp ") or line.startswith("__throttled "):
-                key, _, value = line.partition(" ")
-                sensors[key] = value.strip()
-            else:
-                kept.append(line)
-        # benchmark_model logs to stdout or stderr depending on its version: parse both
-        raw = "\n".join(kept) + "\n" + result.stderr.decode("utf-8", "replace")
-        if result.status != 0:
-            raise DeviceError(f"{self.name}: cell {job.cell_id}: benchmark_model exited with status {result.status}; "
-                              f"raw output:\n{raw.strip()[-2000:]}")
-        try:
-            parsed = parse_benchmark_output(raw)
-        except BenchmarkParseError as exc:
-            raise DeviceError(f"{self.name}: cell {job.cell_id}: {exc}") from None
-        temperature = None
-        try:
-            temperature = int(sensors.get("__temp", "")) / 1000.0
-        except ValueError:
-            pass
-        throttled = None
-        value = sensors.get("__throttled", "")
-        if "=" in value:
-            try:
-                throttled = bool(int(value.split("=", 1)[1], 16) & 0xF)  # bits 0-3: the current state
-            except ValueError:
-                pass
-        return Timing(cell_id=job.cell_id, seconds=self._check_seconds(job, parsed.seconds, raw),
-                      measured_at=time.time(), temperature_c=temperature, throttled=throttled)
 
     async def close(self) -> None:
         await self._link.drop()
