@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from latency.devices.check import (DeviceFacts, OsRelease, describe_throttled, install_advice, missing_for_timer,
-                                   parse_benchmark_version, parse_df, parse_os_release, parse_probe,
-                                   parse_throttled, parse_version, pip_failure, probe_script)
+from latency.devices.check import install_advice, missing_for_timer, probe_script
+from latency.devices.check_facts import (DeviceFacts, describe_throttled, parse_benchmark_version, parse_df,
+                                         parse_os_release, parse_probe, parse_throttled, parse_version, pip_failure)
 from latency.devices.profiles import SshProfile
 from tests.emulated_pi_fixture import EmulatedPi, emulated_bare_pi, emulated_pi  # noqa: F401 - fixtures
 
