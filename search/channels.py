@@ -5,9 +5,10 @@ function (a table `Predictor.predict`), so every rule can be checked against bru
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -143,37 +144,42 @@ def scale_width(width: int, factor: float) -> int:
     return max(1, min(width, math.floor(factor * width + 0.5)))
 
 
-def scaled_widths(arch: Arch, start: Mapping[str, int], factor: float) -> dict[str, int]:
-    return {g.name: scale_width(int(start[g.name]), factor) for g in arch.prunable_groups}
+def scaled_widths(arch: Arch, start: Mapping[str, int], factor: float,
+                  groups: Collection[str] | None = None) -> dict[str, int]:
+    """`start` with every prunable group (or only those of `groups`) scaled by `factor`."""
+    return {g.name: scale_width(int(start[g.name]), factor) if groups is None or g.name in groups
+            else int(start[g.name]) for g in arch.prunable_groups}
 
 
-def distinct_factors(arch: Arch, start: Mapping[str, int]) -> list[float]:
+def distinct_factors(arch: Arch, start: Mapping[str, int], groups: Collection[str] | None = None) -> list[float]:
     """One factor per distinct uniformly scaled network, ascending: widths change only at
     factors (c + 0.5) / w, so the midpoints between those breakpoints (and 1) cover them all."""
-    breaks = sorted({(c + 0.5) / w for g in arch.prunable_groups
+    breaks = sorted({(c + 0.5) / w for g in arch.prunable_groups if groups is None or g.name in groups
                      for w in [int(start[g.name])] for c in range(1, w)})
     if not breaks:
         return [1.0]
     return [breaks[0] / 2] + [(a + b) / 2 for a, b in zip(breaks, breaks[1:])] + [1.0]
 
 
-def uniform_factor(arch: Arch, start: Mapping[str, int], predict: Predict, target: float) -> tuple[float, dict[str, int]]:
-    """The factor whose uniformly scaled network is predicted at or under `target` seconds:
-    a bisection over the distinct factors, then checked.
+def uniform_factor(arch: Arch, start: Mapping[str, int], predict: Predict, target: float,
+                   groups: Collection[str] | None = None) -> tuple[float, dict[str, int]]:
+    """The factor whose uniformly scaled network (only `groups` scaled, when given) is
+    predicted at or under `target` seconds: a bisection over the distinct factors, then checked.
 
     The table is not monotone, so the bisection can end on a network that misses the target
     (a bump, or an outlier at the smallest widths): then every factor is tried, largest first."""
-    factors = distinct_factors(arch, start)
+    factors = distinct_factors(arch, start, groups)
+    scaled = functools.partial(scaled_widths, arch, start, groups=groups)
     meets: dict[int, bool] = {}
 
     def ok(i: int) -> bool:
         if i not in meets:
-            meets[i] = predict(scaled_widths(arch, start, factors[i])) <= target
+            meets[i] = predict(scaled(factors[i])) <= target
         return meets[i]
 
     top = len(factors) - 1
     if ok(top):
-        return factors[top], scaled_widths(arch, start, factors[top])
+        return factors[top], scaled(factors[top])
     lo, hi = 0, top  # bisection invariant for a monotone table: ok(lo), not ok(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -182,8 +188,8 @@ def uniform_factor(arch: Arch, start: Mapping[str, int], predict: Predict, targe
         else:
             hi = mid
     if ok(lo):  # the check
-        return factors[lo], scaled_widths(arch, start, factors[lo])
+        return factors[lo], scaled(factors[lo])
     for i in range(top - 1, -1, -1):  # a bump defeated the bisection: every factor, largest first
         if ok(i):
-            return factors[i], scaled_widths(arch, start, factors[i])
+            return factors[i], scaled(factors[i])
     raise ValueError("no uniform scaling of the network is predicted at or under the target")

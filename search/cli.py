@@ -44,7 +44,10 @@ def _fractions(text: str) -> list[float]:
 
 
 def _groups(text: str) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()]
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    if not groups:
+        raise argparse.ArgumentTypeError(f"expected comma-separated width group names like s1,s2b0; got {text!r}")
+    return groups
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--torch-threads", dest="threads", type=int,
                     help="torch threads per candidate (default: 1 per worker with --jobs > 1, else torch's default)")
     common = p.add_argument_group("all algorithms")
-    common.add_argument("--groups", type=_groups, help="only prune these width groups (comma-separated)")
+    common.add_argument("--groups", type=_groups, metavar="G1,G2,...",
+                        help="prune only these width groups, the others keep their widths (uniform scales only "
+                             "these); describe-arch lists an architecture's groups (default: all prunable ones)")
     common.add_argument("--save-at", type=_fractions, default=[], metavar="F1,F2,...",
                         help="also save the width assignment when the latency passes these fractions "
                              "(the run goes on down to the smallest)")
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.datasets import DatasetError, open_dataset
     from models.synthetic_data import write_synthetic_cifar10
     from .checkpoint_io import CheckpointError, load_model
+    from .common import select_groups
     from .data import SearchData
     from .finetune import FinetuneSettings
     from .runs import SearchError, stderr_log
@@ -132,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         predictor.predict(net.widths)  # the starting widths must be inside the table
         if table.coverage_note():
             log(f"note: {table.coverage_note()}")
-        groups = tuple(args.groups) if args.groups else None
+        groups = select_groups(net.arch, args.groups)  # before any work, the same for every algorithm
         common = dict(save_at=args.save_at, resume=args.resume, log=log)
         if args.algorithm == "uniform":
             from .uniform import run_uniform
 
-            result = run_uniform(net, predictor, args.out, args.target, **common)
+            result = run_uniform(net, predictor, args.out, args.target, groups=groups, **common)
         else:
             if not args.data_dir:
                 return fail(f"--algorithm {args.algorithm} fine-tunes: give --data-dir (and --data cifar10|synthetic)")

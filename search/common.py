@@ -53,6 +53,28 @@ def check_target(target: float, save_at: Sequence[float]) -> tuple[float, list[f
     return float(target), points, points[-1]
 
 
+def select_groups(arch: Arch, groups: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The width groups a search may prune (`--groups`), checked against `arch`, in the
+    order given; None = every prunable group. Every algorithm reads it the same way."""
+    if groups is None:
+        return None
+    prunable = [g.name for g in arch.prunable_groups]
+    unknown = [g for g in groups if g not in arch.group_by_name]
+    fixed = [g for g in groups if g in arch.group_by_name and g not in prunable]
+    problems = []
+    if unknown:
+        problems.append(f"{arch.name} has no width group {', '.join(map(repr, unknown))}")
+    if fixed:
+        problems.append(f"{', '.join(map(repr, fixed))} {'is' if len(fixed) == 1 else 'are'} fixed "
+                        "(image channels or classes)")
+    if not groups:
+        problems.append("no group given")
+    if problems:
+        raise SearchError(f"--groups: {'; '.join(problems)}; the prunable groups of {arch.name} are "
+                          f"{', '.join(prunable)} (describe-arch --arch {arch.name} --no-tflite shows their layers)")
+    return tuple(dict.fromkeys(groups))  # as given (a run's stored settings), once each
+
+
 def smallest_widths(arch: Arch, start: Mapping[str, int], groups: Sequence[str] | None = None) -> dict[str, int]:
     """Every group the search may prune at its minimum (blocks removed)."""
     out = {g.name: int(start.get(g.name, g.full)) for g in arch.prunable_groups}

@@ -16,7 +16,7 @@ from latency.table import Predictor
 from models.torch_builder import ArchNet, carry_over
 from .channels import Removal, choose_removal, min_width
 from .common import SearchResult, check_reachable, check_target, fingerprint, net_from_state, record_saved_points, \
-    table_fingerprint, write_outputs
+    select_groups, table_fingerprint, write_outputs
 from .data import SearchData, derive_seed
 from .finetune import FinetuneSettings, finetune, holdout_error
 from .fisher import FisherAccumulator
@@ -55,10 +55,8 @@ def run_fisher(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: st
     target, points, stop_fraction = check_target(target, save_at)
     if finetune_settings.batches < 1:
         raise SearchError("Fisher pruning accumulates its signal while fine-tuning: --finetune-batches must be >= 1")
-    prunable = [g.name for g in arch.prunable_groups]
-    considered = [g for g in prunable if groups is None or g in groups]
-    if groups is not None and set(groups) - set(prunable):
-        raise SearchError(f"unknown or fixed width groups {sorted(set(groups) - set(prunable))}")
+    groups = select_groups(arch, groups)
+    considered = [g.name for g in arch.prunable_groups if groups is None or g.name in groups]
     min_widths = {g.name: min_width(g) for g in arch.prunable_groups}
     run = RunDir(run_dir)
     config = {"algorithm": "fisher", "arch": arch.name, "target": target, "seed": seed, "save_at": points,

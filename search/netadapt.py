@@ -22,7 +22,7 @@ from models.torch_builder import ArchNet
 from .channels import Outcome, channels_to_keep, fewest_to_meet, l2_scores, largest_gain, min_width, pick_best, \
     removal_gains
 from .common import SearchResult, check_reachable, check_target, fingerprint, net_from_state, record_saved_points, \
-    table_fingerprint, write_outputs
+    select_groups, table_fingerprint, write_outputs
 from .data import SearchData, derive_seed
 from .finetune import FinetuneSettings, holdout_error, probe_fisher
 from .parallel import CandidateTask, check_backend, run_candidates, worker_threads
@@ -116,12 +116,8 @@ def run_netadapt(net: ArchNet, predictor: Predictor, data: SearchData, run_dir: 
         raise SearchError(f"--jobs must be >= 1, got {jobs}")
     check_backend(backend)
     n_threads = worker_threads(jobs, threads)
-    prunable = [g.name for g in arch.prunable_groups]
-    if settings.groups is not None:
-        unknown = [g for g in settings.groups if g not in prunable]
-        if unknown:
-            raise SearchError(f"unknown or fixed width groups {unknown}; prunable: {', '.join(prunable)}")
-    considered = [g for g in prunable if settings.groups is None or g in settings.groups]
+    chosen = select_groups(arch, settings.groups)
+    considered = [g.name for g in arch.prunable_groups if chosen is None or g.name in chosen]
     min_widths = {g.name: min_width(g) for g in arch.prunable_groups}
     run = RunDir(run_dir)
     config = {"algorithm": "netadapt", "arch": arch.name, "target": target, "seed": seed, "save_at": points,

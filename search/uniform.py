@@ -1,4 +1,5 @@
-"""The uniform baseline: every prunable group scaled by one factor until the target is met.
+"""The uniform baseline: every prunable group (or every one of `groups`) scaled by one factor
+until the target is met; the other groups keep their widths.
 
 The weights are carried over (the highest-L2 channels of each group) so the result can be
 fine-tuned, but a uniform baseline is meant to be retrained from scratch like the others.
@@ -11,7 +12,7 @@ from typing import Sequence
 from latency.table import Predictor
 from models.torch_builder import ArchNet, carry_over
 from .channels import channels_to_keep, l2_scores, uniform_factor
-from .common import SearchResult, TargetUnreachable, check_target, table_fingerprint, write_outputs
+from .common import SearchResult, TargetUnreachable, check_target, select_groups, table_fingerprint, write_outputs
 from .runs import Log, RunDir, stderr_log
 
 
@@ -22,24 +23,27 @@ def scale_network(net: ArchNet, widths: dict[str, int]) -> ArchNet:
 
 
 def run_uniform(net: ArchNet, predictor: Predictor, run_dir: str | Path, target: float, *,
-                save_at: Sequence[float] = (), resume: bool = False, log: Log = stderr_log,
-                plot: bool = True) -> SearchResult:
+                save_at: Sequence[float] = (), groups: Sequence[str] | None = None, resume: bool = False,
+                log: Log = stderr_log, plot: bool = True) -> SearchResult:
     """Scales to `target` and to every `save_at` fraction; instant, so `resume` only lets a
     finished run's directory be reused with the same settings."""
     arch = net.arch
     target, points, stop = check_target(target, save_at)
+    groups = select_groups(arch, groups)
     run = RunDir(run_dir)
     config = {"algorithm": "uniform", "arch": arch.name, "target": target, "save_at": points,
-              "initial_widths": dict(net.widths), "table": table_fingerprint(predictor)}
+              "initial_widths": dict(net.widths), "table": table_fingerprint(predictor),
+              "groups": list(groups) if groups is not None else None}
     run.start(config, resume)
     initial_widths = dict(net.widths)
     initial = predictor.predict(initial_widths)
     saved, history = [], []
     for f in points:
         try:
-            factor, widths = uniform_factor(arch, initial_widths, predictor.predict, f * initial)
+            factor, widths = uniform_factor(arch, initial_widths, predictor.predict, f * initial, groups)
         except ValueError as exc:
-            raise TargetUnreachable(f"target not reachable by uniform scaling: {f:.2f} of {initial * 1e3:.3f} ms "
+            scaled = f"scaling {', '.join(groups)}" if groups is not None else "uniform scaling"
+            raise TargetUnreachable(f"target not reachable by {scaled}: {f:.2f} of {initial * 1e3:.3f} ms "
                                     f"({exc})") from exc
         latency = predictor.predict(widths)
         saved.append({"fraction": f, "factor": factor, "predicted_latency_s": latency,

@@ -124,3 +124,46 @@ def test_killed_run_resumes_to_the_same_result(small_table, synthetic_dir, base_
     history = json.loads((cut / "history.json").read_text())
     assert [e["group"] for e in history] == \
            [e["group"] for e in json.loads((tmp_path / "whole" / "history.json").read_text())]
+
+
+def test_groups_mean_the_same_for_every_algorithm(small_table, synthetic_dir, base_checkpoint, tmp_path, capsys):
+    """--groups: only those groups are pruned, whatever the algorithm; the others keep their widths."""
+    table = small_table("wrn-10-1")
+    full = get_arch("wrn-10-1").full_widths()
+    chosen = {"s2b0", "s3b0"}
+    for algorithm in ("uniform", "netadapt", "fisher"):
+        out = tmp_path / algorithm
+        argv = cli_args(base_checkpoint, table, synthetic_dir, out, "--target", "0.85", "--groups", "s2b0,s3b0",
+                        "--seed", "1")
+        argv[argv.index("--algorithm") + 1] = algorithm
+        assert main(argv) == 0, capsys.readouterr().err
+        doc = json.loads((out / "widths.json").read_text())
+        assert doc["fraction"] <= 0.85
+        assert {g: w for g, w in doc["widths"].items() if g not in chosen} == \
+               {g: w for g, w in full.items() if g not in chosen}, algorithm
+        assert any(doc["widths"][g] < full[g] for g in chosen), algorithm
+
+
+def test_uniform_says_when_the_groups_given_cannot_reach_the_target(small_table, base_checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(base_checkpoint), "--table", str(small_table("wrn-10-1")), "--algorithm", "uniform",
+            "--quiet", "--target", "0.05", "--groups", "s1", "--out", str(tmp_path / "far")]
+    assert main(argv) == 2  # s1 alone (the first stage's stream) cannot bring wrn-10-1 to a twentieth
+    assert "not reachable by scaling s1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algorithm", ["uniform", "netadapt", "fisher"])
+def test_unknown_or_fixed_groups_are_refused_before_any_work(algorithm, small_table, base_checkpoint, tmp_path,
+                                                             capsys):
+    data_dir = tmp_path / "data"  # synthetic data would be written here: the refusal comes first
+    argv = cli_args(base_checkpoint, small_table("wrn-10-1"), data_dir, tmp_path / "run", "--target", "0.8")
+    argv[argv.index("--algorithm") + 1] = algorithm
+    assert main([*argv, "--groups", "s1,nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "wrn-10-1 has no width group 'nosuch'" in err
+    assert "the prunable groups of wrn-10-1 are s1, s1b0, s2, s2b0, s3, s3b0" in err
+    assert main([*argv, "--groups", "classes"]) == 2
+    assert "'classes' is fixed" in capsys.readouterr().err
+    assert not data_dir.exists() and not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--groups", ","])
+    assert exc.value.code == 2 and "width group names" in capsys.readouterr().err
