@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="models handed to a device in one call (32)")
     run.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print cells, passes, bytes to send and an ETA, then exit: no device touched, no file written")
     add_verbose_flag(run)
     return p
 
@@ -144,7 +146,15 @@ def _main(argv: list[str] | None) -> int:
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
+        from latency.build_plan import calibrate, imported_table, print_plan  # time before work (latency.eta)
+
+        if not args.out and imported_table(out, arch):  # the shipped thesis table is never measured into
+            out = out.with_name(f"{out.stem}-measured.sqlite")
         recipe = resolve_recipe(args, arch, out)
+        plan = None if args.quiet and not args.dry_run else print_plan(
+            args, arch, recipe, out, print if args.dry_run else (lambda s: print(s, file=sys.stderr, flush=True)))
+        if args.dry_run:
+            return 0
         partners = cx.partner_models(arch) if recipe.in_network else ()
         devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file)
     except (ValueError, TableFileError) as exc:
@@ -164,6 +174,8 @@ def _main(argv: list[str] | None) -> int:
 
         loop.add_signal_handler(signal.SIGINT, request_stop)
         loop.add_signal_handler(signal.SIGTERM, request_stop)
+        if plan is not None and plan.eta_s is None and recipe.device_kind == "ssh":  # no reference: time a batch
+            await calibrate(plan, arch, recipe, devices, args.models_per_call, args.seed, report)
         return await build_table(arch, out, devices, recipe, options, report, stop)
 
     try:
