@@ -169,6 +169,9 @@ async def calibrate(plan: eta.Plan, arch: Arch, recipe: TableRecipe, devices: li
     from .devices.base import DeviceError, ModelJob
     from .generate import CellModels
 
+    if plan.measurements_left == 0:
+        return 0.0
+
     types, grid = grid_of(arch, recipe)
     cells = [(k, i, o) for k, cs in grid.items() for i, o in cs]
     sample = random.Random(seed).sample(cells, min(models_per_call, len(cells)))

@@ -266,7 +266,9 @@ def plan_lines(plan: Plan) -> list[str]:
         model += (f"; sent over SSH ({plan.transfer} transfer): {format_bytes(plan.sent_bytes_per_pass)} per pass "
                   f"({per_model:,.0f} B per model) + {format_bytes(plan.setup_bytes_per_device)} set-up per device")
     lines.append(model)
-    if plan.eta_s is None:
+    if plan.measurements_left == 0:
+        lines.append("ETA: nothing left to measure")
+    elif plan.eta_s is None:
         lines.append(f"ETA: {plan.eta_source}")
     else:
         share = (f"; {plan.estimated_share:.1%} of it from a cost model for cells the reference lacks"

@@ -95,6 +95,8 @@ def test_plan_lines():
     assert "ETA: 39 min 00 s on 4 devices x efficiency 1.30" in text
     none = eta.plan_lines(eta.Plan(10, 1, 10, 1, 1000, eta_source="needs a calibration"))
     assert none[-1] == "ETA: needs a calibration" and "sent" not in none[1]
+    done = eta.plan_lines(eta.Plan(10, 1, 0, 1, 1000, eta_source="needs a calibration"))
+    assert "left to measure: 0" in done[0] and done[-1] == "ETA: nothing left to measure"
 
 
 # -- the byte estimates against real renders ----------------------------------------------------
