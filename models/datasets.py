@@ -244,6 +244,13 @@ def open_dataset(name: str, data_dir: str | Path) -> CifarData:
     spec = DATASETS.get(name.strip().lower())
     if spec is None:
         raise DatasetError(f"unknown dataset {name!r}; known names: {', '.join(sorted(DATASETS))}")
+    d = Path(data_dir).expanduser()
+    if spec.synthetic and not ((d / META_FILE).exists() or (d / CIFAR10_DIRNAME / META_FILE).exists()):
+        where = "does not exist" if not d.exists() else f"holds no {META_FILE} (nor {CIFAR10_DIRNAME}/{META_FILE})"
+        raise DatasetError(  # no download advice: synthetic data are generated
+            f"synthetic dataset directory {d} {where}: synthetic data are generated, not downloaded: "
+            f"prune-search --data synthetic writes them into its --data-dir, or run python -c \"from "
+            f"models.synthetic_data import write_synthetic_cifar10; write_synthetic_cifar10('{d}')\"")
     data = load_cifar10(data_dir)
     if data.synthetic != spec.synthetic:
         found = "synthetic" if data.synthetic else "cifar10"

@@ -28,6 +28,7 @@ from latency.quiet import add_verbose_flag, quiet_runtime
 
 from .atomic_write import WriteError, write_bytes_atomic, write_text_atomic
 from .torch_builder import ArchNet
+from .writable import check_writable
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 DEFAULT_TOL = 1e-4
@@ -192,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and args.out:
         p.error("--check verifies an existing file; it writes nothing, so --out does not apply")
     try:
+        if args.out:  # before any work: loading and converting take a while
+            check_writable(args.out)
         net, meta, model_path = load_run(args.run)
+        if not args.check and not args.out:
+            check_writable(model_path.parent / "model.tflite", hint="choose a writable --out")
         if args.check:
             try:
                 flatbuffer = Path(args.check).read_bytes()
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"converting {net.arch.name} from {model_path} ...", flush=True)
             flatbuffer = convert(net)
-    except ExportError as exc:
+    except (ExportError, WriteError) as exc:
         print(f"export-tflite: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     mean, std, norm_source = normalization_of(meta, model_path)

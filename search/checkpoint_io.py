@@ -16,6 +16,7 @@ from models.arch import WidthError
 from models.atomic_write import atomic_path
 from models.families import get_arch
 from models.torch_builder import ArchNet, build_torch
+from .unreadable import why_unreadable
 
 FORMAT_KEYS = ("arch", "widths", "state_dict")
 
@@ -53,12 +54,18 @@ def save_model(path: str | Path, net: ArchNet, extra: Mapping[str, Any] | None =
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dictionary, checked for the three format keys."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        inside = f" (such as {path / 'model.pt'})" if (path / "model.pt").is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a directory: give the model file{inside}")
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file: give the model file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {why_unreadable(path, exc)}; use the model.pt "
+                              "that retrain or prune-search wrote, or copy it again") from exc
     if not isinstance(data, dict) or any(k not in data for k in FORMAT_KEYS):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from latency.store import TableFileError
     from latency.table import LatencyTable, PredictionError
     from models.datasets import DatasetError, open_dataset
+    from models.writable import check_writable
     from models.synthetic_data import write_synthetic_cifar10
     from .checkpoint_io import CheckpointError, load_model
     from .common import select_groups
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
+        check_writable(args.out, directory=True)  # before any work
         net = load_model(args.checkpoint)
         if args.arch and get_arch(args.arch).name != net.arch.name:
             return fail(f"--arch {args.arch} does not match the checkpoint's architecture {net.arch.name}")

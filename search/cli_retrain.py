@@ -17,6 +17,7 @@ from models.datasets import DATASETS, DatasetError
 from models.families import KNOWN_ARCHS
 from .checkpoint_io import CheckpointError
 from models.atomic_write import WriteError
+from models.writable import check_writable
 from .retrain import StopRequest, stdout_log, train
 from .retrain_config import RetrainConfig, RetrainError, TrainingDiverged, read_widths_file
 from .retrain_run_dir import config_from_state, read_state
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = build_config(args)
-    except (RetrainError, WidthError, DatasetError, CheckpointError) as exc:
+        check_writable(args.out, directory=True)  # before the data are loaded and the network built
+    except (RetrainError, WidthError, DatasetError, CheckpointError, WriteError) as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     stop = StopRequest(stdout_log)

@@ -132,6 +132,9 @@ def train(cfg: RetrainConfig, out: str | Path, resume: bool = False, should_stop
         if epoch >= cfg.epochs and run_complete(out):
             log(f"{out} already finished its {cfg.epochs} epochs; nothing to do")
             return RunOutcome(out, True, epoch, 0, json.loads((out / RESULT).read_text()))
+        if epoch >= cfg.epochs:
+            log(f"{out} finished training, but its {MODEL} or {RESULT} is missing or unreadable: writing them again "
+                f"from {CHECKPOINT}")
     dev_name = describe_device(device)
     n_params = count_parameters(net)
 

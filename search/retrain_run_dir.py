@@ -22,7 +22,9 @@ import torch
 
 from models.atomic_write import write_text_atomic
 from models.datasets import CifarData
+from .checkpoint_io import read_checkpoint
 from .retrain_config import RetrainConfig, RetrainError
+from .unreadable import why_unreadable
 
 STATE_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -55,7 +57,8 @@ def read_state(out: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # many exception types for a damaged file; all mean "unreadable"
-        raise RetrainError(f"cannot read the training checkpoint {path}: {exc}") from exc
+        raise RetrainError(f"cannot read the training checkpoint {path}: {why_unreadable(path, exc)}; the run "
+                           "cannot continue from it: start afresh with another --out") from exc
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise RetrainError(f"{path} is not a retrain checkpoint of version {STATE_VERSION} (found {found!r})")
@@ -116,4 +119,11 @@ class RunOutcome:
 
 
 def run_complete(out: str | Path) -> bool:
-    return (Path(out) / RESULT).is_file() and (Path(out) / MODEL).is_file()
+    """The run's result.json and model.pt are there and readable (a resume writes a damaged one
+    again from the checkpoint, which holds the final weights)."""
+    try:
+        json.loads((Path(out) / RESULT).read_text())
+        read_checkpoint(Path(out) / MODEL)
+    except (OSError, ValueError):  # a CheckpointError and a JSONDecodeError are ValueErrors
+        return False
+    return True

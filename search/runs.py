@@ -20,6 +20,7 @@ import torch
 from models.arch import Arch
 from models.atomic_write import atomic_path, write_text_atomic
 from .checkpoint_io import atomic_torch_save
+from .unreadable import why_unreadable
 
 STATE_VERSION = 1
 
@@ -93,7 +94,8 @@ class RunDir:
             try:
                 state = torch.load(self.state, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise SearchError(f"cannot read the run checkpoint {self.state}: {exc}") from exc
+                raise SearchError(f"cannot read the run checkpoint {self.state}: {why_unreadable(self.state, exc)}; "
+                                  "the run cannot continue from it: start afresh with another --out") from exc
             if state.get("version") != STATE_VERSION:
                 raise SearchError(f"{self.state} has checkpoint version {state.get('version')}, expected {STATE_VERSION}")
             diff = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}

@@ -167,3 +167,37 @@ def test_unknown_or_fixed_groups_are_refused_before_any_work(algorithm, small_ta
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--groups", ","])
     assert exc.value.code == 2 and "width group names" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_files_and_outs_are_named_with_what_to_do(small_table, base_checkpoint, tmp_path, capsys):
+    table = small_table("wrn-10-1")
+
+    def error_of(checkpoint, out=tmp_path / "run", *extra):
+        assert main(["--checkpoint", str(checkpoint), "--table", str(table), "--target", "0.8", "--algorithm",
+                     "uniform", "--out", str(out), "--quiet", *extra]) == 2
+        return capsys.readouterr().err
+
+    whole = base_checkpoint.read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(whole[:len(whole) // 3])
+    (tmp_path / "notes.pt").write_text("these are notes\n")
+    (tmp_path / "a-run").mkdir()
+    for path, why in [(tmp_path / "empty.pt", "the file is empty (0 bytes)"),
+                      (tmp_path / "cut.pt", "the PyTorch archive is truncated or damaged"),
+                      (tmp_path / "notes.pt", "not a PyTorch file: it begins with b'these are notes\\n'")]:
+        err = error_of(path)
+        assert f"prune-search: error: cannot read checkpoint {path}: {why}" in err and "copy it again" in err
+    assert f"checkpoint {tmp_path / 'a-run'} is a directory: give the model file" in error_of(tmp_path / "a-run")
+    assert not (tmp_path / "run").exists()
+
+    (tmp_path / "file").write_text("")
+    assert f"cannot write {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a directory" in \
+           error_of(base_checkpoint, tmp_path / "file" / "run")
+
+    # a run whose checkpoint was damaged cannot continue: said so, naming the file
+    assert main(["--checkpoint", str(base_checkpoint), "--table", str(table), "--target", "0.8", "--algorithm",
+                 "uniform", "--out", str(tmp_path / "done"), "--quiet"]) == 0
+    state = tmp_path / "done" / "state.pt"
+    state.write_bytes(b"")
+    err = error_of(base_checkpoint, tmp_path / "done", "--resume")
+    assert f"cannot read the run checkpoint {state}: the file is empty (0 bytes)" in err and "another --out" in err
