@@ -110,14 +110,20 @@ class TableStore:
         recipe is the caller's) or creates a new one measured with `recipe`."""
         path = Path(path)
         if path.exists():
-            store = cls.open(path, write=True)
-            existing = store.meta().get("arch")
+            reader = cls.open(path)  # a file that does not fit is refused before anything is written
+            try:
+                meta = reader.meta()
+            finally:
+                reader.close()
+            existing = meta.get("arch")
             if existing != arch_name:
-                store.close()
                 raise TableFileError(
                     f"{path} is a table of {existing!r}, not {arch_name!r}: choose another --out file"
                 )
-            return store
+            if meta.get("source") == "import":
+                raise TableFileError(f"{path} is an imported table (its cells were not measured here): measure into "
+                                     "another --out")
+            return cls.open(path, write=True)
         if not path.parent.exists():
             raise TableFileError(f"cannot create {path}: directory {path.parent} does not exist")
         try:

@@ -368,8 +368,10 @@ def test_build_cli_bad_inputs(tmp_path):
     p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--out", str(not_a_table), check=False)
     assert p.returncode == 2 and "not a latency table" in p.stderr
     assert not_a_table.read_text() == "hello"  # untouched
+    shipped = PI_TABLE.read_bytes()
     p = cli("-m", "latency.cli_build", "--arch", "mbv2-tiny", "--out", str(PI_TABLE), check=False)
     assert p.returncode == 2 and "table of 'wrn-40-2'" in p.stderr
+    assert PI_TABLE.read_bytes() == shipped  # refused before anything is written
 
 
 def test_prediction_bad_inputs(small_table, tmp_path):
