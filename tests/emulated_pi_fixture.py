@@ -7,7 +7,8 @@ start/stop) with a ``ChrootDirectory`` config: ``uname -m`` there says ``armv7l`
 
 ``emulated_pi``       the full root (``pi/``): Python 3.11, numpy, tflite-runtime 2.14.0 and the
                       TF-Lite 1.13.1 ``benchmark_model`` as ``/usr/local/bin/benchmark_model``;
-``emulated_bare_pi``  the Python-less root (``bare/``): bash, busybox and ``benchmark_model``.
+``emulated_bare_pi``  the Python-less root (``bare/``): bash, busybox and ``benchmark_model``;
+``second_emulated_bare_pi``  another server on that same root (a farm's second device).
 
 sshd's ChrootDirectory needs sshd to run as root, and the session user is looked up on this
 machine: sessions log in as root, whose account (home ``/root``, shell ``/bin/bash``) the roots
@@ -112,6 +113,10 @@ class EmulatedPi(SshServer):
         """The session's home (/root on the device) as a path on this machine."""
         return self.chroot / "root"
 
+    def work_path(self, work_dir: str) -> Path:
+        """A relative work_dir of this server's profiles as a path on this machine."""
+        return self.home / self.scratch / work_dir
+
     def remove_scratch(self) -> None:
         shutil.rmtree(self.home / self.scratch, ignore_errors=True)
 
@@ -141,12 +146,12 @@ class EmulatedPi(SshServer):
         return write_devices_file(path, {name: self.profile(work_dir, **overrides)})
 
 
-def _running(tmp_path_factory: pytest.TempPathFactory, variant: str) -> Iterator[EmulatedPi]:
+def _running(tmp_path_factory: pytest.TempPathFactory, variant: str, name: str = "") -> Iterator[EmulatedPi]:
     reason = emulated_pi_missing_reason()
     if reason:
         skip_or_fail(reason)
     chroot = pi_root.default_root().absolute() / variant
-    server = EmulatedPi.create_chrooted(tmp_path_factory.mktemp(f"emulated-{variant}"), chroot, variant)
+    server = EmulatedPi.create_chrooted(tmp_path_factory.mktemp(name or f"emulated-{variant}"), chroot, variant)
     check = subprocess.run([SSHD, "-t", "-f", str(server.root / "sshd_config")], capture_output=True, text=True)
     if check.returncode != 0:
         pytest.fail(f"sshd rejects the chroot config: {check.stderr.strip()}", pytrace=False)
@@ -168,3 +173,9 @@ def emulated_pi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPi
 def emulated_bare_pi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPi]:
     """An emulated Pi with no Python at all: a shell, busybox and benchmark_model."""
     yield from _running(tmp_path_factory, "bare")
+
+
+@pytest.fixture(scope="module")
+def second_emulated_bare_pi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedPi]:
+    """A second Python-less device: its own sshd (port, keys, scratch directory) on the same root."""
+    yield from _running(tmp_path_factory, "bare", "emulated-bare-second")
