@@ -181,3 +181,28 @@ def test_a_report_that_cannot_be_written_fails_before_measuring(small_table, tmp
     assert p.returncode == 2 and "cannot write the report into" in p.stderr and "--out" in p.stderr
     assert "Traceback" not in p.stderr
     assert _rows(table, "select count(*) from whole_networks")[0][0] == 0  # no device time was spent
+
+
+def test_a_failed_ssh_start_leaves_no_table_a_local_build_would_continue(tmp_path: Path) -> None:
+    import socket
+
+    from tests.sshd_fixture import write_devices_file
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    devices = write_devices_file(tmp_path / "devices.toml", {"pi": {
+        "host": "127.0.0.1", "port": port, "known_hosts": str(tmp_path / "known_hosts"), "retries": 0}})
+    (tmp_path / "known_hosts").write_text("")
+    out = tmp_path / "t.sqlite"
+    p = cli("-m", "latency.cli_build", "--device", "pi", "--devices-file", str(devices), "--arch", "wrn-10-1",
+            "--grid", "step:8", "--passes", "1", "--quiet", "--out", str(out), check=False)
+    assert p.returncode == 2 and "no device could start" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()  # no skeleton with the SSH device's recipe
+    # a table an SSH device did start is refused by a local build, naming why
+    from latency.recipe import TableRecipe
+    from latency.store import TableStore
+
+    TableStore.create_or_open(out, "wrn-10-1", TableRecipe(device_kind="ssh", grid_step=8, passes=1)).close()
+    p = _build(out, check=False)
+    assert p.returncode == 2 and "timed on SSH devices, not on the local CPU" in p.stderr
