@@ -165,10 +165,12 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
         t_prepare = time.time()
         todo_types = sorted({cells[c][0] for _, batch in batches for c in batch})
         for i, key in enumerate(todo_types):
+            if stop.is_set():  # a Ctrl-C while converting stops here, not after every template
+                raise BuildInterrupted("stopped on request before measuring; nothing was lost")
             if report:
                 report(f"converting template {i + 1}/{len(todo_types)}: {key}")
             await loop.run_in_executor(None, generator.template, key)
-        if settings.verify_ops:
+        if settings.verify_ops and not stop.is_set():
             if report:
                 report(f"checking that the layer types cover every op of the converted {arch.name}")
             ops = await loop.run_in_executor(None, check_network_ops, arch, generator)
