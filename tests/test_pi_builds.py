@@ -18,6 +18,7 @@ import pytest
 
 from latency import context as cx
 from latency.build import BuildOptions, build_table
+from latency.devices.base import TimingSettings
 from latency.devices.defaults import defaults_for
 from latency.devices.profiles import devices_from_profiles, load_profiles
 from latency.devices.ssh import SshDevice
@@ -132,6 +133,50 @@ def test_table_and_report_with_each_timer(root: str, request: pytest.FixtureRequ
     assert rows(out, "select count(*) from whole_networks where device = 'pi'") == [(2,)]
     assert rows(out, "select count(distinct probe) from invoke_probes where device = 'pi'") == [(6,)]
     print(speed)  # -rP shows it
+
+
+@pytest.fixture(scope="module")
+def wrn_call() -> tuple[list, int]:
+    """32 cells of WRN-10-1's step:8 grid, every layer type among them (strided convs, shortcuts,
+    additions, the head), and the grid's size."""
+    import random
+
+    from latency.devices.base import ModelJob
+    from latency.generate import CellModels
+    from latency.layer_types import grid_cells, network_layer_types
+    from models.families import get_arch
+
+    types = network_layer_types([get_arch("wrn-10-1")])
+    rng = random.Random(0)
+    cells = {k: [(k, *c) for c in grid_cells(t, 8, 0)] for k, t in sorted(types.items())}
+    chosen = [rng.choice(v) for v in cells.values()]  # every type once ...
+    rest = [c for v in cells.values() for c in v if c not in chosen]
+    chosen += rng.sample(rest, 32 - len(chosen))  # ... and random cells up to a call of 32
+    renderer = CellModels(types)
+    return [ModelJob(i, renderer.render(*c)) for i, c in enumerate(chosen)], sum(map(len, cells.values()))
+
+
+@pytest.mark.parametrize("root", ["emulated_pi", "emulated_bare_pi"])
+def test_every_wrn_layer_type_times_in_one_call(root: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """One call of what a real table sends, on each timer (WRN-10-1 itself is too slow to build
+    here: its cells per second are printed, -rP)."""
+    pi: EmulatedPi = request.getfixturevalue(root)
+    jobs, grid_size = request.getfixturevalue("wrn_call")  # after the device: no conversion when it skips
+    devices_file = profiles_file(tmp_path, {"pi": (pi, {})})
+    (device,) = devices_from_profiles(["pi"], TimingSettings(runs=2, warmup=1), devices_file)
+
+    async def measure() -> tuple[list, float]:
+        await device.start()
+        try:
+            started = time.monotonic()
+            return await device.measure(jobs), time.monotonic() - started
+        finally:
+            await device.close()
+
+    timings, wall_s = asyncio.run(measure())
+    assert [t.cell_id for t in timings] == [j.cell_id for j in jobs] and all(t.seconds > 0 for t in timings)
+    print(f"{device.profile.timer}: 32 cells of wrn-10-1 (of {grid_size} at step:8) in one call: "
+          f"{wall_s:.1f} s, {32 / wall_s:.2f} cells/s")
 
 
 def test_benchmark_model_device_refuses_a_network_context(tmp_path: Path) -> None:
