@@ -109,7 +109,8 @@ def resolve_recipe(args: argparse.Namespace, arch, out: Path):
         else:  # the devices' own L2, read over SSH (or their profiles')
             from latency.devices.ssh_facts import device_l2_bytes
 
-            l2 = device_l2_bytes(args.device, args.devices_file)
+            # a dry run touches no device: the profiles' l2_bytes, if they say
+            l2 = device_l2_bytes(args.device, args.devices_file, connect=not args.dry_run)
         recipe = recipe.replace(evict_bytes=cx.evict_bytes_for(arch, l2))
     return recipe
 

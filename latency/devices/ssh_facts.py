@@ -85,9 +85,10 @@ async def _l2_of(profile: SshProfile) -> int | None:
     return facts["l2_bytes"] or profile.l2_bytes
 
 
-def device_l2_bytes(spec: str, devices_file: str | Path | None = None) -> int:
+def device_l2_bytes(spec: str, devices_file: str | Path | None = None, connect: bool = True) -> int | None:
     """The L2 cache size of the SSH devices of `--device spec`: each device's sysfs, else its
-    profile's ``l2_bytes``. Raises ValueError when one cannot tell or two disagree."""
+    profile's ``l2_bytes``. Raises ValueError when one cannot tell or two disagree. Without
+    `connect`, the profiles' values only (None where one has none): no device is touched."""
     from .defaults import device_names
     from .profiles import expand_names, find_devices_file, load_profiles
 
@@ -98,6 +99,10 @@ def device_l2_bytes(spec: str, devices_file: str | Path | None = None) -> int:
             raise ValueError(f"{p.name}: benchmark_model times models back to back only; a network timing context "
                              f"needs timer = \"runner\" (profile {p.name} in {path}), or build the table with "
                              "--context alone")
+
+    if not connect:
+        sizes = {p.l2_bytes for p in profiles}
+        return sizes.pop() if len(sizes) == 1 else None
 
     async def all_of() -> list[int | None]:
         return list(await asyncio.gather(*(_l2_of(p) for p in profiles)))
