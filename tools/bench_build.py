@@ -39,25 +39,27 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--passes", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--models-per-call", type=int, default=32)
     p.add_argument("--configs", default="1:0,1:5",
                    help="comma-separated workers:min-time-ms configurations to compare (1:0,1:5)")
     args = p.parse_args()
-    from latency.build import BuildSettings, build_table
-    from latency.devices.base import TimingSettings
+    from latency.build import BuildOptions, build_table
     from latency.devices.local import LocalDevice
     from latency.layer_types import parse_grid
+    from latency.recipe import TableRecipe
     from models.families import get_arch
 
-    settings = BuildSettings(passes=args.passes, grid_step=parse_grid(args.grid), batch_size=args.batch_size)
+    options = BuildOptions(models_per_call=args.models_per_call)
     configs = [(int(w), float(t)) for w, t in (c.split(":") for c in args.configs.split(","))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workers, min_ms in configs:
-            timing = TimingSettings(runs=args.runs, warmup=args.warmup, min_time_s=min_ms / 1000)
+            # back to back (the context the minimum timed duration applies to)
+            recipe = TableRecipe(device_kind="local", grid_step=parse_grid(args.grid), passes=args.passes,
+                                 runs=args.runs, warmup=args.warmup, min_time_s=min_ms / 1000)
             out = Path(tmp) / f"{len(rows)}.sqlite"
-            r = asyncio.run(build_table(get_arch(args.arch), out, [LocalDevice(workers=workers, settings=timing)],
-                                        settings, args.runs))
+            r = asyncio.run(build_table(get_arch(args.arch), out,
+                                        [LocalDevice(workers=workers, settings=recipe.timing())], recipe, options))
             rows.append((f"{workers}:{min_ms:g}", r, _cell_means(out)))
             print(f"  built with {workers} worker(s), min time {min_ms:g} ms: {r.wall_s:.1f} s", flush=True)
     first = rows[0]

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
-    p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--torch-threads", dest="threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--torch-device", dest="device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.images < args.batch_size:

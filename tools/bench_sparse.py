@@ -59,18 +59,17 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=3.0)
     p.add_argument("--table", help="an existing full-grid table of --arch (default: build one)")
     args = p.parse_args()
-    from latency.build import BuildSettings, build_table
-    from latency.devices.base import TimingSettings
+    from latency.build import build_table
     from latency.devices.local import LocalDevice
+    from latency.recipe import TableRecipe
     from latency.store import TableStore
     from models.families import get_arch
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.table) if args.table else Path(tmp) / "full.sqlite"
         if not args.table:
-            timing = TimingSettings(runs=args.runs, warmup=2)
-            r = asyncio.run(build_table(get_arch(args.arch), path, [LocalDevice(settings=timing)],
-                                        BuildSettings(passes=args.passes, grid_step=1, sigma=args.sigma), args.runs))
+            recipe = TableRecipe(device_kind="local", passes=args.passes, runs=args.runs, sigma=args.sigma)
+            r = asyncio.run(build_table(get_arch(args.arch), path, [LocalDevice(settings=recipe.timing())], recipe))
             print(f"full grid of {args.arch}: {r.cells:,} cells, {args.passes} pass(es) of {args.runs} runs, "
                   f"built in {r.wall_s:.0f} s")
         store = TableStore.open(path)

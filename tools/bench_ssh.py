@@ -1,6 +1,6 @@
 """Benchmark of the SSH device against the local one, on this machine (loopback sshd).
 
-    python -m tools.bench_ssh [--arch wrn-40-2] [--cells 192] [--runs 10] [--batch-size 32] [--repeat 3]
+    python -m tools.bench_ssh [--arch wrn-40-2] [--cells 192] [--runs 10] [--models-per-call 32] [--repeat 3]
 
 Needs a checkout (it starts OpenSSH servers with tests/sshd_fixture.py) and /usr/sbin/sshd.
 The same pre-rendered cells (a random sample of the architecture's full grid, so sizes are
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=int, default=192, help="cells sampled from the full grid (192)")
     p.add_argument("--runs", type=int, default=10, help="timed invocations per model (10)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32, help="models per device call (32, as build-tables)")
+    p.add_argument("--models-per-call", type=int, default=32, help="models per device call (32, as build-tables)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per setup; the median is shown (3)")
     return p
@@ -83,13 +83,13 @@ async def _bench(args: argparse.Namespace) -> None:
     sample = random.Random(args.seed).sample(cells, min(args.cells, len(cells)))
     generator = CellModels(types)
     print(f"{args.arch}: {len(cells):,} cells in the full grid; timing {len(sample)} of them, runs={args.runs}, "
-          f"warmup={args.warmup}, batches of {args.batch_size}", flush=True)
+          f"warmup={args.warmup}, batches of {args.models_per_call}", flush=True)
     t0 = time.perf_counter()
     for key in sorted({c[0] for c in sample}):
         generator.template(key)
     jobs = [ModelJob(n, generator.render(*c, seed=n)) for n, c in enumerate(sample)]
     print(f"templates + render: {time.perf_counter() - t0:.1f} s", flush=True)
-    batches = [jobs[i:i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    batches = [jobs[i:i + args.models_per_call] for i in range(0, len(jobs), args.models_per_call)]
     raw = sum(len(j.model) for j in jobs)
 
     # -- transfer size and encode cost (no network)
@@ -170,7 +170,7 @@ async def _bench(args: argparse.Namespace) -> None:
     # what one device call costs beyond the timing itself (remote exec, interpreter start-up)
     per_batch = (n / figures[1][1] - n / local_rate) / len(batches)
     print(f"  fixed cost per SSH batch (transfer=pool) beyond local: {per_batch:.2f} s = "
-          f"{per_batch / args.batch_size * 1e3:.0f} ms/cell at {args.batch_size} cells per batch")
+          f"{per_batch / args.models_per_call * 1e3:.0f} ms/cell at {args.models_per_call} cells per batch")
 
 
 def main(argv: list[str] | None = None) -> int:
