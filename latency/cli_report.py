@@ -245,8 +245,9 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
         try:
             result, measured_overhead = asyncio.run(_measure(plan, store, args, diag, report))
         except KeyboardInterrupt:
-            print(f"\ninterrupted: every finished device call is saved in {args.table}; run the same command "
-                  "again to continue", file=sys.stderr)
+            again = "the same command without --remeasure" if args.remeasure else "the same command"
+            print(f"\ninterrupted: every finished device call is saved in {args.table}; run {again} again to "
+                  "continue", file=sys.stderr)
             return 130
         measured = sn.measured_networks(store, arch, device.name)
         run_ids = sorted({r for n in networks if n.key in measured for r in measured[n.key].run_ids})

@@ -196,8 +196,8 @@ def resolve(profile: TableRecipe, stored: TableRecipe | None, overrides: Mapping
 
 def default_sigma(estimator: str) -> float:
     """3 channels (the thesis) for the estimators of pass means; 0 for those of the fastest
-    invocations, whose cells reproduce within 0.1 % and where smoothing only blurs the runtime's
-    channel-block steps (`docs/measuring.md`)."""
+    invocations, whose cells reproduce closely and where smoothing only blurs the runtime's
+    channel-block steps (docs/measuring.md)."""
     return 0.0 if ESTIMATOR_COLUMNS[estimator] == "fastest" else 3.0
 
 

@@ -19,8 +19,8 @@ class TimingSettings:
     warmup: int = 2
     threads: int = 1
     cooldown_s: float = 0.0  # pause between calls (a Pi heats up; the local CPU needs none)
-    # more runs than `runs` until this much time is timed (benchmark_model's --min_secs): a
-    # 20 µs layer timed 50 times is 1 ms of measurement, less than loading its interpreter
+    # more runs than `runs` until this much time is timed (benchmark_model's --min_secs): a tiny
+    # layer's runs last less than loading it (docs/measuring.md)
     min_time_s: float = 0.0
     # time each model as it runs inside a network (runner.time_in_context): other
     # layers' models invoked before every invocation, and with evict_bytes the caches written
@@ -89,8 +89,8 @@ class Device(abc.ABC):
     def host_work_guard(self) -> contextlib.AbstractContextManager:
         """Held by the builder around its own heavy work (rendering models). A device that times
         on this machine holds its timing token for it, so that no model is timed meanwhile: on a
-        small machine the cores share caches and even hyperthreads, and a 20 µs layer timed
-        beside other work runs up to 30 % slower."""
+        small machine the cores share caches and even hyperthreads, and a small layer timed
+        beside other work runs slower (docs/measuring.md)."""
         return contextlib.nullcontext()
 
     @abc.abstractmethod

@@ -15,7 +15,7 @@ from ..recipe import RecipeError, TableRecipe
 #: the thesis's method, where SSH profiles start
 SSH_RECIPE = TableRecipe(device_kind="ssh")
 #: the local CPU back to back (`--context alone`): tiny layers timed until 5 ms are timed, like
-#: benchmark_model --min_secs; 50 runs of a 20 us layer last less than loading it
+#: benchmark_model --min_secs (docs/measuring.md)
 LOCAL_ALONE_MIN_TIME_S = 0.005
 
 
