@@ -20,8 +20,7 @@ from models.arch import Arch
 from .devices.base import Device, DeviceInfo, ModelJob, Timing, TimingSettings
 from .networks import Network, network_cells, network_model
 from .op_coverage import model_op_counts
-from .passes import DeviceRun, plan_passes, require_all_measured, run_passes
-from .progress import Progress
+from .passes import DeviceRun, plan_passes, run_recorded
 from .recipe import TableRecipe
 from .smoothing import estimate
 from .store import TableStore
@@ -98,18 +97,10 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
         return add_network_passes(store, arch, device.name, run.run_id, p,
                                   [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings)
 
-    result.info, result.run_id = info, store.start_run(info)
-    status = "interrupted"
-    try:
-        progress = Progress(passes * len(by_key), result.already, report, label="network timings")
-        outcome = await run_passes([DeviceRun(device, result.run_id)], plan, render, commit, pause_s=cooldown_s,
-                                   progress=progress, report=report)
-        progress.finish()
-        result.measured_now = outcome.stored
-        require_all_measured(outcome, "networks")
-        status = "finished"
-    finally:
-        store.end_run(result.run_id, status)
+    result.info = info
+    result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, "network",
+                                                passes * len(by_key), result.already, cooldown_s, report)
+    result.measured_now = outcome.stored
     result.wall_s = time.time() - started
     return result
 
@@ -146,18 +137,9 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
     def commit(run: DeviceRun, p: int, ks: list[str], timings: list[Timing]) -> int:
         return add_exact_cell_passes(store, device.name, run.run_id, p, [(keys[k], t) for k, t in zip(ks, timings)])
 
-    run_id = store.start_run(info)
-    status = "interrupted"
-    try:
-        already = sum(1 for k, p in done if k in keys and p < passes)
-        progress = Progress(passes * len(keys), already, report, label="exact single-layer timings")
-        outcome = await run_passes([DeviceRun(device, run_id)], plan, render, commit, pause_s=cooldown_s,
-                                   progress=progress, report=report)
-        progress.finish()
-        require_all_measured(outcome, "exact single-layer models")
-        status = "finished"
-    finally:
-        store.end_run(run_id, status)
+    already = sum(1 for k, p in done if k in keys and p < passes)
+    _, outcome = await run_recorded(store, device, info, plan, render, commit, "exact single-layer",
+                                    passes * len(keys), already, cooldown_s, report)
     return outcome.stored
 
 

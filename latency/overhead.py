@@ -16,8 +16,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from .context import OVERHEAD_META_KEY
 from .devices.base import Device, DeviceInfo, ModelJob, Timing
 from .metrics import fit_line
-from .passes import DeviceRun, plan_passes, require_all_measured, run_passes
-from .progress import Progress
+from .passes import DeviceRun, plan_passes, run_recorded
 from .smoothing import ESTIMATOR_COLUMNS, estimate
 from .store import TableStore
 from .store_networks import add_probe_passes, forget_probes, probe_passes, probe_values, run_rows, table_devices
@@ -144,18 +143,9 @@ async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, 
             return add_probe_passes(store, device.name, run.run_id, p,
                                     [(k, by_label[k][0], by_label[k][1], t) for k, t in zip(keys, timings)])
 
-        run_id = store.start_run(info)
-        status = "interrupted"
-        try:
-            already = sum(1 for label, p in done if label in labels and p < passes)
-            progress = Progress(passes * len(labels), already, report, label="overhead probe timings")
-            outcome = await run_passes([DeviceRun(device, run_id)], plan, render, commit, pause_s=cooldown_s,
-                                       progress=progress, report=report)
-            progress.finish()
-            require_all_measured(outcome, "overhead probes")
-            status = "finished"
-        finally:
-            store.end_run(run_id, status)
+        already = sum(1 for label, p in done if label in labels and p < passes)
+        await run_recorded(store, device, info, plan, render, commit, "overhead probe", passes * len(labels), already,
+                           cooldown_s, report)
     overhead = stored_overhead(store, device.name, estimator)
     assert overhead is not None  # every probe has just been measured
     if device.name in table_devices(store):

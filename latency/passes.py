@@ -201,3 +201,25 @@ def require_all_measured(outcome: PassOutcome, what: str) -> None:
         raise DeviceError(f"every device failed; {outcome.left} batches of {what} are left unmeasured (every "
                           "finished one is saved: run the same command again to continue). Failures: "
                           + "; ".join(outcome.retired))
+
+
+async def run_recorded(store, device: Device, info: DeviceInfo, batches: Iterable[tuple[int, list[K]]],
+                       render: Callable[[list[K]], list[ModelJob]],
+                       commit: Callable[[DeviceRun, int, list[K], list[Timing]], int], what: str, total: int,
+                       already: int, pause_s: float = 0.0,
+                       report: Callable[[str], None] | None = None) -> tuple[int, PassOutcome]:
+    """`run_passes` on one started device under a run row of the table `store` (status
+    'finished' when every batch is measured, else 'interrupted'); every batch measured or a
+    DeviceError. Returns the run's id and the outcome."""
+    run_id = store.start_run(info)
+    status = "interrupted"
+    try:
+        progress = Progress(total, already, report, label=f"{what} timings")
+        outcome = await run_passes([DeviceRun(device, run_id)], batches, render, commit, pause_s=pause_s,
+                                   progress=progress, report=report)
+        progress.finish()
+        require_all_measured(outcome, what)
+        status = "finished"
+    finally:
+        store.end_run(run_id, status)
+    return run_id, outcome
