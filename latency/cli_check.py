@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import sys
 
+from latency.quiet import add_verbose_flag, quiet_runtime
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -24,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--setup", action="store_true",
                    help="create a venv in the device's work directory and pip-install the runner's packages "
                         "there (the device must reach a package index)")
+    add_verbose_flag(p)
     return p
 
 
@@ -68,6 +71,7 @@ async def _check(profile, setup: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet_runtime(args.verbose)
     from latency.devices.base import DeviceError
     from latency.devices.profiles import ProfileError, expand_names, find_devices_file, load_profiles
 
