@@ -15,7 +15,7 @@ from latency.devices.profiles import SshProfile
 from tests.emulated_pi_fixture import EmulatedPi, emulated_bare_pi, emulated_pi  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
-BM_OUTPUT = ROOT.parent / "shared" / "data" / "benchmark_model_output"
+BM_OUTPUT = ROOT / "tests" / "data"
 
 BOOKWORM = """PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-DEFAULT_BENCHMARK_MODEL = CHECKOUT.parent / "shared" / "data" / "armhf" / "benchmark_model-tflite-1.13.1"
+DEFAULT_BENCHMARK_MODEL = CHECKOUT / "tests" / "data" / "armhf" / "benchmark_model-tflite-1.13.1"
 BENCHMARK_MODEL_SHA256 = "6f7253784f474b7e47cd5131f9b6ec6904dde7cc5f5db505f0019bdbc7881b35"
 BENCHMARK_MODEL_VERSION = "1.13.1"
 TFLITE_RUNTIME_VERSION = "2.14.0"
@@ -81,7 +81,7 @@ def default_root() -> Path:
 
 
 def benchmark_model_source() -> Path:
-    """The armhf benchmark_model to install: env NETADAPT_BENCHMARK_MODEL, else the shared data folder."""
+    """The armhf benchmark_model to install: env NETADAPT_BENCHMARK_MODEL, else the copy in tests/data/armhf."""
     env = os.environ.get("NETADAPT_BENCHMARK_MODEL")
     return Path(env).expanduser() if env else DEFAULT_BENCHMARK_MODEL
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the roots live (default: env NETADAPT_EMULATED_PI or ~/.cache/netadapt-lut/emulated-pi)")
     parser.add_argument("--benchmark-model", type=Path, default=None,
                         help="the armhf TF-Lite 1.13.1 benchmark_model (default: env NETADAPT_BENCHMARK_MODEL, else "
-                             "../shared/data/armhf/benchmark_model-tflite-1.13.1 beside the checkout)")
+                             "tests/data/armhf/benchmark_model-tflite-1.13.1)")
     parser.add_argument("--check", action="store_true", help="build nothing; exit 1 when the roots are not complete")
     args = parser.parse_args(argv)
     # a terminated build cleans up like an interrupted one (SIGKILL leaves it to the next run)
