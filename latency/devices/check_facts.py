@@ -214,7 +214,7 @@ def _probe_value(facts: DeviceFacts, key: str, value: str) -> None:
         try:
             facts.temperature_c = int(value) / 1000.0
         except ValueError:
-            pass
+            pass  # a sensor that reads no number: the temperature is reported as unknown
     elif key == "throttled":
         facts.vcgencmd = True
         facts.throttled = parse_throttled(value)
