@@ -53,7 +53,8 @@ from . import remote_feeder
 from .base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
 from .profiles import SshProfile
 from .ssh_benchmark import read_timings, timing_script, upload_models
-from .ssh_connection import CallResult, RemoteCall, SshConnection, Transient, run_command, tail, upload
+from .ssh_connection import (CallResult, RemoteCall, SshConnection, Transient, killed_on_failure, run_command, tail,
+                             upload)
 from .ssh_facts import read_facts
 from .ssh_transfer import PoolIndex, TransferStats, decode_batch, encode_batch, pool_index
 from .thermal import PauseWatch, timed_hot
@@ -271,40 +272,37 @@ class SshDevice(Device):
         self.transfer_stats.sent_bytes += len(payload)
         per_model_s = p.call_timeout_s + s.cooldown_s
         timings: list[Timing] = []
+
+        def overrun() -> str:
+            return (f"no result within call_timeout_s={p.call_timeout_s:g} s (+ cool-down) after {len(timings)} "
+                    f"of {len(batch)} models")
+
         try:
-            await asyncio.wait_for(call.read_pid(), p.call_timeout_s)
-            for job in batch:
-                while True:
-                    line = await asyncio.wait_for(call.readline(), per_model_s)
-                    if not line:
-                        return await self._runner_stopped(call, len(timings), len(batch))
-                    if not line.startswith(b"{"):
-                        continue  # chatter (e.g. from a login script)
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        raise DeviceError(f"{self.name}: unreadable runner output {tail(line)!r}") from None
-                    event = record.get("event")
-                    if event is None:
-                        break
-                    if event == "paused":  # the runner waits for the device to cool down
-                        self.pause_watch.paused(record.get("temperature_c"))
-                    elif event == "resumed":
-                        self.pause_watch.resumed(record.get("temperature_c"))
-                timings.append(self._runner_timing(job, record, line))
-            return timings
-        except asyncio.TimeoutError:
-            await call.kill()
-            where = f"after {len(timings)} of {len(batch)} models"
-            raise Transient(f"no result within call_timeout_s={p.call_timeout_s:g} s (+ cool-down) {where}; "
-                             "the remote runner was killed") from None
-        except (asyncio.CancelledError, DeviceError):
-            await call.kill_quietly()
-            raise
+            async with killed_on_failure(call, overrun):
+                await asyncio.wait_for(call.read_pid(), p.call_timeout_s)
+                for job in batch:
+                    while True:
+                        line = await asyncio.wait_for(call.readline(), per_model_s)
+                        if not line:
+                            return await self._runner_stopped(call, len(timings), len(batch))
+                        if not line.startswith(b"{"):
+                            continue  # chatter (e.g. from a login script)
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            raise DeviceError(f"{self.name}: unreadable runner output {tail(line)!r}") from None
+                        event = record.get("event")
+                        if event is None:
+                            break
+                        if event == "paused":  # the runner waits for the device to cool down
+                            self.pause_watch.paused(record.get("temperature_c"))
+                        elif event == "resumed":
+                            self.pause_watch.resumed(record.get("temperature_c"))
+                    timings.append(self._runner_timing(job, record, line))
+                return timings
         finally:
             self._last_call_end = time.monotonic()
             self.pause_watch.ended()
-            call.close()
 
     def _runner_timing(self, job: ModelJob, record: dict, line: bytes) -> Timing:
         if record.get("cell_id") != job.cell_id:
@@ -345,20 +343,14 @@ class SshDevice(Device):
                                    p.benchmark_flags, s.runs, s.warmup, s.threads, p.thermal, s.cooldown_s)
             call = await RemoteCall.start(conn, script, self.name)
             try:
-                await asyncio.wait_for(call.read_pid(), p.call_timeout_s)
-                return await read_timings(call, self.name, batch, p.call_timeout_s + s.cooldown_s, p.thermal,
-                                          self.pause_watch, lambda done: self._runner_stopped(call, done, len(batch)))
-            except asyncio.TimeoutError:
-                await call.kill()
-                raise Transient(f"benchmark_model gave no result within call_timeout_s={p.call_timeout_s:g} s; "
-                                "the timing loop was killed") from None
-            except (asyncio.CancelledError, DeviceError):
-                await call.kill_quietly()
-                raise
+                async with killed_on_failure(
+                        call, f"benchmark_model gave no result within call_timeout_s={p.call_timeout_s:g} s"):
+                    await asyncio.wait_for(call.read_pid(), p.call_timeout_s)
+                    return await read_timings(call, self.name, batch, p.call_timeout_s + s.cooldown_s, p.thermal,
+                                              self.pause_watch, lambda done: self._runner_stopped(call, done, len(batch)))
             finally:
                 self._last_call_end = time.monotonic()
                 self.pause_watch.ended()
-                call.close()
         finally:
             if not conn.is_closed():
                 try:

@@ -16,10 +16,11 @@ stdout over `STDOUT_LIMIT_BYTES` fails the call: results are a few lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from .base import DeviceError
 from .profiles import SshProfile
@@ -179,24 +180,33 @@ class RemoteCall:
         self.process.close()
 
 
-async def run_command(conn: Any, command: str, timeout_s: float, who: str) -> CallResult:
-    """One remote command with a deadline; on overrun its process group is killed (Transient)."""
-    call = await RemoteCall.start(conn, command, who)
+@contextlib.asynccontextmanager
+async def killed_on_failure(call: RemoteCall, overrun: str | Callable[[], str]) -> AsyncIterator[RemoteCall]:
+    """A remote call that does not end well leaves nothing running on the device: a deadline
+    passed kills its process group and becomes a Transient (retried) saying `overrun`; a
+    device error or a cancellation kills it too; the channel is closed in every case."""
     try:
-        async def body() -> CallResult:
-            await call.read_pid()
-            return await call.finish()
-
-        return await asyncio.wait_for(body(), timeout_s)
+        yield call
     except asyncio.TimeoutError:
         await call.kill()
-        raise Transient(f"`{command[:120]}` gave no result within call_timeout_s={timeout_s:g} s; "
-                        "the remote call was killed") from None
+        what = overrun() if callable(overrun) else overrun
+        raise Transient(f"{what}; the remote process was killed") from None
     except (asyncio.CancelledError, DeviceError):
         await call.kill_quietly()
         raise
     finally:
         call.close()
+
+
+async def run_command(conn: Any, command: str, timeout_s: float, who: str) -> CallResult:
+    """One remote command with a deadline; on overrun its process group is killed (Transient)."""
+    call = await RemoteCall.start(conn, command, who)
+    async with killed_on_failure(call, f"`{command[:120]}` gave no result within call_timeout_s={timeout_s:g} s"):
+        async def body() -> CallResult:
+            await call.read_pid()
+            return await call.finish()
+
+        return await asyncio.wait_for(body(), timeout_s)
 
 
 async def upload(sftp: Any, path: str, data: bytes) -> None:
