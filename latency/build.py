@@ -21,10 +21,13 @@ from .finalize import finalize
 from .generate import CellModels
 from .layer_types import grid_cells, network_layer_types
 from .op_map import check_network_ops
+from .overhead import (PROBE_LABELS, is_probe_batch, probe_jobs, probe_models, probe_rounds_todo, store_probe_batch,
+                       stored_overhead, with_probe_rounds)
 from .passes import DeviceRun, WrongTimings, plan_passes, run_passes, start_devices
 from .progress import Progress
 from .recipe import TableRecipe, check_resume
 from .store import TableFileError, TableStore
+from .store_networks import table_devices
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,24 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
         total = len(cells) * recipe.passes
         already = sum(1 for c, p in done if p < recipe.passes)
         result = BuildResult(Path(out), len(cells), 0, already, 0.0, 0.0)
-        if batches:
-            await _measure_all(arch, store, cells, types, devices, batches, options, recipe.runs, total, already,
-                               result, report, stop or asyncio.Event())
+        # a network-context table's per-invoke overhead is timed among its cells: every cell
+        # paid it once, a network pays it once, so the predictor counts it once (`latency.context`)
+        names = sorted({d.name for d in devices} | set(table_devices(store)))
+        rounds = probe_rounds_todo(store, names, recipe.passes) \
+            if recipe.in_network and (batches or not _has_overhead(store)) else []
+        plan = with_probe_rounds(batches, rounds) if rounds else batches
+        if plan:
+            await _measure_all(arch, store, cells, types, devices, plan, options, recipe.runs,
+                               total + len(rounds) * len(PROBE_LABELS), already, result, report, stop or asyncio.Event())
         t_finalize = time.time()
         result.incomplete_types = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
         result.finalize_s = time.time() - t_finalize
-        if recipe.in_network and not result.incomplete_types and (batches or not _has_overhead(store)):
-            await _network_overhead(store, devices[0], recipe, options.seed, report)
+        if rounds and not result.incomplete_types:
+            o = stored_overhead(store, names, recipe.estimator)
+            if o is not None:
+                store.set_meta(**{OVERHEAD_META_KEY: o.to_meta()})
+                if report:
+                    report(f"per-invoke overhead in the network context: {o.seconds * 1e6:.2f} us")
         result.wall_s = time.time() - started
         return result
     finally:
@@ -128,22 +141,6 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
 
 def _has_overhead(store: TableStore) -> bool:
     return OVERHEAD_META_KEY in store.meta()
-
-
-async def _network_overhead(store: TableStore, device: Device, recipe: TableRecipe, seed: int,
-                            report: Callable[[str], None] | None) -> None:
-    """A network-context table's per-invoke overhead, timed in that context: every cell paid it
-    once, a network pays it once, so the predictor counts it once (`latency.context`)."""
-    from .overhead import measure_overhead
-
-    info = await device.start()
-    try:
-        o = await measure_overhead(store, device, info, recipe.passes, seed, report=report,
-                                   estimator=recipe.estimator)
-    finally:
-        await device.close()
-    if report:
-        report(f"per-invoke overhead in the network context: {o.seconds * 1e6:.2f} us")
 
 
 async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
@@ -163,7 +160,12 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             raise BuildError("no device could start: " + "; ".join(result.retired))
 
         t_prepare = time.time()
-        todo_types = sorted({cells[c][0] for _, batch in batches for c in batch})
+        todo_types = sorted({cells[c][0] for _, batch in batches if not is_probe_batch(batch) for c in batch})
+        probes: dict[str, bytes] = {}
+        if any(is_probe_batch(batch) for _, batch in batches):
+            if report:
+                report("converting the per-invoke overhead probes")
+            probes = {label: m for label, _, m in await loop.run_in_executor(None, probe_models)}
         for i, key in enumerate(todo_types):
             if stop.is_set():  # a Ctrl-C while converting stops here, not after every template
                 raise BuildInterrupted("stopped on request before measuring; nothing was lost")
@@ -179,10 +181,14 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
         result.prepare_s = time.time() - t_prepare
         progress = Progress(total, already, report)
 
-        def render(batch: list[int]) -> list[ModelJob]:
+        def render(batch: list) -> list[ModelJob]:
+            if is_probe_batch(batch):
+                return probe_jobs(batch, probes)
             return [ModelJob(c, generator.render(*cells[c], seed=c)) for c in batch]
 
-        def commit(run: DeviceRun, p: int, batch: list[int], timings: list[Timing]) -> int:
+        def commit(run: DeviceRun, p: int, batch: list, timings: list[Timing]) -> int:
+            if is_probe_batch(batch):
+                return store_probe_batch(store, run.device.name, run.run_id, batch, timings, probes)
             stored = store.add_measurements(run.run_id, run.device.name, p, timings)
             result.measured_now += stored
             result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)

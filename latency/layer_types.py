@@ -115,10 +115,13 @@ def axis_values(lo: int, hi: int, step: int, block: int = 0) -> list[int]:
     XNNPACK's float kernels on AVX-512): a layer costs about the same across a block and steps
     at its ends, where a full block can even be faster than one channel less
     (docs/measuring.md). Measuring M - 1, M and M + 1 keeps linear interpolation inside one
-    block."""
+    block. Every count up to the first block (or the step) is measured too: there the runtime
+    takes other paths (one channel is a plain elementwise loop) and the cost is far from linear
+    (docs/measuring.md §8)."""
     values = set(range(lo, hi + 1, step)) | {lo, hi}
     if lo == 1 and step > 1:
         values |= set(range(step, hi + 1, step))  # multiples of the step: the runtimes pack by 4/8
+        values |= set(range(1, max(block, step) + 1))
     if block > 0 and step > 1:
         for m in range(block, hi + 2, block):
             values |= {m - 1, m, m + 1}

@@ -25,6 +25,14 @@ Report = Callable[[str], None] | None
 
 #: op-chain lengths of the overhead probes (1-element MULs: compute is negligible)
 PROBE_CHAIN = (1, 2, 4, 8, 16, 32)
+PROBE_LABELS = tuple(f"mul-chain-{n}" for n in PROBE_CHAIN)
+#: rounds of the probes per pass of a network-context build, spread evenly over its batches. A
+#: probe round lasts a millisecond; a shared machine has seconds-long phases in which everything
+#: runs ~1.5x slower, and rounds timed back to back can all land in one (docs/measuring.md §10)
+PROBE_ROUNDS_PER_PASS = 8
+
+#: a probe in a build's plan: (probe label, round)
+ProbeKey = tuple[str, int]
 
 
 def probe_models(chain: Sequence[int] = PROBE_CHAIN) -> list[tuple[str, int, bytes]]:
@@ -104,18 +112,68 @@ def estimate_overhead(device: str, rows: Iterable[tuple[str, int, float]], run_i
     return OverheadEstimate(device, max(a, 0.0), b, se, medians, tuple(run_ids), runtime, time.time(), combined)
 
 
-def stored_overhead(store: TableStore, device: str, estimator: str = "median") -> OverheadEstimate | None:
-    """The estimate from the probe rows stored for `device`, if every probe has a pass; probes
-    combine their fastest invocations when `estimator` combines those, else the median of passes."""
+def stored_overhead(store: TableStore, device: str | Sequence[str],
+                    estimator: str = "median") -> OverheadEstimate | None:
+    """The estimate from the probe rows stored for `device` (or several devices together, like
+    the cells of a farm), if every probe has a pass; probes combine their fastest invocations
+    when `estimator` combines those, else the median of passes."""
     combined = estimator if ESTIMATOR_COLUMNS.get(estimator) == "fastest" else "median"
-    rows = probe_values(store, device, combined)
+    names = [device] if isinstance(device, str) else list(device)
+    rows = [r for name in names for r in probe_values(store, name, combined)]
     if len({r[0] for r in rows}) < 3:
         return None
     run_ids = sorted({r[3] for r in rows})
     runtime = ""
     for run in run_rows(store, run_ids).values():
         runtime = f"{run['runtime']} {run['runtime_version']}"
-    return estimate_overhead(device, [(r[0], r[1], r[2]) for r in rows], run_ids, runtime, combined)
+    return estimate_overhead(",".join(names), [(r[0], r[1], r[2]) for r in rows], run_ids, runtime, combined)
+
+
+def probe_rounds_todo(store: TableStore, devices: Sequence[str], passes: int) -> list[int]:
+    """Probe rounds a network-context build of `passes` passes still lacks: of its
+    `PROBE_ROUNDS_PER_PASS x passes`, those some probe has no row of on any of `devices`."""
+    done: dict[int, set[str]] = {}
+    for name in devices:
+        for label, r in probe_passes(store, name):
+            done.setdefault(r, set()).add(label)
+    return [r for r in range(PROBE_ROUNDS_PER_PASS * passes) if not done.get(r, set()) >= set(PROBE_LABELS)]
+
+
+def with_probe_rounds(batches: Sequence[tuple[int, list]], rounds: Sequence[int]) -> list[tuple[int, list]]:
+    """`batches` with one batch of every probe, `(pass, [(label, round), ...])`, per round,
+    placed at evenly spaced points among them (each under the pass of the batch it follows)."""
+    out: list[tuple[int, list]] = []
+    n, k = len(batches), len(rounds)
+    at = [round((i + 0.5) * n / k) for i in range(k)]
+    todo = list(rounds)
+    for i in range(n + 1):
+        while todo and at[k - len(todo)] <= i:
+            r = todo.pop(0)
+            out.append((out[-1][0] if out else 0, [(label, r) for label in PROBE_LABELS]))
+        if i < n:
+            out.append(batches[i])
+    return out
+
+
+def is_probe_batch(keys: Sequence) -> bool:
+    return bool(keys) and isinstance(keys[0], tuple) and len(keys[0]) == 2 and keys[0][0] in PROBE_LABELS
+
+
+def probe_jobs(keys: Sequence[ProbeKey], models: Mapping[str, bytes]) -> list[ModelJob]:
+    """The jobs of a probe batch; ids are the probe's position in `PROBE_LABELS`, as
+    `measure_overhead` numbers them (the id seeds the partners a runner draws)."""
+    return [ModelJob(PROBE_LABELS.index(label), models[label]) for label, _ in keys]
+
+
+def store_probe_batch(store: TableStore, device: str, run_id: int, keys: Sequence[ProbeKey],
+                      timings: Sequence[Timing], models: Mapping[str, bytes]) -> int:
+    """Stores a probe batch's timings, each under its round; returns the rows stored."""
+    n_ops = dict(zip(PROBE_LABELS, PROBE_CHAIN))
+    stored = 0
+    for r in sorted({r for _, r in keys}):
+        stored += add_probe_passes(store, device, run_id, r, [(label, n_ops[label], models[label], t)
+                                                               for (label, rr), t in zip(keys, timings) if rr == r])
+    return stored
 
 
 async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, passes: int = 3, seed: int = 0,
@@ -128,7 +186,7 @@ async def measure_overhead(store: TableStore, device: Device, info: DeviceInfo, 
     `device` is started by the caller (`info` is what its start returned) and stays open."""
     if remeasure:
         forget_probes(store, device.name)
-    labels = [f"mul-chain-{n}" for n in PROBE_CHAIN]
+    labels = list(PROBE_LABELS)
     done = probe_passes(store, device.name)
     plan = plan_passes(labels, done, passes, len(labels), seed)
     if plan:

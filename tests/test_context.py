@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from latency import context as cx
+from latency.overhead import PROBE_LABELS, PROBE_ROUNDS_PER_PASS, is_probe_batch, with_probe_rounds
 from latency.recipe import RecipeError, TableRecipe, check_resume, recipe_from_meta
 from latency.table import LatencyTable
 from latency.networks import network_cells
@@ -107,6 +108,15 @@ def test_build_times_cells_and_overhead_in_the_network_context(network_table: Pa
         probes = db.execute("select n_ops, fastest from invoke_probes where device = 'local'").fetchall()
     assert all(s["partners"] == len(cx.partner_models(arch)) and "network context" in s["method"]
                and s["runs"] == 4 and s["min_time_s"] == 0 for s in settings)
+    # the probes were timed in rounds spread among the cells, not in one burst after them
+    with sqlite3.connect(network_table) as db:
+        rounds = db.execute("select pass_index, min(measured_at), count(*) from invoke_probes group by pass_index"
+                            ).fetchall()
+        first, last = rounds[0][1], rounds[-1][1]
+        between = db.execute("select count(*) from measurements where measured_at > ? and measured_at < ?",
+                             [first, last]).fetchone()[0]
+    assert [r for r, _, _ in rounds] == list(range(PROBE_ROUNDS_PER_PASS)) and {n for *_, n in rounds} == {6}
+    assert between > 0
     # the overhead the table holds is the intercept of its own probes' fastest invocations
     xs = sorted({n for n, _ in probes})
     intercept = np.polyfit(xs, [min(f for n, f in probes if n == x) for x in xs], 1)[1]
@@ -153,3 +163,16 @@ def test_report_counts_the_tables_overhead_once_per_network(network_table: Path,
         assert n["exact_sum_s"] > 0
     with sqlite3.connect(table) as db:  # the report took the table's probes, timed in its context
         assert db.execute("select count(distinct run_id) from invoke_probes").fetchone()[0] == 1
+
+
+def test_probe_rounds_are_spread_evenly_among_the_batches() -> None:
+    batches = [(p, [10 * p + i]) for p in range(2) for i in range(8)]
+    plan = with_probe_rounds(batches, [0, 1, 2, 3])
+    assert [b for b in plan if not is_probe_batch(b[1])] == batches  # every batch, in its order
+    at = [i for i, (_, keys) in enumerate(plan) if is_probe_batch(keys)]
+    assert len(at) == 4 and all(3 <= b - a <= 5 for a, b in zip(at, at[1:]))  # 16 batches, a round every 4
+    for i in at:
+        _, keys = plan[i]
+        assert sorted(label for label, _ in keys) == sorted(PROBE_LABELS) and len({r for _, r in keys}) == 1
+        assert plan[i][0] == plan[i - 1][0]  # under the pass of the batch before it
+    assert with_probe_rounds([], [0, 1]) == [(0, [(label, r) for label in PROBE_LABELS]) for r in (0, 1)]

@@ -303,3 +303,45 @@ def test_time_in_context_refuses_bad_arguments(models: dict[str, bytes]) -> None
         time_in_context(conv, [], runs=3)
     with pytest.raises(ValueError, match="runs"):
         time_in_context(conv, [load_model(models["dense"])], runs=0)
+
+
+def test_partners_are_drawn_by_layer_type(models: dict[str, bytes]) -> None:
+    # the same 3x3 conv at 32x32 with 1 and with 128 channels is one layer type; a dense layer is another
+    small, big, dense = (load_model(models[k]) for k in ("conv_small", "conv_big", "dense"))
+    assert tflite_runner.type_seed(small) == tflite_runner.type_seed(big) != tflite_runner.type_seed(dense)
+    chosen = []
+    for layer in (small, big):
+        calls: dict[str, int] = {}
+        partners = [_counting(load_model(models[k]), calls, f"{k}-{i}")
+                    for i in range(3) for k in ("conv_small", "dense")]
+        time_in_context(layer, partners, runs=2, warmup=0, n_partners=1)
+        chosen.append(sorted(calls))
+    assert chosen[0] == chosen[1] and len(chosen[0]) == 1  # both widths after the same partner
+
+
+def test_acquire_spinning_takes_the_lock_only_once_it_is_free() -> None:
+    import threading
+
+    lock = threading.Lock()
+    tflite_runner.acquire_spinning(lock)  # a free lock is taken at once
+    events: list[str] = []
+
+    def waiter() -> None:
+        tflite_runner.acquire_spinning(lock)
+        events.append("acquired")
+        lock.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    events.append("released")
+    lock.release()
+    thread.join(timeout=10)
+    assert events == ["released", "acquired"] and not lock.locked()
+
+
+def test_keep_busy_spins_at_least_as_long_as_asked() -> None:
+    import time
+
+    start = time.perf_counter()
+    tflite_runner.keep_busy(0.01)
+    assert time.perf_counter() - start >= 0.01

@@ -77,26 +77,27 @@ def _worker_time_batch(
     partners: tuple[bytes, ...] = (), evict_bytes: int = 0,
 ) -> tuple[list[_Row], tuple[int, str] | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why)).
-    With `partners`, every model is timed in a network context (`time_in_context`, seeded by
-    its cell id so a pass repeats it), exactly `runs` times."""
+    With `partners`, every model is timed in a network context (`time_in_context`, all of
+    them before every invocation), exactly `runs` times."""
     from .runner import load_model, read_sensors, time_in_context, time_loaded_stats
 
+    _ramp_up()
     rows: list[_Row] = []
     partner_interpreters = []
     for model in partners:
-        with _timing_token:
+        with _holding_token():
             partner_interpreters.append(load_model(model, threads))
             partner_interpreters[-1].invoke()
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
             time.sleep(cooldown_s)
+            _ramp_up()
         try:
-            with _timing_token:
+            with _holding_token():
                 interpreter = load_model(model, threads)
                 if partner_interpreters:
-                    seed = cell_id if isinstance(cell_id, int) else sum(map(ord, str(cell_id)))
                     seconds, done, fastest = time_in_context(interpreter, partner_interpreters, runs, warmup,
-                                                             evict_bytes, seed)
+                                                             evict_bytes)
                 else:
                     seconds, done, fastest = time_loaded_stats(interpreter, runs, warmup, min_time_s)
                 measured_at = time.time()
@@ -105,7 +106,35 @@ def _worker_time_batch(
             return rows, (cell_id, f"{type(exc).__name__}: {exc}")
         temperature, throttled = read_sensors()
         rows.append((seconds, measured_at, temperature, throttled, done, fastest))
+    _last_busy[0] = time.perf_counter()
     return rows, None
+
+
+# when this worker last finished a batch (it may have sat idle since)
+_last_busy = [0.0]
+
+
+def _ramp_up() -> None:
+    """Spins the core back to full speed after the worker sat idle since its last batch."""
+    from .runner import keep_busy, ramp_up_s
+
+    keep_busy(ramp_up_s(time.perf_counter() - _last_busy[0]))
+
+
+@contextlib.contextmanager
+def _holding_token() -> Iterator[None]:
+    """The timing token, waited for without letting the core idle (`runner.acquire_spinning`)."""
+    from .runner import acquire_spinning
+
+    token = _timing_token
+    if isinstance(token, contextlib.nullcontext):
+        yield
+        return
+    acquire_spinning(token)
+    try:
+        yield
+    finally:
+        token.release()
 
 
 class LocalDevice(Device):
@@ -126,8 +155,10 @@ class LocalDevice(Device):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.name = name
         self.workers = workers
-        # one batch queued behind each running one, so a worker never waits for the next
-        self.concurrency = 2 * workers
+        # one batch per worker at a time: a batch queued behind the running one is pickled and
+        # sent while a model is timed, and that overlap alone made small convs 6 % slower in a
+        # table (docs/measuring.md §3); the worker spins its core back to speed after the wait
+        self.concurrency = workers
         self.settings = settings if settings is not None else TimingSettings()
         if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1 \
                 or self.settings.min_time_s < 0:

@@ -53,8 +53,8 @@ model while the sensor reads above C, until it reads below ``--resume-below`` (d
 printing ``{"event": "paused", "temperature_c": ..}`` when it starts and every second while it
 waits, then ``{"event": "resumed", ..}``: a hot Pi cools down instead of timing slowly.
 
-``--partner FILE`` (repeatable) times every model in a network context (`time_in_context`, seeded
-by its cell id): the partner models are invoked before each invocation, and with
+``--partner FILE`` (repeatable) times every model in a network context (`time_in_context`): all
+the partner models are invoked before each invocation, and with
 ``--evict-bytes N`` N bytes are written over the caches first.
 
 A model that crashes the interpreter process itself (segfault) ends the batch: the caller sees
@@ -81,6 +81,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -279,14 +280,14 @@ def read_sensors(sensor: str = _THERMAL_ZONE,
 
 
 def wait_until_cool(sensor: str, pause_above: Optional[float], resume_below: Optional[float],
-                    note: Callable[[Dict[str, Any]], None], poll_s: float = _PAUSE_POLL_S) -> None:
+                    note: Callable[[Dict[str, Any]], None], poll_s: float = _PAUSE_POLL_S) -> bool:
     """Before a model: while the sensor reads above `pause_above`, wait until it reads below
     `resume_below` (default 10 degrees less), calling `note` with a "paused" event at the start
     and after every reading, and a "resumed" one at the end. No limit: the caller decides how
-    long a pause may last (it sees the events)."""
+    long a pause may last (it sees the events). True when it paused."""
     temperature = read_temperature(sensor)
     if pause_above is None or temperature is None or temperature <= pause_above:
-        return
+        return False
     resume = resume_below if resume_below is not None else pause_above - 10.0
     started = time.monotonic()
     while temperature is not None and temperature >= resume:
@@ -294,6 +295,7 @@ def wait_until_cool(sensor: str, pause_above: Optional[float], resume_below: Opt
         time.sleep(poll_s)
         temperature = read_temperature(sensor)
     note({"event": "resumed", "temperature_c": temperature, "paused_s": time.monotonic() - started})
+    return True
 
 
 # ---------------------------------------------------------------------------- timing
@@ -344,6 +346,32 @@ def _load(model: ModelSource, threads: int) -> Any:
         shape = tuple(int(d) for d in detail["shape"])
         interpreter.set_tensor(detail["index"], _random_input(shape, detail["dtype"]))
     return interpreter
+
+
+#: a core that sat idle for 50 ms ran its next half millisecond of work 1.65x slower (power and
+#: frequency states; docs/measuring.md §5); 20 ms of spinning restored its speed
+RAMP_UP_S = 0.02
+
+
+def ramp_up_s(idle_s: float) -> float:
+    """How long to spin after an idle spell of `idle_s` before timing: as long as it idled, at
+    most `RAMP_UP_S` (a short spell barely slows the core, and most of them are short)."""
+    return min(max(idle_s, 0.0), RAMP_UP_S)
+
+
+def keep_busy(seconds: float) -> None:
+    """Spins for `seconds`, so that the core is at full speed when the timing starts."""
+    clock = time.perf_counter
+    end = clock() + seconds
+    while clock() < end:
+        pass
+
+
+def acquire_spinning(lock: Any) -> None:
+    """Takes `lock` without letting this core go idle while it waits (a blocked wait would let
+    the core slow down, and the model timed next would pay for it)."""
+    while not lock.acquire(False):
+        pass
 
 
 def _timed_loop(invoke: Callable[[], None], runs: int, stamps: Optional[List[float]]) -> float:
@@ -483,20 +511,33 @@ def _evict_buffer(nbytes: int) -> np.ndarray:
     return buf
 
 
+def type_seed(interpreter: Any) -> int:
+    """A seed that is the same for every model of one layer type whatever its channel counts:
+    from the spatial sizes of its input and output and the number of its tensors."""
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    spatial = [tuple(int(x) for x in d["shape"][1:-1]) for d in ins + outs]
+    return zlib.crc32(repr((spatial, len(ins), len(interpreter.get_tensor_details()))).encode())
+
+
 def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmup: int = 2,
-                    evict_bytes: int = 0, seed: int = 0, n_partners: int = 3) -> Tuple[float, int, float]:
+                    evict_bytes: int = 0, seed: Optional[int] = None,
+                    n_partners: int = 3) -> Tuple[float, int, float]:
     """(mean seconds per invocation, invocations timed, seconds of the fastest) of a layer timed
     as it runs inside a network rather than back to back.
 
-    Before every invocation, `n_partners` other models (the same ones each time, drawn from
+    Before every invocation `n_partners` other models (the same ones each time, drawn from
     `partners` with `seed`) are invoked, so the runtime's code and state are as other layers
-    leave them; its input is written again, as the layer before it would. With `evict_bytes`
+    leave them; its input is written again, as the layer before it would. The draw moves a
+    small layer by up to 20 %, so by default it is seeded by the layer's type (`type_seed`):
+    every cell of a type, and the exact cells a report times, run after the same partners, and
+    interpolation between neighbouring cells sees no change of context (docs/measuring.md §7). With `evict_bytes`
     (twice the L2 cache, for a network whose weights exceed it) that many bytes are written
     first and the output buffer touched after them: the layer's weights come from beyond L2, as
     when the rest of such a network ran in between, while its activations stay warm."""
     _check_counts(runs, warmup)
     if not partners and n_partners > 0:
         raise ValueError("time_in_context needs partner models (other layers) to run in between")
+    seed = type_seed(interpreter) if seed is None else seed
     chosen = [p.invoke for p in random.Random(seed).sample(partners, min(n_partners, len(partners)))]
     inputs = [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
               for d in interpreter.get_input_details()]
@@ -703,12 +744,13 @@ def _run_batch_mode(source: str, args: argparse.Namespace) -> int:
     for position, (cell_id, model) in enumerate(items):
         if position and args.cooldown > 0:
             time.sleep(args.cooldown)
-        wait_until_cool(args.thermal_sensor, args.pause_above, args.resume_below, _emit)
+        if wait_until_cool(args.thermal_sensor, args.pause_above, args.resume_below, _emit) or \
+                position == 0 or args.cooldown > 0:
+            keep_busy(RAMP_UP_S)  # after reading the batch, a pause or a cooldown the core idled
         try:
             interpreter = _load(model, threads)
             if partners:
-                seed = cell_id if isinstance(cell_id, int) else sum(map(ord, str(cell_id)))
-                seconds, _, fastest = time_in_context(interpreter, partners, runs, warmup, args.evict_bytes, seed)
+                seconds, _, fastest = time_in_context(interpreter, partners, runs, warmup, args.evict_bytes)
             else:
                 seconds, _, fastest = time_loaded_stats(interpreter, runs, warmup)
             del interpreter
