@@ -125,10 +125,10 @@ def test_dry_run_rpi3b_wrn_40_2_prints_the_plan_and_writes_nothing(tmp_path):
     before = sorted(p.name for p in (ROOT / "tables").iterdir())
     p = build_tables("--device", "rpi3b", "--arch", "wrn-40-2", "--dry-run")
     assert p.returncode == 0, p.stderr
-    assert "cells: 29,560 per pass x 3 passes = 88,680 measurements" in p.stdout  # step:4, block 8
-    assert "2.45 GB of models per pass" in p.stdout and "sent over SSH (pool transfer)" in p.stdout
-    assert "pure timed compute: 2 h 23 min (from reference table rpi3b-wrn-40-2.sqlite)" in p.stdout
-    assert "ETA: 3 h 06 min on 1 device x efficiency 1.30" in p.stdout
+    assert "cells: 31,950 per pass x 3 passes = 95,850 measurements" in p.stdout  # step:4, block 8
+    assert "2.46 GB of models per pass" in p.stdout and "sent over SSH (pool transfer)" in p.stdout
+    assert "pure timed compute: 2 h 26 min (from reference table rpi3b-wrn-40-2.sqlite)" in p.stdout
+    assert "ETA: 3 h 10 min on 1 device x efficiency 1.30" in p.stdout
     assert sorted(p.name for p in (ROOT / "tables").iterdir()) == before  # no table file, no -wal
     out = tmp_path / "t.sqlite"
     p = build_tables("--device", "rpi3b", "--arch", "wrn-40-2", "--grid", "full", "--dry-run", "--out", str(out))
