@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="table file (default: tables/<device>-<arch>.sqlite)")
     recipe = p.add_argument_group("recipe (default: the device's; a continued table keeps its own)")
     recipe.add_argument("--grid", help="'full' (every channel count) or 'step:K' (every K-th, the rest "
-                                       "interpolated); default full")
+                                       "interpolated); local default step:4, SSH: the profile's (else full)")
     recipe.add_argument("--block", type=int, metavar="N",
                         help="with a step grid, also time N-1, N, N+1 around every multiple of N channels, where the "
                              "runtime's channel blocks step; local default: XNNPACK's block on this CPU, SSH: 0")

@@ -1,8 +1,8 @@
 """Each device's default recipe: the built-in `local` profile and the SSH profiles' values.
 
-The local CPU's defaults are the ones its measurements validated (`docs/measuring.md`): cells
-timed in a network context, grid points on both sides of XNNPACK's channel blocks, each cell's
-fastest invocation, no smoothing. SSH devices start from the thesis's method (back to back,
+The local CPU's defaults are the ones its measurements validated (`docs/measuring.md`): a step:4
+grid with points on both sides of XNNPACK's channel blocks, cells timed in a network context in
+6 passes of 20 invocations, each cell's fastest invocation, no smoothing. SSH devices start from the thesis's method (back to back,
 mean of 50 runs, 3 passes, Gaussian sigma 3) and take what their profile sets.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def local_defaults() -> DeviceDefaults:
 
     # 6 passes of 20 invocations rather than 3 of 50: what frees a cell from a disturbed stretch of
     # this shared CPU is a pass at another time, not more invocations in the same pass
-    recipe = TableRecipe(device_kind="local", grid_block=local_channel_block(), context="network",
+    recipe = TableRecipe(device_kind="local", grid_step=4, grid_block=local_channel_block(), context="network",
                          passes=6, runs=20, estimator="fastest", sigma=0.0)
     # a whole network is quick to time: 10 passes, combined like the cells, steady its figure
     return DeviceDefaults(recipe, alone_min_time_s=LOCAL_ALONE_MIN_TIME_S, report_passes=10)

@@ -9,8 +9,12 @@ Nothing heavy of ours runs while a model is timed: the workers and the table bui
 timing token (a lock). A worker holds it to load a model (creating a LiteRT interpreter packs
 the weights for XNNPACK) and to time it; the builder holds it to render models
 (`host_work_guard`). Overlapping them would buy speed with wrong tables: a small layer timed
-beside our own work runs measurably slower (docs/measuring.md). The per-model overhead is
-instead amortised by `min_time_s` (back to back): tiny models are timed longer.
+beside our own work runs measurably slower (docs/measuring.md). For the same reason a worker
+gets one batch at a time (nothing is sent to it while it times), and it never lets its core go
+idle before timing: it spins while it waits for the token, and after waiting for a batch it
+spins as long as it waited (at most `runner.RAMP_UP_S`): a core that idled runs slower for a
+while. The per-model overhead is amortised by `min_time_s` (back to back): tiny models are
+timed longer.
 
 Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
 ``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,

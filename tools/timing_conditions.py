@@ -1,0 +1,103 @@
+"""What this CPU does to a timing besides the model: idle spells, slow phases, partner draws.
+
+    python -m tools.timing_conditions [--arch wrn-10-1] [--seconds 30]
+
+Three measurements, each printed as it finishes (docs/measuring.md §5, §7):
+
+* idle: one small conv timed in its network context (fastest of 20 invocations) right after
+  the core did nothing for 0, 5 or 50 ms, and after 50 ms idle then 20 ms of spinning
+  (`runner.keep_busy`, what the local worker does after a wait);
+* phases: for --seconds, the fastest invocation of a chain of 8 one-element MULs in every
+  quarter second, with no idling: the share of quarter seconds more than 20 % slower than the
+  fastest one, and how long they last;
+* partners: small cells timed after every draw of 3 partners out of the architecture's
+  (seeds 0-15), against all partners at once.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from latency.context import partner_models
+from latency.devices.runner import keep_busy, load_model, time_in_context
+from latency.generate import CellModels
+from latency.layer_types import network_layer_types
+from latency.overhead import probe_models
+from models.families import KNOWN_ARCHS, get_arch
+
+
+def idle_effect(cell, partners, rounds: int = 8) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, idle_s, spin_s in (("busy", 0.0, 0.0), ("idle 5 ms", 0.005, 0.0), ("idle 50 ms", 0.05, 0.0),
+                                      ("idle 50 ms, spin 20 ms", 0.05, 0.02)):
+            if idle_s:
+                time.sleep(idle_s)
+            keep_busy(spin_s)
+            out.setdefault(label, []).append(time_in_context(cell, partners, 20, 2)[2] * 1e6)
+    return out
+
+
+def slow_phases(interpreter, seconds: float, window_s: float = 0.25) -> list[float]:
+    clock, fastest = time.perf_counter, []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        best, start = float("inf"), clock()
+        while clock() - start < window_s:
+            t = clock()
+            interpreter.invoke()
+            best = min(best, clock() - t)
+        fastest.append(best * 1e6)
+    return fastest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="wrn-10-1", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-10-1)")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long to watch for slow phases (30)")
+    args = p.parse_args(argv)
+    arch = get_arch(args.arch)
+    partners = [load_model(m) for m in partner_models(arch)]
+    types = network_layer_types([arch])
+    renderer = CellModels(types)
+    small = sorted(types)[:4]
+    cell = load_model(renderer.render(small[-1], types[small[-1]].in_lo + 7, types[small[-1]].out_lo + 7))
+
+    print(f"idle spells: {small[-1]} at +7 channels, fastest of 20 invocations in context, 8 rounds (us)")
+    for label, values in idle_effect(cell, partners).items():
+        print(f"  {label:24s} median {statistics.median(values):7.2f}  min {min(values):7.2f}  max {max(values):7.2f}")
+
+    chain = load_model(probe_models()[3][2])  # 8 MULs
+    chain.invoke()
+    windows = slow_phases(chain, args.seconds)
+    floor = min(windows)
+    slow = [w > 1.2 * floor for w in windows]
+    runs, current = [], 0
+    for s in slow:
+        if s:
+            current += 1
+        elif current:
+            runs.append(current)
+            current = 0
+    if current:
+        runs.append(current)
+    slowdown = statistics.median([w / floor for w, s in zip(windows, slow) if s]) if any(slow) else 1.0
+    print(f"slow phases over {args.seconds:.0f} s: {100 * sum(slow) / len(slow):.1f} % of quarter seconds more than "
+          f"20 % slower than the fastest ({floor:.2f} us), median slowdown {slowdown:.2f}x, "
+          f"longest {0.25 * max(runs, default=0):.2f} s")
+
+    print("partner draws: fastest of 3 x 50 invocations after each of 16 draws of 3 partners, and after all (us)")
+    for key in small:
+        t = types[key]
+        model = load_model(renderer.render(key, t.in_lo + 3, t.out_lo + 3 if t.two_axes else 0))
+        keep_busy(0.02)
+        draws = [min(time_in_context(model, partners, 50, 2, seed=s)[2] for _ in range(3)) * 1e6 for s in range(16)]
+        every = min(time_in_context(model, partners, 50, 2, n_partners=len(partners))[2] for _ in range(3)) * 1e6
+        print(f"  {key:28s} draws {min(draws):7.2f} .. {max(draws):7.2f} (median {statistics.median(draws):7.2f}), "
+              f"all {len(partners)}: {every:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
