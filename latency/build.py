@@ -115,7 +115,8 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
         plan = with_probe_rounds(batches, rounds) if rounds else batches
         if plan:
             await _measure_all(arch, store, cells, types, devices, plan, options, recipe.runs,
-                               total + len(rounds) * len(PROBE_LABELS), already, result, report, stop or asyncio.Event())
+                               total + len(rounds) * len(PROBE_LABELS), already, result, report,
+                               stop or asyncio.Event())
         t_finalize = time.time()
         result.incomplete_types = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
         result.finalize_s = time.time() - t_finalize

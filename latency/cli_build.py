@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                              "runtime's channel blocks step; local default: XNNPACK's block on this CPU, SSH: 0")
     recipe.add_argument("--context", choices=("network", "alone"),
                         help="time each cell as inside a network (local default) or back to back (SSH devices)")
-    recipe.add_argument("--passes", type=int, help="passes over all cells, each in a new shuffled order (3)")
-    recipe.add_argument("--runs", type=int, help="timed invocations per model and pass (50)")
+    recipe.add_argument("--passes", type=int,
+                        help="passes over all cells, each in a new shuffled order (local 6, SSH 3)")
+    recipe.add_argument("--runs", type=int, help="timed invocations per model and pass (local 20, SSH 50)")
     recipe.add_argument("--warmup", type=int, help="untimed invocations before them (2)")
     recipe.add_argument("--threads", type=int, help="interpreter threads (1)")
     recipe.add_argument("--min-time-ms", type=float, metavar="MS",

@@ -345,3 +345,9 @@ def test_keep_busy_spins_at_least_as_long_as_asked() -> None:
     start = time.perf_counter()
     tflite_runner.keep_busy(0.01)
     assert time.perf_counter() - start >= 0.01
+
+
+def test_a_core_is_spun_as_long_as_it_idled_up_to_the_ramp_up() -> None:
+    assert tflite_runner.ramp_up_s(0.0) == 0.0 and tflite_runner.ramp_up_s(-1.0) == 0.0
+    assert tflite_runner.ramp_up_s(0.005) == 0.005
+    assert tflite_runner.ramp_up_s(5.0) == tflite_runner.RAMP_UP_S

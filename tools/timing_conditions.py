@@ -61,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     partners = [load_model(m) for m in partner_models(arch)]
     types = network_layer_types([arch])
     renderer = CellModels(types)
-    small = sorted(types)[:4]
-    cell = load_model(renderer.render(small[-1], types[small[-1]].in_lo + 7, types[small[-1]].out_lo + 7))
+    convs = [k for k in sorted(types) if types[k].two_axes][:4]
 
-    print(f"idle spells: {small[-1]} at +7 channels, fastest of 20 invocations in context, 8 rounds (us)")
+    def widths(key: str, extra: int) -> tuple[int, int]:
+        t = types[key]
+        return min(t.in_hi, t.in_lo + extra), min(t.out_hi, t.out_lo + extra)
+
+    cell = load_model(renderer.render(convs[0], *widths(convs[0], 7)))
+    print(f"idle spells: {convs[0]} at {widths(convs[0], 7)}, fastest of 20 invocations in context, 8 rounds (us)")
     for label, values in idle_effect(cell, partners).items():
         print(f"  {label:24s} median {statistics.median(values):7.2f}  min {min(values):7.2f}  max {max(values):7.2f}")
 
@@ -88,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
           f"longest {0.25 * max(runs, default=0):.2f} s")
 
     print("partner draws: fastest of 3 x 50 invocations after each of 16 draws of 3 partners, and after all (us)")
-    for key in small:
-        t = types[key]
-        model = load_model(renderer.render(key, t.in_lo + 3, t.out_lo + 3 if t.two_axes else 0))
+    for key in convs:
+        model = load_model(renderer.render(key, *widths(key, 3)))
         keep_busy(0.02)
         draws = [min(time_in_context(model, partners, 50, 2, seed=s)[2] for _ in range(3)) * 1e6 for s in range(16)]
         every = min(time_in_context(model, partners, 50, 2, n_partners=len(partners))[2] for _ in range(3)) * 1e6

@@ -2,8 +2,9 @@
 
 The local CPU's defaults are the ones its measurements validated (`docs/measuring.md`): a step:4
 grid with points on both sides of XNNPACK's channel blocks, cells timed in a network context in
-6 passes of 20 invocations, each cell's fastest invocation, no smoothing. SSH devices start from the thesis's method (back to back,
-mean of 50 runs, 3 passes, Gaussian sigma 3) and take what their profile sets.
+6 passes of 20 invocations, each cell's fastest invocation, no smoothing. SSH devices start
+from the thesis's method (back to back, mean of 50 runs, 3 passes, Gaussian sigma 3) and take
+what their profile sets.
 """
 from __future__ import annotations
 
