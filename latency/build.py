@@ -120,7 +120,8 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
         t_finalize = time.time()
         result.incomplete_types = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
         result.finalize_s = time.time() - t_finalize
-        if rounds and not result.incomplete_types:
+        if recipe.in_network and not result.incomplete_types and (plan or not _has_overhead(store)):
+            # also when this run timed no probe: an interrupted build may have timed them all
             o = stored_overhead(store, names, recipe.estimator)
             if o is not None:
                 store.set_meta(**{OVERHEAD_META_KEY: o.to_meta()})
