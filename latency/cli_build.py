@@ -201,6 +201,10 @@ def _main(argv: list[str] | None) -> int:
               f"efficiency (wall / timed) {result.wall_s / result.timed_s:.2f}")
     for r in result.retired:
         print(f"retired device: {r}")
+    for d in devices:  # a machine that ran slow for stretches says what waiting for full speed cost
+        gated = getattr(d, "gate_stats", None)
+        if gated is not None and gated.summary():
+            print(f"{d.name}: {gated.summary()}")
     if result.incomplete_types:
         print("incomplete layer types (run again to finish): " +
               ", ".join(f"{k} ({v})" for k, v in result.incomplete_types.items()))

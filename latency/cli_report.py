@@ -261,6 +261,9 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
         if store is not None:
             store.close()
 
+    gated = getattr(device, "gate_stats", None)
+    if report and gated is not None and gated.summary():
+        report(f"{device.name}: {gated.summary()}")
     missing = [n.label for n in networks if len(measured.get(n.key, Measured((), ())).seconds) < plan.passes]
     if missing:
         return _error(f"networks lack passes after measuring: {', '.join(missing)}")

@@ -40,6 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Optional, TypeVar
 
 from latency.devices.base import Device, DeviceError, DeviceInfo, ModelJob, Timing, TimingSettings
+from latency.devices.speed_gate import GateStats, SpeedGate
 from latency.devices.worker_lifetime import exit_with_parent, ignore_terminal_interrupt, spawning_without_sigint
 
 __all__ = ["LocalDevice"]
@@ -78,14 +79,17 @@ def _worker_info() -> dict:
 
 def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
-    partners: tuple[bytes, ...] = (), evict_bytes: int = 0,
-) -> tuple[list[_Row], tuple[int, str] | None]:
-    """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why)).
-    With `partners`, every model is timed in a network context (`time_in_context`, all of
-    them before every invocation), exactly `runs` times."""
+    partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"",
+) -> tuple[list[_Row], tuple[int, str] | None, GateStats | None]:
+    """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why),
+    what the speed gate did). With `partners`, every model is timed in a network context
+    (`time_in_context`, all of them before every invocation), exactly `runs` times. With a
+    `sentinel` model, every model is timed only while the machine runs at full speed
+    (`speed_gate.SpeedGate`)."""
     from .runner import load_model, read_sensors, time_in_context, time_loaded_stats
 
     _ramp_up()
+    gate = _speed_gate(sentinel, threads) if sentinel else None
     rows: list[_Row] = []
     partner_interpreters = []
     for model in partners:
@@ -100,18 +104,37 @@ def _worker_time_batch(
             with _holding_token():
                 interpreter = load_model(model, threads)
                 if partner_interpreters:
-                    seconds, done, fastest = time_in_context(interpreter, partner_interpreters, runs, warmup,
-                                                             evict_bytes)
+                    measure = functools.partial(time_in_context, interpreter, partner_interpreters, runs, warmup,
+                                                evict_bytes)
                 else:
-                    seconds, done, fastest = time_loaded_stats(interpreter, runs, warmup, min_time_s)
+                    measure = functools.partial(time_loaded_stats, interpreter, runs, warmup, min_time_s)
+                seconds, done, fastest = gate.timed(measure) if gate is not None else measure()
                 measured_at = time.time()
-            del interpreter
+            del interpreter, measure
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
-            return rows, (cell_id, f"{type(exc).__name__}: {exc}")
+            return rows, (cell_id, f"{type(exc).__name__}: {exc}"), _gate_stats(gate)
         temperature, throttled = read_sensors()
         rows.append((seconds, measured_at, temperature, throttled, done, fastest))
     _last_busy[0] = time.perf_counter()
-    return rows, None
+    return rows, None, _gate_stats(gate)
+
+
+# the worker's speed gate, made (and calibrated) with its first gated batch
+_gate: list = []
+
+
+def _speed_gate(sentinel: bytes, threads: int) -> "SpeedGate":
+    from .runner import load_model
+    from .speed_gate import sentinel_reader
+
+    if not _gate:
+        with _holding_token():  # the calibration's readings need the machine to themselves
+            _gate.append(SpeedGate(sentinel_reader(load_model(sentinel, threads))))
+    return _gate[0]
+
+
+def _gate_stats(gate: "SpeedGate | None") -> GateStats | None:
+    return gate.take_stats() if gate is not None else None
 
 
 # when this worker last finished a batch (it may have sat idle since)
@@ -146,7 +169,8 @@ class LocalDevice(Device):
 
     `workers` processes take batches concurrently, but hold the timing token in turn, so one
     model is loaded or timed at a time whatever their number; more than one only hides the
-    hand-over between batches.
+    hand-over between batches. With `speed_gate` (the default) a model is timed only while a
+    sentinel model says the machine runs at full speed; `gate_stats` sums what that cost.
     """
 
     def __init__(
@@ -154,6 +178,7 @@ class LocalDevice(Device):
         workers: int = 1,
         settings: TimingSettings | None = None,
         name: str = "local",
+        speed_gate: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -170,6 +195,11 @@ class LocalDevice(Device):
         self._pool: ProcessPoolExecutor | None = None
         self._info: DeviceInfo | None = None
         self._token = None
+        # every model timed between two full-speed readings of a sentinel (speed_gate)
+        self.speed_gate = speed_gate
+        self._sentinel = b""
+        self.gate_stats = GateStats()
+        self._noted_slow_s = 0.0
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
@@ -219,6 +249,10 @@ class LocalDevice(Device):
         except ImportError as exc:
             await self._discard_pool()
             raise DeviceError(f"{self.name}: {exc}") from exc
+        if self.speed_gate and not self._sentinel:
+            from .speed_gate import sentinel_model
+
+            self._sentinel = await asyncio.to_thread(sentinel_model)
         settings = dataclasses.asdict(self.settings)
         settings["partners"] = len(self.settings.partners)  # the models themselves are not provenance
         in_network = ("in a network context: before each timed invocation, partners other layers' models "
@@ -228,7 +262,9 @@ class LocalDevice(Device):
                       "min_time_s is timed) / invocations")
         settings.update(
             workers=self.workers,
-            method=in_network + "; nothing else of ours runs meanwhile (timing token)",
+            method=in_network + "; nothing else of ours runs meanwhile (timing token)"
+            + ("; timed only between two full-speed readings of a sentinel model (speed gate)"
+               if self.speed_gate else ""),
             python=runtime["python"],
             numpy=runtime["numpy"],
             machine=runtime["machine"],
@@ -260,9 +296,10 @@ class LocalDevice(Device):
             s.min_time_s,
             s.partners,
             s.evict_bytes,
+            self._sentinel,
         )
         try:
-            rows, failure = await self._submit(call)
+            rows, failure, gated = await self._submit(call)
         except BrokenProcessPool as exc:
             # a worker died (e.g. the runtime crashed on a model); replace the pool so the
             # device stays usable for the other batches
@@ -272,6 +309,8 @@ class LocalDevice(Device):
             raise DeviceError(
                 f"{self.name}: worker process died while timing cells [{cells}]: {exc}"
             ) from exc
+        if gated is not None:
+            self._note_gate(gated)
         if failure is not None:
             cell_id, reason = failure
             raise DeviceError(f"{self.name}: cell {cell_id}: {reason}")
@@ -289,6 +328,13 @@ class LocalDevice(Device):
             )
             for job, (seconds, measured_at, temperature, throttled, runs, fastest) in zip(batch, rows)
         ]
+
+    def _note_gate(self, gated: GateStats) -> None:
+        """Adds a batch's gate stats; tells the user each further 30 s spent waiting for speed."""
+        self.gate_stats.add(gated)
+        if self.report is not None and self.gate_stats.waited_s >= self._noted_slow_s + 30.0:
+            self._noted_slow_s = self.gate_stats.waited_s
+            self.report(f"{self.name}: {self.gate_stats.summary()}")
 
     async def _discard_pool(self) -> None:
         pool, self._pool = self._pool, None
