@@ -157,3 +157,16 @@ def test_local_device_gates_every_model_and_can_be_told_not_to() -> None:
     assert gated.gate_stats.models == 6
     assert gated.gate_stats.readings >= 12  # a reading before and after each model at least
     assert asyncio.run(run(False)).gate_stats.models == 0
+
+
+def test_a_slow_stretch_costs_one_wait_not_one_per_model() -> None:
+    gate, _ = gate_for([SLOW] * 200 + [FAST], max_wait_s=0.05)
+    calls, measure = counter()
+    for _ in range(5):
+        gate.timed(measure)
+    # the first model waits 50 readings; the next ones read once each and are timed at once
+    assert len(calls) == 5 and gate.stats.waited == 1 and gate.stats.slow == 5
+    assert gate.stats.readings < 1 + 51 + 2 * 5
+    for _ in range(200):  # the slow readings run out: the gate waits again once it read fast
+        gate.timed(measure)
+    assert gate.stats.slow < 205 and not gate._stayed_slow

@@ -11,7 +11,10 @@ Three measurements, each printed as it finishes (docs/measuring.md §5, §7):
   quarter second, with no idling: the share of quarter seconds more than 20 % slower than the
   fastest one, and how long they last;
 * partners: small cells timed after every draw of 3 partners out of the architecture's
-  (seeds 0-15), against all partners at once.
+  (seeds 0-15), against all partners at once;
+* speed gate: for --seconds, the convs of the partner test timed in turn, each between two
+  readings of the speed gate's sentinel (`latency.devices.speed_gate`): how much slower than
+  its fastest a cell is when the readings around it were fast, and when they were slow.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 
 from latency.context import partner_models
 from latency.devices.runner import keep_busy, load_model, time_in_context
+from latency.devices.speed_gate import SLOW_FACTOR, sentinel_model, sentinel_reader
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
 from latency.overhead import probe_models
@@ -50,6 +54,23 @@ def slow_phases(interpreter, seconds: float, window_s: float = 0.25) -> list[flo
             best = min(best, clock() - t)
         fastest.append(best * 1e6)
     return fastest
+
+
+def gate_effect(cells: dict, partners, seconds: float) -> dict[str, dict[bool, list[float]]]:
+    """cell -> {readings around it slow?: its timings / its fastest}, timed in turn for `seconds`."""
+    read = sentinel_reader(load_model(sentinel_model()))
+    rows, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        for key, model in cells.items():
+            before = read()
+            fastest = time_in_context(model, partners, 20, 2)[2]
+            rows.append((key, max(before, read()), fastest))
+    floor = min(r for _, r, _ in rows)
+    best = {k: min(f for kk, _, f in rows if kk == k) for k in cells}
+    out: dict[str, dict[bool, list[float]]] = {k: {False: [], True: []} for k in cells}
+    for key, reading, fastest in rows:
+        out[key][reading > SLOW_FACTOR * floor].append(fastest / best[key])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         every = min(time_in_context(model, partners, 50, 2, n_partners=len(partners))[2] for _ in range(3)) * 1e6
         print(f"  {key:28s} draws {min(draws):7.2f} .. {max(draws):7.2f} (median {statistics.median(draws):7.2f}), "
               f"all {len(partners)}: {every:7.2f}")
+
+    print(f"speed gate over {args.seconds:.0f} s: each cell's timings / its fastest, by the sentinel readings "
+          f"around it (slow: beyond {SLOW_FACTOR:g}x the fastest reading)")
+    cells = {key: load_model(renderer.render(key, *widths(key, 7))) for key in convs}
+    for key, by in gate_effect(cells, partners, args.seconds).items():
+        parts = [f"{'slow' if slow else 'fast'} n {len(v):5d} median {statistics.median(v):.3f} "
+                 f"p90 {sorted(v)[int(0.9 * (len(v) - 1))]:.3f}" for slow, v in sorted(by.items()) if v]
+        print(f"  {key:28s} " + "; ".join(parts))
     return 0
 
 

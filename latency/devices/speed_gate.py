@@ -9,8 +9,9 @@ with a sentinel (a chain of one-element MULs, a microsecond per invocation) righ
 right after every timed model: the readings are bimodal, within 1.1x of the fastest reading or
 beyond 1.4x, and the cells timed between two fast readings are within 4 % of their fastest
 ever. So a model is timed once the sentinel reads fast, and timed again when the reading after it
-was slow. Waiting is bounded: after `max_wait_s` the model is timed anyway and counted, so a
-machine that stays slow is measured as it is and says so.
+was slow. Waiting is bounded: after `max_wait_s` the model is timed anyway and counted, and the
+models after it wait only once a reading is fast again, so a machine that stays slow costs one
+wait per slow stretch, is measured as it is, and says so.
 
 The baseline is the fastest reading the gate has seen: a few seconds of readings when it starts,
 and every reading since.
@@ -90,6 +91,7 @@ class SpeedGate:
         self.max_wait_s, self.max_tries, self.factor = max_wait_s, max_tries, factor
         self.baseline_s = math.inf
         self.stats = GateStats()
+        self._stayed_slow = False  # the last wait found no fast reading
         end = clock() + calibrate_s
         while True:
             self._reading()
@@ -111,14 +113,20 @@ class SpeedGate:
 
     def wait_until_fast(self) -> Tuple[bool, float]:
         """(whether a fast reading came, seconds spent on slow readings before it), spinning on
-        readings for at most `max_wait_s`."""
+        readings for at most `max_wait_s`. After a wait that found none, the next models do not
+        wait until a reading is fast again: a stretch that stays slow costs one wait, not one
+        per model."""
         start, slow_seen = self._clock(), False
         while True:
             if self.fast_now():
+                self._stayed_slow = False
                 return True, self._clock() - start if slow_seen else 0.0
             slow_seen = True
             waited = self._clock() - start
+            if self._stayed_slow:
+                return False, 0.0
             if waited >= self.max_wait_s:
+                self._stayed_slow = True
                 return False, waited
 
     def timed(self, measure: Callable[[], T]) -> T:
