@@ -14,7 +14,9 @@ gets one batch at a time (nothing is sent to it while it times), and it never le
 idle before timing: it spins while it waits for the token, and after waiting for a batch it
 spins as long as it waited (at most `runner.RAMP_UP_S`): a core that idled runs slower for a
 while. The per-model overhead is amortised by `min_time_s` (back to back): tiny models are
-timed longer.
+timed longer. And a model is timed only between two readings of a sentinel model that say the
+machine runs at full speed (`speed_gate`): a shared host has slow phases that no pass order
+can be sure to miss.
 
 Spawned workers re-import the parent's `__main__` module: a script using LocalDevice needs the
 ``if __name__ == "__main__":`` guard, and whatever that module imports at top level (TensorFlow,
