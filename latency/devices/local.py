@@ -332,11 +332,13 @@ class LocalDevice(Device):
         ]
 
     def _note_gate(self, gated: GateStats) -> None:
-        """Adds a batch's gate stats; tells the user each further 30 s spent waiting for speed."""
-        self.gate_stats.add(gated)
-        if self.report is not None and self.gate_stats.waited_s >= self._noted_slow_s + 30.0:
-            self._noted_slow_s = self.gate_stats.waited_s
-            self.report(f"{self.name}: {self.gate_stats.summary()}")
+        """Adds a batch's gate stats; tells the user each further minute spent waiting for speed."""
+        g = self.gate_stats
+        g.add(gated)
+        if self.report is not None and g.waited_s >= self._noted_slow_s + 60.0:
+            self._noted_slow_s = g.waited_s
+            self.report(f"{self.name}: {g.waited_s:.0f} s spent waiting for full speed so far (slow in "
+                        f"{100.0 * g.slow_readings / max(1, g.readings):.0f} % of the speed readings)")
 
     async def _discard_pool(self) -> None:
         pool, self._pool = self._pool, None
