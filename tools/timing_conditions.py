@@ -1,4 +1,4 @@
-"""What this CPU does to a timing besides the model: idle spells, slow phases, partner draws.
+"""What this CPU does to a timing besides the model: idle spells, slow phases, partners, the speed gate.
 
     python -m tools.timing_conditions [--arch wrn-10-1] [--seconds 30]
 
