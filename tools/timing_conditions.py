@@ -12,6 +12,9 @@ Three measurements, each printed as it finishes (docs/measuring.md §5, §7):
   fastest one, and how long they last;
 * partners: small cells timed after every draw of 3 partners out of the architecture's
   (seeds 0-15), against all partners at once;
+* partner loads: the same convs timed in 8 batches, the partners loaded afresh for each batch as
+  a build's worker does, each cell loaded 3 times per batch (gated): how far a batch's fastest is
+  from the fastest of all batches, against the spread of the 3 loads within a batch;
 * speed gate: for --seconds, the convs of the partner test timed in turn, each between two
   readings of the speed gate's sentinel (`latency.devices.speed_gate`): how much slower than
   its fastest a cell is when the readings around it were fast, and when they were slow.
@@ -24,7 +27,7 @@ import time
 
 from latency.context import partner_models
 from latency.devices.runner import keep_busy, load_model, time_in_context
-from latency.devices.speed_gate import SLOW_FACTOR, sentinel_model, sentinel_reader
+from latency.devices.speed_gate import SLOW_FACTOR, SpeedGate, sentinel_model, sentinel_reader
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
 from latency.overhead import probe_models
@@ -54,6 +57,24 @@ def slow_phases(interpreter, seconds: float, window_s: float = 0.25) -> list[flo
             best = min(best, clock() - t)
         fastest.append(best * 1e6)
     return fastest
+
+
+def partner_loads(cells: dict[str, bytes], partner_bytes, batches: int = 8,
+                  loads: int = 3) -> dict[str, list[list[float]]]:
+    """cell -> per batch (partners loaded afresh) the fastest invocation of each of `loads` loads."""
+    gate = SpeedGate(sentinel_reader(load_model(sentinel_model())))
+    out: dict[str, list[list[float]]] = {k: [] for k in cells}
+    for _ in range(batches):
+        partners = [load_model(m) for m in partner_bytes]
+        for p in partners:
+            p.invoke()
+        for key, model in cells.items():
+            row = []
+            for _ in range(loads):
+                cell = load_model(model)
+                row.append(gate.timed(lambda: time_in_context(cell, partners, 20, 2))[2])
+            out[key].append(row)
+    return out
 
 
 def gate_effect(cells: dict, partners, seconds: float) -> dict[str, dict[bool, list[float]]]:
@@ -120,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         every = min(time_in_context(model, partners, 50, 2, n_partners=len(partners))[2] for _ in range(3)) * 1e6
         print(f"  {key:28s} draws {min(draws):7.2f} .. {max(draws):7.2f} (median {statistics.median(draws):7.2f}), "
               f"all {len(partners)}: {every:7.2f}")
+
+    print("partner loads: each batch's fastest / the fastest of 8 batches (partners loaded afresh per batch), "
+          "and the median spread of 3 loads of the cell within a batch")
+    rendered = {key: renderer.render(key, *widths(key, 7)) for key in convs}
+    for key, rows in partner_loads(rendered, partner_models(arch)).items():
+        floor = min(min(r) for r in rows)
+        within = statistics.median([max(r) / min(r) for r in rows])
+        print(f"  {key:28s} batches " + " ".join(f"{min(r) / floor:.3f}" for r in rows) + f"  | within {within:.3f}")
 
     print(f"speed gate over {args.seconds:.0f} s: each cell's timings / its fastest, by the sentinel readings "
           f"around it (slow: beyond {SLOW_FACTOR:g}x the fastest reading)")
