@@ -52,6 +52,8 @@ def test_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert summary["arch"] == "wrn-10-1" and summary["parity"]["ok"] is True
     assert summary["parity"]["max_abs_diff"] == pytest.approx(float(np.abs(y_torch - y_tflite).max()), abs=1e-6)
     assert len(summary["latency_s"]["passes"]) == 3 and min(summary["latency_s"]["passes"]) > 0
+    # the fastest invocation is never slower than a pass's mean
+    assert 0 < summary["latency_s"]["fastest"] <= min(summary["latency_s"]["passes"])
 
 
 def test_check_parity_flags_mismatched_outputs() -> None:
