@@ -8,7 +8,8 @@ batches is worked through by every device concurrently; each batch's models are 
 while the device works on the one before (holding its `host_work_guard`: a device timing on
 this machine times nothing meanwhile), and each finished batch is committed through a
 callback before the device takes the next, so an interruption loses at most the batches in
-flight. A failed batch goes back to the queue for any device; a device failing
+flight. A failed batch goes back to the queue for any device (a device with nothing left to
+take waits while batches are out on others, since one may come back); a device failing
 `max_failures` batches in a row is retired. A timing taken while the device was throttled or
 too hot (`Timing.throttled`) is not stored: its key goes back to the queue and is timed again,
 so every (key, pass) keeps exactly one normal measurement; a batch that came back throttled
@@ -109,14 +110,45 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
     for b in batches:
         queue.put_nowait(b)
     outcome = PassOutcome()
+    # batches taken from the queue and neither committed nor put back: while any is out, an idle
+    # worker waits instead of ending, since a failing device may still put its batch back
+    out = 0
+    changed = asyncio.Event()
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    def notify() -> None:
+        nonlocal changed
+        changed.set()
+        changed = asyncio.Event()
 
     def take():
-        if stop is not None and stop.is_set():
+        nonlocal out
+        if stopped():
             return None
         try:
-            return queue.get_nowait()
+            item = queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
+        out += 1
+        return item
+
+    def settle(put_back=None) -> None:
+        """A batch taken is done with: committed, or put back (`put_back`) for any device."""
+        nonlocal out
+        if put_back is not None:
+            queue.put_nowait(put_back)
+        out -= 1
+        notify()
+
+    async def take_or_wait():
+        """The next batch, or None when the queue is empty and no batch is out that may come back."""
+        while True:
+            item = take()
+            if item is not None or out == 0 or stopped():
+                return item
+            await changed.wait()
 
     def guarded_render(device: Device, keys: list) -> list[ModelJob]:
         with device.host_work_guard():  # no model is timed on this machine meanwhile
@@ -129,7 +161,12 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
         device, failures, calls = run.device, 0, 0
         item = take()
         rendering = start_render(device, item)
-        while item is not None:
+        while True:
+            if item is None:
+                item = await take_or_wait()
+                if item is None:
+                    return
+                rendering = start_render(device, item)
             p, keys = item
             jobs_future = rendering
             # the next batch renders while the device works on this one
@@ -138,8 +175,8 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
             if calls and pause_s > 0:
                 await asyncio.sleep(pause_s)
             calls += 1
-            jobs = await jobs_future
             try:
+                jobs = await jobs_future
                 timings = await device.measure(jobs)
                 if [t.cell_id for t in timings] != [j.cell_id for j in jobs]:
                     raise WrongTimings(f"device {device.name} returned timings for other models than it was given")
@@ -150,21 +187,18 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
             except WrongTimings:
                 raise
             except DeviceError as exc:
-                queue.put_nowait((p, keys))  # the batch goes back for any device
+                settle(put_back=(p, keys))  # the batch goes back for any device
                 failures += 1
                 if report:
                     report(f"{exc} (failure {failures}/{max_failures} of device {device.name})")
                 if failures >= max_failures:
                     if item is not None:
-                        queue.put_nowait(item)
+                        settle(put_back=item)
                     outcome.retired.append(str(exc))
                     if report:
                         report(f"device {device.name} retired; its batches go to the other devices")
                     return
                 await asyncio.sleep(min(2.0 ** failures, 30.0))  # back off before retrying
-                if item is None:  # the batch just put back may be all that is left
-                    item = take()
-                    rendering = start_render(device, item)
                 continue
             failures = 0
             hot = [k for k, t in zip(keys, timings) if t.throttled]
@@ -174,10 +208,10 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
                     report(f"{device.name}: {len(hot)} of {len(keys)} models were timed while throttled or too hot: "
                            "they are timed again")
                 keys, timings = map(list, zip(*[(k, t) for k, t in zip(keys, timings) if not t.throttled]))
-                if item is None:
-                    item = take()
-                    rendering = start_render(device, item)
-            stored = commit(run, p, keys, timings)
+            try:
+                stored = commit(run, p, keys, timings)
+            finally:
+                settle()
             outcome.stored += stored
             if progress is not None:
                 progress.advance(stored, p)

@@ -64,3 +64,47 @@ def test_batches_are_committed_one_by_one_until_stopped() -> None:
     assert sorted(committed) == sorted(batches) and outcome.stored == 9 and not outcome.left and not outcome.stopped
     committed, outcome = asyncio.run(run(1))  # the batches in flight finish, no new one is taken
     assert outcome.stopped and 1 <= len(committed) < len(batches) and outcome.left == len(batches) - len(committed)
+
+
+def test_a_batch_put_back_after_the_others_finished_is_still_measured() -> None:
+    """One device runs dry while another still holds a batch it will fail: the first must not
+    end, or the batch is left unmeasured (a multi-device build missing cells)."""
+    from latency.devices.base import Device, DeviceError, DeviceInfo, Timing
+
+    class Scripted(Device):
+        def __init__(self, name: str, fail_after: asyncio.Event | None = None) -> None:
+            self.name, self.fail_after, self.calls = name, fail_after, 0
+            self.done = asyncio.Event()
+
+        async def start(self) -> DeviceInfo:
+            return DeviceInfo(self.name, "test", "none", "0", "here", 1)
+
+        async def measure(self, batch: list[ModelJob]) -> list[Timing]:
+            self.calls += 1
+            if self.fail_after is not None:  # fails once the other device has nothing left to take
+                await self.fail_after.wait()
+                raise DeviceError(f"{self.name}: lost")
+            if self.calls == 2:
+                self.done.set()
+            return [Timing(j.cell_id, 0.001, 0.0, 50.0, False) for j in batch]
+
+        async def close(self) -> None:
+            pass
+
+    async def run():
+        good = Scripted("good")
+        bad = Scripted("bad", fail_after=good.done)
+        stored: list[tuple[str, int]] = []
+
+        def commit(run: DeviceRun, p: int, keys: list[int], timings) -> int:
+            stored.extend((run.device.name, k) for k in keys)
+            return len(keys)
+
+        # good takes batches 0 and 1 (one ahead), bad takes 2 and fails it after good's second call
+        outcome = await run_passes([DeviceRun(good, 0), DeviceRun(bad, 1)], [(0, [0]), (0, [1]), (0, [2])],
+                                   lambda keys: [ModelJob(k, b"") for k in keys], commit, max_failures=1)
+        return outcome, stored
+
+    outcome, stored = asyncio.run(run())
+    assert sorted(stored) == [("good", 0), ("good", 1), ("good", 2)]
+    assert outcome.left == 0 and len(outcome.retired) == 1 and "bad: lost" in outcome.retired[0]
