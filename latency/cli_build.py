@@ -12,7 +12,7 @@ from models.families import KNOWN_ARCHS
 
 #: the recipe fields a flag sets (flag dest -> recipe field); None = not given
 RECIPE_FLAGS = {"grid": "grid_step", "block": "grid_block", "context": "context", "passes": "passes", "runs": "runs",
-                "warmup": "warmup", "threads": "threads", "min_time_ms": "min_time_s", "estimator": "estimator",
+                "placements": "placements", "warmup": "warmup", "threads": "threads", "min_time_ms": "min_time_s", "estimator": "estimator",
                 "sigma": "sigma", "edges": "edges"}
 
 
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     recipe.add_argument("--passes", type=int,
                         help="passes over all cells, each in a new shuffled order (local 6, SSH 3)")
     recipe.add_argument("--runs", type=int, help="timed invocations per model and pass (local 20, SSH 50)")
+    recipe.add_argument("--placements", type=int,
+                        help="loads of each model per pass, each elsewhere in memory; its fastest counts (local 3, "
+                             "SSH 1)")
     recipe.add_argument("--warmup", type=int, help="untimed invocations before them (2)")
     recipe.add_argument("--threads", type=int, help="interpreter threads (1)")
     recipe.add_argument("--min-time-ms", type=float, metavar="MS",

@@ -38,6 +38,7 @@ class TableRecipe:
     evict_bytes: int = 0  # network context: bytes written over the caches before each invocation
     passes: int = 3  # passes over all cells, each in a freshly shuffled order
     runs: int = 50  # timed invocations per model and pass
+    placements: int = 1  # loads of each model per pass, each elsewhere in memory; the fastest counts
     warmup: int = 2  # untimed invocations before them
     threads: int = 1  # interpreter threads
     min_time_s: float = 0.0  # time more than `runs` invocations until this much is timed
@@ -79,7 +80,7 @@ class TableRecipe:
             raise RecipeError("a network context needs the architecture's partner models")
         return TimingSettings(runs=self.runs, warmup=self.warmup, threads=self.threads, cooldown_s=self.cooldown_s,
                               min_time_s=self.min_time_s, partners=partners if self.in_network else (),
-                              evict_bytes=self.evict_bytes)
+                              evict_bytes=self.evict_bytes, placements=self.placements)
 
 
 def _finite(name: str, value: Any, low: float, what: str) -> None:
@@ -91,7 +92,7 @@ def check(r: TableRecipe) -> None:
     """Raises RecipeError naming the first field out of range."""
     if r.device_kind not in DEVICE_KINDS:
         raise RecipeError(f"device kind must be one of {DEVICE_KINDS}, got {r.device_kind!r}")
-    for name, low in (("grid_step", 1), ("passes", 1), ("runs", 1), ("threads", 1), ("warmup", 0),
+    for name, low in (("grid_step", 1), ("passes", 1), ("runs", 1), ("placements", 1), ("threads", 1), ("warmup", 0),
                       ("grid_block", 0), ("evict_bytes", 0)):
         value = getattr(r, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -122,6 +123,7 @@ FLAGS: dict[str, tuple[str | None, Any]] = {
     "evict_bytes": (None, None),
     "passes": ("--passes", str),
     "runs": ("--runs", str),
+    "placements": ("--placements", str),
     "warmup": ("--warmup", str),
     "threads": ("--threads", str),
     "min_time_s": ("--min-time-ms", lambda v: f"{v * 1000:g}"),
@@ -131,8 +133,8 @@ FLAGS: dict[str, tuple[str | None, Any]] = {
     "edges": ("--edges", str),
 }
 #: fields that decide how a cell is measured: a table continues only with the same values
-MEASURED_FIELDS = ("device_kind", "grid_step", "grid_block", "context", "evict_bytes", "runs", "warmup", "threads",
-                   "min_time_s")
+MEASURED_FIELDS = ("device_kind", "grid_step", "grid_block", "context", "evict_bytes", "runs", "placements",
+                   "warmup", "threads", "min_time_s")
 
 
 def flag_for(field: str, value: Any) -> str:

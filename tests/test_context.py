@@ -76,9 +76,15 @@ def test_a_table_keeps_its_recipe() -> None:
         check_resume(network, network.replace(passes=1), "t")
     with pytest.raises(RecipeError, match="SSH devices"):
         check_resume(TableRecipe(device_kind="ssh"), TableRecipe(device_kind="local"), "t")
+    with pytest.raises(RecipeError, match="placements: 1 in the table, 3 asked.*--placements 1"):
+        check_resume(network, network.replace(placements=3), "t")
+    with pytest.raises(RecipeError, match="--placements must be an integer >= 1, got 0"):
+        network.replace(placements=0)
+    assert network.replace(placements=3).timing((b"m",)).placements == 3
     # a table from before recipes existed, without a context, was timed back to back
     legacy = recipe_from_meta({"arch": "x", "grid_step": 4, "estimator": "mean", "sigma": 3}, {"kind": "local"})
     assert not legacy.in_network and legacy.grid_step == 4 and legacy.device_kind == "local"
+    assert legacy.placements == 1  # one load per pass, as every table was timed before placements
     assert recipe_from_meta({"cell_context": {"context": "network", "evict_bytes": 8}}, {"kind": "local"}).in_network
 
 

@@ -164,3 +164,18 @@ def test_measure_before_start_and_bad_arguments(models: dict[str, bytes]) -> Non
         LocalDevice(settings=TimingSettings(min_time_s=-1))
     with pytest.raises(ValueError):
         LocalDevice(settings=TimingSettings(runs=0))
+
+
+def test_placements_time_every_model_at_several_places(models: dict[str, bytes]) -> None:
+    async def scenario() -> tuple[DeviceInfo, list[Timing]]:
+        device = LocalDevice(settings=TimingSettings(runs=5, warmup=1, partners=(models["dense"],), placements=3))
+        info = await device.start()
+        try:
+            return info, await device.measure([ModelJob(1, models["conv_small"]), ModelJob(2, models["dense"])])
+        finally:
+            await device.close()
+
+    info, timings = asyncio.run(scenario())
+    assert [t.runs for t in timings] == [None, None]  # 3 loads of 5 runs each, as the settings say
+    assert all(0 < t.fastest_s <= t.seconds for t in timings)
+    assert info.settings["placements"] == 3 and "loaded 3 times, each elsewhere in memory" in info.settings["method"]

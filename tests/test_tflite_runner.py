@@ -351,3 +351,35 @@ def test_a_core_is_spun_as_long_as_it_idled_up_to_the_ramp_up() -> None:
     assert tflite_runner.ramp_up_s(0.0) == 0.0 and tflite_runner.ramp_up_s(-1.0) == 0.0
     assert tflite_runner.ramp_up_s(0.005) == 0.005
     assert tflite_runner.ramp_up_s(5.0) == tflite_runner.RAMP_UP_S
+
+
+def test_placed_timing_loads_the_model_elsewhere_each_time(models: dict[str, bytes]) -> None:
+    from latency.devices.runner import load_model, placed_timing, time_loaded_stats
+
+    loaded: list = []
+
+    def load():
+        loaded.append(load_model(models["conv_small"]))
+        return loaded[-1]
+
+    def measure(interpreter):
+        return time_loaded_stats(interpreter, 7, 1)
+
+    seconds, done, fastest = placed_timing(load, measure, 3)
+    assert len(loaded) == 3 and done == 21 and 0 < fastest <= seconds
+    # each load after a pad of another size: the buffers of the loads lie at different addresses
+    addresses = {it.tensor(it.get_input_details()[0]["index"])().ctypes.data for it in loaded}
+    assert len(addresses) >= 2
+    assert placed_timing(load, measure)[1] == 7  # one placement by default
+    with pytest.raises(ValueError, match="placements must be >= 1"):
+        placed_timing(load, measure, 0)
+
+
+def test_batch_placements(models: dict[str, bytes]) -> None:
+    stream = encode_batch_stream([(1, models["dense"]), (2, models["conv_small"])])
+    proc = run_runner("--batch", "-", "--num_runs=5", "--placements=3", stdin=stream)
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    lines = json_lines(proc.stdout)
+    assert [line["cell_id"] for line in lines] == [1, 2] and all(0 < ln["fastest"] <= ln["seconds"] for ln in lines)
+    bad = run_runner("--batch", "-", "--placements=0", stdin=stream)
+    assert bad.returncode == EXIT_USAGE and b"placements>=1" in bad.stderr

@@ -35,7 +35,7 @@ def local_defaults() -> DeviceDefaults:
     # 6 passes of 20 invocations rather than 3 of 50: what frees a cell from a disturbed stretch of
     # this shared CPU is a pass at another time, not more invocations in the same pass
     recipe = TableRecipe(device_kind="local", grid_step=4, grid_block=local_channel_block(), context="network",
-                         passes=6, runs=20, estimator="fastest", sigma=0.0)
+                         passes=6, runs=20, placements=3, estimator="fastest", sigma=0.0)
     # a whole network is quick to time: 10 passes, combined like the cells, steady its figure
     return DeviceDefaults(recipe, alone_min_time_s=LOCAL_ALONE_MIN_TIME_S, report_passes=10)
 

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import random
 import socket
 import threading
 import time
@@ -81,14 +82,15 @@ def _worker_info() -> dict:
 
 def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
-    partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"",
+    partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"", placements: int = 1,
 ) -> tuple[list[_Row], tuple[int, str] | None, GateStats | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why),
     what the speed gate did). With `partners`, every model is timed in a network context
     (`time_in_context`, all of them before every invocation), exactly `runs` times. With a
     `sentinel` model, every model is timed only while the machine runs at full speed
-    (`speed_gate.SpeedGate`)."""
-    from .runner import load_model, read_sensors, time_in_context, time_loaded_stats
+    (`speed_gate.SpeedGate`). Each model is loaded `placements` times, each elsewhere in memory
+    (`runner.placed_timing`)."""
+    from .runner import load_model, placed_timing, read_sensors, time_in_context, time_loaded_stats
 
     _ramp_up()
     gate = _speed_gate(sentinel, threads) if sentinel else None
@@ -104,15 +106,17 @@ def _worker_time_batch(
             _ramp_up()
         try:
             with _holding_token():
-                interpreter = load_model(model, threads)
-                if partner_interpreters:
-                    measure = functools.partial(time_in_context, interpreter, partner_interpreters, runs, warmup,
+                def measure(interpreter) -> tuple[float, int, float]:
+                    if partner_interpreters:
+                        one = functools.partial(time_in_context, interpreter, partner_interpreters, runs, warmup,
                                                 evict_bytes)
-                else:
-                    measure = functools.partial(time_loaded_stats, interpreter, runs, warmup, min_time_s)
-                seconds, done, fastest = gate.timed(measure) if gate is not None else measure()
+                    else:
+                        one = functools.partial(time_loaded_stats, interpreter, runs, warmup, min_time_s)
+                    return gate.timed(one) if gate is not None else one()
+
+                seconds, done, fastest = placed_timing(functools.partial(load_model, model, threads), measure,
+                                                       placements, _placement_rng)
                 measured_at = time.time()
-            del interpreter, measure
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}"), _gate_stats(gate)
         temperature, throttled = read_sensors()
@@ -120,6 +124,9 @@ def _worker_time_batch(
     _last_busy[0] = time.perf_counter()
     return rows, None, _gate_stats(gate)
 
+
+# pads that place each load of a model elsewhere in memory (runner.placed_timing)
+_placement_rng = random.Random()
 
 # the worker's speed gate, made (and calibrated) with its first gated batch
 _gate: list = []
@@ -266,7 +273,10 @@ class LocalDevice(Device):
             workers=self.workers,
             method=in_network + "; nothing else of ours runs meanwhile (timing token)"
             + ("; timed only between two full-speed readings of a sentinel model (speed gate)"
-               if self.speed_gate else ""),
+               if self.speed_gate else "")
+            + (f"; each model loaded {self.settings.placements} times, each elsewhere in memory: the fastest "
+               "invocation over all of them, the mean over all their invocations"
+               if self.settings.placements > 1 else ""),
             python=runtime["python"],
             numpy=runtime["numpy"],
             machine=runtime["machine"],
@@ -299,6 +309,7 @@ class LocalDevice(Device):
             s.partners,
             s.evict_bytes,
             self._sentinel,
+            s.placements,
         )
         try:
             rows, failure, gated = await self._submit(call)
@@ -325,7 +336,7 @@ class LocalDevice(Device):
                 measured_at=measured_at,
                 temperature_c=temperature,
                 throttled=throttled,
-                runs=runs if runs != s.runs else None,
+                runs=runs if runs != s.runs * s.placements else None,  # None: as the settings say
                 fastest_s=fastest,
             )
             for job, (seconds, measured_at, temperature, throttled, runs, fastest) in zip(batch, rows)

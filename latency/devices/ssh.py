@@ -84,10 +84,12 @@ class SshDevice(Device):
         if s.min_time_s:
             raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
                              "SSH devices time exactly `runs` invocations")
-        if (s.partners or s.evict_bytes) and profile.timer == "benchmark_model":
-            raise ValueError(f"{self.name}: benchmark_model times models back to back only; a network timing context "
-                             f"needs timer = \"runner\" (profile {profile.name} in {profile.source}), or build the "
-                             "table with --context alone")
+        if s.placements < 1:
+            raise ValueError(f"{self.name}: placements must be >= 1, got {s.placements}")
+        if (s.partners or s.evict_bytes or s.placements > 1) and profile.timer == "benchmark_model":
+            raise ValueError(f"{self.name}: benchmark_model times models back to back, one load each; a network "
+                             f"timing context or --placements above 1 needs timer = \"runner\" (profile {profile.name} "
+                             f"in {profile.source}), or build the table with --context alone --placements 1")
         self.transfer_stats = TransferStats()
         self._link = SshConnection(profile, self.name, self._prepare)
         self._info: DeviceInfo | None = None
@@ -263,6 +265,8 @@ class SshDevice(Device):
         parts += [f"--partner={name}" for name in self._partners]
         if s.evict_bytes:
             parts.append(f"--evict-bytes={s.evict_bytes}")
+        if s.placements > 1:
+            parts.append(f"--placements={s.placements}")
         return " ".join(parts)
 
     async def _runner_batch(self, conn: Any, payload: bytes, batch: list[ModelJob]) -> list[Timing]:
