@@ -68,7 +68,7 @@ def test_waits_for_a_fast_reading_before_timing() -> None:
     gate.timed(measure)
     assert calls == [0]
     s = gate.stats
-    assert (s.waited, s.retimed, s.slow, s.slow_readings) == (1, 0, 0, 3)
+    assert (s.found_slow, s.waited, s.retimed, s.slow, s.slow_readings) == (1, 1, 0, 0, 3)
     assert s.waited_s == pytest.approx(4e-3)  # three slow readings and the fast one
 
 
@@ -124,8 +124,9 @@ def test_take_stats_starts_a_fresh_count() -> None:
 
 def test_summary_is_empty_on_a_steady_machine() -> None:
     assert GateStats(models=5, readings=50).summary() == ""
-    line = GateStats(models=10, waited=2, waited_s=1.5, retimed=1, readings=100, slow_readings=25).summary()
-    assert "25 %" in line and "2 of 10 models waited" in line and "1 timings were taken again" in line
+    line = GateStats(models=10, found_slow=3, waited=2, waited_s=1.5, retimed=1, readings=100,
+                     slow_readings=25).summary()
+    assert "slow before 3 of 10 models (30 %" in line and "2 of them waited" in line and "1 timings were taken again" in line
 
 
 def test_real_sentinel_reads_this_machine() -> None:

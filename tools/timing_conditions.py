@@ -15,6 +15,8 @@ Three measurements, each printed as it finishes (docs/measuring.md §5, §7):
 * partner loads: the same convs timed in 8 batches, the partners loaded afresh for each batch as
   a build's worker does, each cell loaded 3 times per batch (gated): how far a batch's fastest is
   from the fastest of all batches, against the spread of the 3 loads within a batch;
+* placements: the same convs loaded 12 times with the partners fixed, each load elsewhere in
+  memory (a pad of random size first, as `runner.placed_timing` does): how far each load's fastest is from the fastest load;
 * speed gate: for --seconds, the convs of the partner test timed in turn, each between two
   readings of the speed gate's sentinel (`latency.devices.speed_gate`): how much slower than
   its fastest a cell is when the readings around it were fast, and when they were slow.
@@ -22,6 +24,7 @@ Three measurements, each printed as it finishes (docs/measuring.md §5, §7):
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -74,6 +77,23 @@ def partner_loads(cells: dict[str, bytes], partner_bytes, batches: int = 8,
                 cell = load_model(model)
                 row.append(gate.timed(lambda: time_in_context(cell, partners, 20, 2))[2])
             out[key].append(row)
+    return out
+
+
+def placement_spread(cells: dict[str, bytes], partners, loads: int = 12) -> dict[str, list[float]]:
+    """cell -> the fastest invocation (us) of each of `loads` loads, each placed elsewhere in
+    memory (a pad of random size taken from the heap first, as `runner.placed_timing` does), the
+    partners unchanged."""
+    gate, rng = SpeedGate(sentinel_reader(load_model(sentinel_model()))), random.Random(0)
+    out: dict[str, list[float]] = {}
+    for key, model in cells.items():
+        kept, fastest = [], []  # every load and pad stays alive, so no two loads share addresses
+        for _ in range(loads):
+            kept.append(bytearray(rng.randrange(64, 65536)))
+            cell = load_model(model)
+            kept.append(cell)
+            fastest.append(gate.timed(lambda: time_in_context(cell, partners, 20, 2))[2] * 1e6)
+        out[key] = fastest
     return out
 
 
@@ -149,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         floor = min(min(r) for r in rows)
         within = statistics.median([max(r) / min(r) for r in rows])
         print(f"  {key:28s} batches " + " ".join(f"{min(r) / floor:.3f}" for r in rows) + f"  | within {within:.3f}")
+
+    print("placements: each load's fastest / the fastest of 12 loads (partners unchanged, each load elsewhere in "
+          "memory)")
+    for key, values in placement_spread(rendered, partners).items():
+        floor = min(values)
+        print(f"  {key:28s} " + " ".join(f"{v / floor:.3f}" for v in sorted(values)))
 
     print(f"speed gate over {args.seconds:.0f} s: each cell's timings / its fastest, by the sentinel readings "
           f"around it (slow: beyond {SLOW_FACTOR:g}x the fastest reading)")

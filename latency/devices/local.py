@@ -348,8 +348,8 @@ class LocalDevice(Device):
         g.add(gated)
         if self.report is not None and g.waited_s >= self._noted_slow_s + 60.0:
             self._noted_slow_s = g.waited_s
-            self.report(f"{self.name}: {g.waited_s:.0f} s spent waiting for full speed so far (slow in "
-                        f"{100.0 * g.slow_readings / max(1, g.readings):.0f} % of the speed readings)")
+            self.report(f"{self.name}: {g.waited_s:.0f} s spent waiting for full speed so far (slow before "
+                        f"{100.0 * g.found_slow / max(1, g.models):.0f} % of the models)")
 
     async def _discard_pool(self) -> None:
         pool, self._pool = self._pool, None
