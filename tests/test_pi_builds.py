@@ -185,6 +185,14 @@ def test_benchmark_model_device_refuses_a_network_context(tmp_path: Path) -> Non
     recipe = TableRecipe(device_kind="ssh", context="network")
     with pytest.raises(ValueError, match=r"benchmark_model times models back to back only.*timer = \"runner\""):
         SshDevice(load_profiles(devices_file)["bm"], recipe.timing((b"partner",)))
+    # several placements need the runner too; the runner is told how many
+    alone = TableRecipe(device_kind="ssh", placements=3)
+    with pytest.raises(ValueError, match=r"--placements above 1 needs timer = \"runner\""):
+        SshDevice(load_profiles(devices_file)["bm"], alone.timing())
+    runner_file = write_devices_file(tmp_path / "r.toml", {"pi": {"host": "pi.invalid", "timer": "runner"}})
+    pi = load_profiles(runner_file)["pi"]
+    assert "--placements=3" in SshDevice(pi, alone.timing())._runner_command()
+    assert "--placements" not in SshDevice(pi, TableRecipe(device_kind="ssh").timing())._runner_command()
 
 
 def test_network_context_on_the_runner(emulated_pi: EmulatedPi, tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ class SshDevice(Device):
         if s.placements < 1:
             raise ValueError(f"{self.name}: placements must be >= 1, got {s.placements}")
         if (s.partners or s.evict_bytes or s.placements > 1) and profile.timer == "benchmark_model":
-            raise ValueError(f"{self.name}: benchmark_model times models back to back, one load each; a network "
+            raise ValueError(f"{self.name}: benchmark_model times models back to back only, one load each; a network "
                              f"timing context or --placements above 1 needs timer = \"runner\" (profile {profile.name} "
                              f"in {profile.source}), or build the table with --context alone --placements 1")
         self.transfer_stats = TransferStats()
