@@ -12,8 +12,8 @@ from models.families import KNOWN_ARCHS
 
 #: the recipe fields a flag sets (flag dest -> recipe field); None = not given
 RECIPE_FLAGS = {"grid": "grid_step", "block": "grid_block", "context": "context", "passes": "passes", "runs": "runs",
-                "placements": "placements", "warmup": "warmup", "threads": "threads", "min_time_ms": "min_time_s", "estimator": "estimator",
-                "sigma": "sigma", "edges": "edges"}
+                "placements": "placements", "warmup": "warmup", "threads": "threads", "min_time_ms": "min_time_s",
+                "estimator": "estimator", "sigma": "sigma", "edges": "edges"}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -100,20 +100,22 @@ def _worker_time_batch(
         with _holding_token():
             partner_interpreters.append(load_model(model, threads))
             partner_interpreters[-1].invoke()
+    if partner_interpreters:
+        def timing(interpreter) -> tuple[float, int, float]:
+            return time_in_context(interpreter, partner_interpreters, runs, warmup, evict_bytes)
+    else:
+        def timing(interpreter) -> tuple[float, int, float]:
+            return time_loaded_stats(interpreter, runs, warmup, min_time_s)
+
+    def measure(interpreter) -> tuple[float, int, float]:
+        return gate.timed(lambda: timing(interpreter)) if gate is not None else timing(interpreter)
+
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
             time.sleep(cooldown_s)
             _ramp_up()
         try:
             with _holding_token():
-                def measure(interpreter) -> tuple[float, int, float]:
-                    if partner_interpreters:
-                        one = functools.partial(time_in_context, interpreter, partner_interpreters, runs, warmup,
-                                                evict_bytes)
-                    else:
-                        one = functools.partial(time_loaded_stats, interpreter, runs, warmup, min_time_s)
-                    return gate.timed(one) if gate is not None else one()
-
                 seconds, done, fastest = placed_timing(functools.partial(load_model, model, threads), measure,
                                                        placements, _placement_rng)
                 measured_at = time.time()
@@ -199,7 +201,7 @@ class LocalDevice(Device):
         self.concurrency = workers
         self.settings = settings if settings is not None else TimingSettings()
         if self.settings.runs < 1 or self.settings.warmup < 0 or self.settings.threads < 1 \
-                or self.settings.min_time_s < 0:
+                or self.settings.min_time_s < 0 or self.settings.placements < 1:
             raise ValueError(f"invalid timing settings {self.settings}")
         self._pool: ProcessPoolExecutor | None = None
         self._info: DeviceInfo | None = None

@@ -79,13 +79,11 @@ class SshDevice(Device):
             runs=profile.runs or 50, warmup=profile.warmup if profile.warmup is not None else 2,
             threads=profile.threads or 1, cooldown_s=profile.cooldown_s or 0.0)
         s = self.settings
-        if s.runs < 1 or s.warmup < 0 or s.threads < 1 or s.cooldown_s < 0:
+        if s.runs < 1 or s.warmup < 0 or s.threads < 1 or s.cooldown_s < 0 or s.placements < 1:
             raise ValueError(f"{self.name}: invalid timing settings {s}")
         if s.min_time_s:
             raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
                              "SSH devices time exactly `runs` invocations")
-        if s.placements < 1:
-            raise ValueError(f"{self.name}: placements must be >= 1, got {s.placements}")
         if (s.partners or s.evict_bytes or s.placements > 1) and profile.timer == "benchmark_model":
             raise ValueError(f"{self.name}: benchmark_model times models back to back only, one load each; a network "
                              f"timing context or --placements above 1 needs timer = \"runner\" (profile {profile.name} "
