@@ -26,6 +26,7 @@ from .overhead import (PROBE_LABELS, is_probe_batch, probe_jobs, probe_models, p
 from .passes import DeviceRun, WrongTimings, plan_passes, run_passes, start_devices
 from .progress import Progress
 from .recipe import TableRecipe, check_resume
+from .retime import plan_retimes
 from .store import TableFileError, TableStore
 from .store_networks import table_devices
 
@@ -53,6 +54,8 @@ class BuildResult:
     finalize_s: float = 0.0  # aggregates, interpolation and smoothing
     incomplete_types: dict[str, str] = field(default_factory=dict)
     retired: list[str] = field(default_factory=list)
+    retimed: int = 0  # timings of cells whose every pass before had read slow
+    kept_slow: int = 0  # cells kept although every pass of theirs read slow
 
 
 class BuildError(RuntimeError):
@@ -113,10 +116,11 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
         rounds = probe_rounds_todo(store, names, recipe.passes) \
             if recipe.in_network and (batches or not _has_overhead(store)) else []
         plan = with_probe_rounds(batches, rounds) if rounds else batches
-        if plan:
-            await _measure_all(arch, store, cells, types, devices, plan, options, recipe.runs,
+        if plan or plan_retimes(store.slow_cells(), recipe.passes, 1, options.seed)[0]:
+            await _measure_all(arch, store, cells, types, devices, plan, options, recipe.passes, recipe.runs,
                                total + len(rounds) * len(PROBE_LABELS), already, result, report,
                                stop or asyncio.Event())
+        result.kept_slow = len(plan_retimes(store.slow_cells(), recipe.passes, 1, options.seed)[1])
         t_finalize = time.time()
         result.incomplete_types = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
         result.finalize_s = time.time() - t_finalize
@@ -146,10 +150,11 @@ def _has_overhead(store: TableStore) -> bool:
 
 
 async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, devices: list[Device], batches: list,
-                       settings: BuildOptions, runs_per_cell: int, total: int, already: int,
+                       settings: BuildOptions, passes: int, runs_per_cell: int, total: int, already: int,
                        result: BuildResult, report: Callable[[str], None] | None, stop: asyncio.Event) -> None:
     """Times `batches` of cells on every device through the pass engine (`latency.passes`),
-    each finished batch committed to the store."""
+    each finished batch committed to the store; then, in up to `retime.MAX_EXTRA_PASSES` extra
+    passes, the cells whose every pass read slow (`latency.retime`)."""
     generator = CellModels(types)
     loop = asyncio.get_running_loop()
     started: list[DeviceRun] = []
@@ -196,22 +201,40 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)
             return stored
 
+        async def run(plan: list, progress: Progress) -> None:
+            try:
+                outcome = await run_passes(started, plan, render, commit, max_failures=settings.max_failures,
+                                           stop=stop, progress=progress, report=report)
+            except WrongTimings as exc:
+                raise BuildError(str(exc)) from exc
+            result.retired += outcome.retired
+            if outcome.stopped:
+                raise BuildInterrupted(
+                    f"stopped on request; {result.measured_now:,} measurements taken in this run are saved")
+            if outcome.left:
+                raise BuildError(
+                    f"every device failed; {outcome.left} batches are left unmeasured (all finished ones are saved: "
+                    "run the same command again to continue). Failures: " + "; ".join(result.retired)
+                )
+
         t_measure = time.time()
-        try:
-            outcome = await run_passes(started, batches, render, commit, max_failures=settings.max_failures,
-                                       stop=stop, progress=progress, report=report)
-        except WrongTimings as exc:
-            raise BuildError(str(exc)) from exc
+        if batches:
+            await run(batches, progress)
+        progress.finish()
+        progress = None  # finished: not again on the way out
+        while True:
+            extra, _ = plan_retimes(store.slow_cells(), passes, settings.models_per_call, settings.seed)
+            if not extra:
+                break
+            n = sum(len(keys) for _, keys in extra)
+            if report:
+                report(f"{n:,} cells were timed only while this machine read slow: timing them once more")
+            before, again = result.measured_now, Progress(n, 0, report, label="re-timings")
+            await run(extra, again)
+            again.finish()
+            result.retimed += result.measured_now - before
+            result.measured_now = before  # "measured now" counts the planned passes; `retimed` the rest
         result.measure_s = time.time() - t_measure
-        result.retired += outcome.retired
-        if outcome.stopped:
-            raise BuildInterrupted(
-                f"stopped on request; {result.measured_now:,} measurements taken in this run are saved")
-        if outcome.left:
-            raise BuildError(
-                f"every device failed; {outcome.left} batches are left unmeasured (all finished ones are saved: "
-                "run the same command again to continue). Failures: " + "; ".join(result.retired)
-            )
         status = "finished"
     finally:
         for run in started:

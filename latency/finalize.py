@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .layer_types import LayerType
-from .smoothing import EDGE_MODES, ESTIMATOR_COLUMNS, ESTIMATORS, cell_stats, estimate, fill_sparse, smooth
+from .smoothing import (EDGE_MODES, ESTIMATOR_COLUMNS, ESTIMATORS, SMALLEST_ESTIMATORS, cell_stats, estimate,
+                        fill_sparse, smooth)
 from .store import TableStore
 
 
@@ -29,9 +30,11 @@ def finalize(store: TableStore, sigma: float, estimator: str = "mean", edges: st
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)}, got {estimator!r}")
     cells = store.cells()
-    raw = store.raw_by_cell()
+    raw = store.raw_by_cell()  # the passes at full speed, where a cell has one
     column = ESTIMATOR_COLUMNS[estimator]
-    per_pass = raw if column == "seconds" else store.raw_by_cell(column)
+    every_pass = estimator in SMALLEST_ESTIMATORS
+    per_pass = raw if column == "seconds" and not every_pass else \
+        store.raw_by_cell(column, full_speed_only=not every_pass)
     by_type: dict[str, list[tuple[int, int, int]]] = {}
     for cell_id, (key, c_in, c_out) in cells.items():
         by_type.setdefault(key, []).append((cell_id, c_in, c_out))

@@ -12,9 +12,9 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 #: written into meta by the last migration; a version that reads an older number refuses the file
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: the versions this code opens (1: before migrations were recorded)
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 migrations = Migrations("netadapt-lut-table")
 
@@ -112,6 +112,14 @@ def _recipe(db: sqlite_utils.Database) -> None:
         db["meta"].upsert({"key": RECIPE_META_KEY, "value": recipe_json(recipe)}, pk="key")
     for key in LEGACY_META_KEYS:
         db["meta"].delete_where("key = ?", [key])
+    db["meta"].upsert({"key": "schema_version", "value": json.dumps(2)}, pk="key")
+
+
+@migrations(name="0006_measurement_speed")
+def _measurement_speed(db: sqlite_utils.Database) -> None:
+    # slow: the machine read slow around the timing (1), or not (0), or was not read (NULL); a
+    # version before it would count such passes like the others, so it must refuse the file
+    _add_columns(db, "measurements", {"slow": int})
     db["meta"].upsert({"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)}, pk="key")
 
 

@@ -23,6 +23,10 @@ ESTIMATORS: dict[str, Callable[[Sequence[float]], float]] = {
 #: the per-pass figure each estimator combines: the pass's mean invocation or its fastest one
 ESTIMATOR_COLUMNS: dict[str, str] = {"mean": "seconds", "median": "seconds", "min": "seconds", "fastest": "fastest",
                                      "median-fastest": "fastest"}
+#: estimators that take the smallest value: a pass timed while the machine read slow can only be
+#: slower, so they keep every pass (the others count only the passes at full speed when a cell
+#: has one: `TableStore.raw_by_cell`)
+SMALLEST_ESTIMATORS = frozenset({"min", "fastest"})
 
 
 class EstimatorError(ValueError):

@@ -9,7 +9,9 @@ Tables:
 - `measurements`: raw timings, one per (cell, pass); UNIQUE(cell_id, pass_index), so a resumed
   build can never count a cell twice. `runs` is set where a timing took more invocations than
   its run's settings say (a minimum timed duration); `fastest` is the pass's fastest single
-  invocation (NULL where the device could not tell, e.g. `benchmark_model`).
+  invocation (NULL where the device could not tell, e.g. `benchmark_model`); `slow` is 1 where
+  the machine read slow right before or after the timing (NULL: not read), and such a pass
+  counts only in a cell without a pass at full speed.
 - `aggregates`: per cell mean/median/std/count of the passes, `value` (the estimator chosen
   for the table, interpolated where the grid is sparse) and `smoothed`, for every cell of each
   type's full range (interpolated cells are marked); derived, recomputable.
@@ -266,7 +268,8 @@ class TableStore:
     def add_measurements(self, run_id: int, device: str, pass_index: int, timings: Iterable[Timing]) -> int:
         """Commits one finished batch; a (cell, pass) already stored is kept, not duplicated."""
         rows = [(t.cell_id, pass_index, run_id, device, t.seconds, t.measured_at, t.temperature_c,
-                 None if t.throttled is None else int(t.throttled), t.runs, t.fastest_s) for t in timings]
+                 None if t.throttled is None else int(t.throttled), t.runs, t.fastest_s,
+                 None if t.slow is None else int(t.slow)) for t in timings]
         for r in rows:
             for value in (r[4], r[9]) if r[9] is not None else (r[4],):
                 if not (value > 0 and value < float("inf")):
@@ -274,23 +277,38 @@ class TableStore:
         with self._write():
             cur = self.db.conn.executemany(
                 "insert or ignore into measurements (cell_id, pass_index, run_id, device, seconds, measured_at,"
-                " temperature_c, throttled, runs, fastest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " temperature_c, throttled, runs, fastest, slow) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         kill_point("after-measurements")
         return cur.rowcount
 
-    def raw_by_cell(self, column: str = "seconds") -> dict[int, list[float]]:
+    def raw_by_cell(self, column: str = "seconds", full_speed_only: bool = True) -> dict[int, list[float]]:
         """cell id -> its passes' `column` ("seconds": the mean invocation of each pass,
         "fastest": the fastest invocation of each pass) in pass order; a pass that did not
-        record `column` gives None."""
+        record `column` gives None. With `full_speed_only`, passes timed while the machine read
+        slow are left out of a cell that has a pass at full speed."""
         if column not in ("seconds", "fastest"):
             raise ValueError(f"no such measurement column {column!r}")
-        if column not in self.db["measurements"].columns_dict:
-            return {cell_id: [None] * len(v) for cell_id, v in self.raw_by_cell().items()}
+        have = self.db["measurements"].columns_dict
+        if column not in have:
+            return {cell_id: [None] * len(v) for cell_id, v in self.raw_by_cell(full_speed_only=full_speed_only).items()}
+        slow = "slow" if "slow" in have else "null"
+        passes: dict[int, list[tuple[float, bool]]] = {}
+        for cell_id, value, was_slow in self.db.execute(
+                f"select cell_id, {column}, {slow} from measurements order by cell_id, pass_index"):
+            passes.setdefault(cell_id, []).append((value, bool(was_slow)))
         out: dict[int, list[float]] = {}
-        for cell_id, value in self.db.execute(
-                f"select cell_id, {column} from measurements order by cell_id, pass_index"):
-            out.setdefault(cell_id, []).append(value)
+        for cell_id, rows in passes.items():
+            fast = [v for v, was_slow in rows if not was_slow] if full_speed_only else []
+            out[cell_id] = fast if fast else [v for v, _ in rows]
         return out
+
+    def slow_cells(self) -> dict[int, int]:
+        """cell id -> its last pass index, for the cells whose every pass was timed while the
+        machine read slow (`Timing.slow`): what the build times again."""
+        if "slow" not in self.db["measurements"].columns_dict:
+            return {}
+        return {r[0]: r[1] for r in self.db.execute(
+            "select cell_id, max(pass_index) from measurements group by cell_id having min(coalesce(slow, 0)) = 1")}
 
     def write_aggregates(self, rows: list[dict]) -> None:
         with self._write():

@@ -155,7 +155,8 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_finishes(tmp_path: Path) -> N
     db = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
     try:
         cells = db.execute("select count(*) from cells").fetchone()[0]
-        pairs = db.execute("select cell_id, pass_index from measurements").fetchall()
+        # passes 0 and 1; a cell whose both passes read slow has an extra one (latency.retime)
+        pairs = db.execute("select cell_id, pass_index from measurements where pass_index < 2").fetchall()
     finally:
         db.close()
     assert len(pairs) == len(set(pairs)) == 2 * cells  # every (cell, pass) exactly once

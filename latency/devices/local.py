@@ -48,8 +48,8 @@ from latency.devices.worker_lifetime import exit_with_parent, ignore_terminal_in
 
 __all__ = ["LocalDevice"]
 
-# (seconds, measured_at, temperature_c, throttled, runs, fastest) per timed model
-_Row = tuple[float, float, Optional[float], Optional[bool], int, float]
+# (seconds, measured_at, temperature_c, throttled, runs, fastest, slow) per timed model
+_Row = tuple[float, float, Optional[float], Optional[bool], int, float, Optional[bool]]
 _T = TypeVar("_T")
 
 
@@ -83,14 +83,16 @@ def _worker_info() -> dict:
 def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
     partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"", placements: int = 1,
+    wait_for_speed: bool = True,
 ) -> tuple[list[_Row], tuple[int, str] | None, GateStats | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why),
     what the speed gate did). With `partners`, every model is timed in a network context
     (`time_in_context`, all of them before every invocation), exactly `runs` times. With a
     `sentinel` model, every model is timed only while the machine runs at full speed
-    (`speed_gate.SpeedGate`). Each model is loaded `placements` times, each elsewhere in memory
-    (`runner.placed_timing`)."""
-    from .runner import load_model, placed_timing, read_sensors, time_in_context, time_loaded_stats
+    (`speed_gate.SpeedGate`), or, without `wait_for_speed`, timed at once and flagged slow when
+    a reading around it said so. Each model is loaded `placements` times, each elsewhere in
+    memory (`runner.placed_timing_flagged`)."""
+    from .runner import load_model, placed_timing_flagged, read_sensors, time_in_context, time_loaded_stats
 
     _ramp_up()
     gate = _speed_gate(sentinel, threads) if sentinel else None
@@ -107,8 +109,13 @@ def _worker_time_batch(
         def timing(interpreter) -> tuple[float, int, float]:
             return time_loaded_stats(interpreter, runs, warmup, min_time_s)
 
-    def measure(interpreter) -> tuple[float, int, float]:
-        return gate.timed(lambda: timing(interpreter)) if gate is not None else timing(interpreter)
+    def measure(interpreter) -> tuple[float, int, float, bool]:
+        if gate is None:
+            return (*timing(interpreter), False)
+        if wait_for_speed:
+            return (*gate.timed(lambda: timing(interpreter)), False)
+        result, slow = gate.flagged(lambda: timing(interpreter))
+        return (*result, slow)
 
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
@@ -116,13 +123,14 @@ def _worker_time_batch(
             _ramp_up()
         try:
             with _holding_token():
-                seconds, done, fastest = placed_timing(functools.partial(load_model, model, threads), measure,
-                                                       placements, _placement_rng)
+                seconds, done, fastest, slow = placed_timing_flagged(
+                    functools.partial(load_model, model, threads), measure, placements, _placement_rng)
                 measured_at = time.time()
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}"), _gate_stats(gate)
         temperature, throttled = read_sensors()
-        rows.append((seconds, measured_at, temperature, throttled, done, fastest))
+        rows.append((seconds, measured_at, temperature, throttled, done, fastest,
+                     slow if gate is not None and not wait_for_speed else None))
     _last_busy[0] = time.perf_counter()
     return rows, None, _gate_stats(gate)
 
@@ -182,6 +190,9 @@ class LocalDevice(Device):
     model is loaded or timed at a time whatever their number; more than one only hides the
     hand-over between batches. With `speed_gate` (the default) a model is timed only while a
     sentinel model says the machine runs at full speed; `gate_stats` sums what that cost.
+    Without `wait_for_speed` (a table's cells) nothing waits: each timing says in `Timing.slow`
+    whether the sentinel read slow around it, and the build times again the cells whose every
+    pass did (`latency.retime`).
     """
 
     def __init__(
@@ -190,6 +201,7 @@ class LocalDevice(Device):
         settings: TimingSettings | None = None,
         name: str = "local",
         speed_gate: bool = True,
+        wait_for_speed: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -208,6 +220,7 @@ class LocalDevice(Device):
         self._token = None
         # every model timed between two full-speed readings of a sentinel (speed_gate)
         self.speed_gate = speed_gate
+        self.wait_for_speed = wait_for_speed
         self._sentinel = b""
         self.gate_stats = GateStats()
         self._noted_slow_s = 0.0
@@ -274,7 +287,10 @@ class LocalDevice(Device):
         settings.update(
             workers=self.workers,
             method=in_network + "; nothing else of ours runs meanwhile (timing token)"
-            + ("; timed only between two full-speed readings of a sentinel model (speed gate)"
+            + (("; timed only between two full-speed readings of a sentinel model (speed gate)"
+                if self.wait_for_speed else
+                "; timed at once, flagged slow when a reading of a sentinel model right before or after it "
+                "said slow (speed gate): a cell counts its passes at full speed, one without any is timed again")
                if self.speed_gate else "")
             + (f"; each model loaded {self.settings.placements} times, each elsewhere in memory: the fastest "
                "invocation over all of them, the mean over all their invocations"
@@ -312,6 +328,7 @@ class LocalDevice(Device):
             s.evict_bytes,
             self._sentinel,
             s.placements,
+            self.wait_for_speed,
         )
         try:
             rows, failure, gated = await self._submit(call)
@@ -340,8 +357,9 @@ class LocalDevice(Device):
                 throttled=throttled,
                 runs=runs if runs != s.runs * s.placements else None,  # None: as the settings say
                 fastest_s=fastest,
+                slow=slow,
             )
-            for job, (seconds, measured_at, temperature, throttled, runs, fastest) in zip(batch, rows)
+            for job, (seconds, measured_at, temperature, throttled, runs, fastest, slow) in zip(batch, rows)
         ]
 
     def _note_gate(self, gated: GateStats) -> None:

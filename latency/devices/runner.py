@@ -378,17 +378,31 @@ def placed_timing(load: Callable[[], Any], measure: Callable[[Any], Tuple[float,
     Where they lie moves a small 1x1 conv by up to 1.4x with everything else unchanged; a network
     runs its layers at about the luckiest places, so a cell keeps its fastest over several
     (docs/measuring.md section 7). `measure(interpreter)` times one load."""
+    mean, done, fastest, _ = placed_timing_flagged(load, lambda interpreter: (*measure(interpreter), False),
+                                                   placements, rng)
+    return mean, done, fastest
+
+
+def placed_timing_flagged(load: Callable[[], Any], measure: Callable[[Any], Tuple[float, int, float, bool]],
+                          placements: int = 1,
+                          rng: Optional[random.Random] = None) -> Tuple[float, int, float, bool]:
+    """`placed_timing` where `measure` also says whether the machine ran slow around a load:
+    only the loads timed at full speed count, and the result is flagged slow (from every load)
+    when none was."""
     if placements < 1:
         raise ValueError("placements must be >= 1, got %r" % (placements,))
     rng = rng or random.Random()
-    total, done, fastest = 0.0, 0, math.inf
+    loads = []
     for _ in range(placements):
         pad = bytearray(rng.randrange(64, 65536)) if placements > 1 else None
         interpreter = load()
-        seconds, n, best = measure(interpreter)
-        total, done, fastest = total + seconds * n, done + n, min(fastest, best)
+        loads.append(measure(interpreter))
         del interpreter, pad
-    return total / done, done, fastest
+    fast = [x for x in loads if not x[3]]
+    kept = fast or loads
+    done = sum(n for _, n, _, _ in kept)
+    return (sum(seconds * n for seconds, n, _, _ in kept) / done, done, min(best for _, _, best, _ in kept),
+            not fast)
 
 
 def acquire_spinning(lock: Any) -> None:
