@@ -228,7 +228,8 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                 break
             n = sum(len(keys) for _, keys in extra)
             if report:
-                report(f"{n:,} cells were timed only while this machine read slow: timing them once more")
+                report(f"{n:,} cells were timed only while this machine never read fast around them: timing them "
+                       "once more")
             before, again = result.measured_now, Progress(n, 0, report, label="re-timings")
             await run(extra, again)
             again.finish()

@@ -156,7 +156,8 @@ def print_plan(args, arch: Arch, recipe: TableRecipe, out: Path, emit: Report = 
     """Makes the plan of a build-tables command line and prints it (before measuring)."""
     plan = make_plan(arch, recipe, args.device, args.devices_file, out, args.models_per_call)
     emit(f"plan for {arch.name} on {args.device} ({recipe.grid}, block {recipe.grid_block}, "
-         f"{recipe.warmup} + {recipe.runs} runs):")
+         f"{recipe.warmup} + {recipe.runs} runs" + (f" at {recipe.placements} placements" if recipe.placements > 1 else "")
+         + "):")
     for line in eta.plan_lines(plan):
         emit(f"  {line}")
     return plan

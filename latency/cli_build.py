@@ -141,6 +141,7 @@ def _main(argv: list[str] | None) -> int:
     from latency.devices.base import DeviceError
     from latency.devices.registry import make_devices
     from latency.recipe import RecipeError
+    from latency.retime import MAX_EXTRA_PASSES
     from latency.smoothing import EstimatorError
     from latency.store import TableFileError
     from models.families import get_arch
@@ -161,10 +162,7 @@ def _main(argv: list[str] | None) -> int:
         if args.dry_run:
             return 0
         partners = cx.partner_models(arch) if recipe.in_network else ()
-        # a table's cells do not wait for full speed: a pass timed slow is flagged, and a cell
-        # without a fast pass is timed again (latency.retime)
-        devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file,
-                               wait_for_speed=False)
+        devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file)
     except (ValueError, TableFileError) as exc:
         parser.error(str(exc))
     options = BuildOptions(models_per_call=args.models_per_call, seed=args.seed)
@@ -206,8 +204,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"wall {result.wall_s:.1f} s, pure timed compute {result.timed_s:.1f} s, "
               f"efficiency (wall / timed) {result.wall_s / result.timed_s:.2f}")
     if result.retimed or result.kept_slow:
-        print(f"timed again: {result.retimed:,} timings of cells whose every pass had read slow"
-              + (f"; {result.kept_slow:,} cells kept although all their passes read slow" if result.kept_slow else ""))
+        print(f"timed again: {result.retimed:,} timings of cells whose every pass was kept although this machine "
+              "never read fast around it" + (f"; {result.kept_slow:,} cells kept so after "
+                                             f"{MAX_EXTRA_PASSES} extra passes" if result.kept_slow else ""))
     for r in result.retired:
         print(f"retired device: {r}")
     for d in devices:  # a machine that ran slow for stretches says what waiting for full speed cost

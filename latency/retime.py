@@ -1,10 +1,11 @@
 """Timing again the cells whose every pass ran while the machine read slow.
 
-A table's cells on this machine are timed without waiting for full speed: a timing taken while
-the speed gate's sentinel read slow is stored flagged (`devices.speed_gate.SpeedGate.flagged`),
-and a cell counts only its passes at full speed when it has one (`TableStore.raw_by_cell`). A
-cell with none is timed in one more pass after the planned ones, up to `MAX_EXTRA_PASSES`
-more; a cell that still has none is kept as measured, and the build says how many.
+The local device's speed gate waits at most 2 s for a full-speed reading; a model timed after
+that is kept and flagged (`devices.speed_gate.SpeedGate.last_slow`, stored as
+`measurements.slow`). A cell counts only its passes at full speed when it has one
+(`TableStore.raw_by_cell`); a cell with none is timed in one more pass after the planned ones,
+up to `MAX_EXTRA_PASSES` more, each at another time; a cell that still has none is kept as
+measured, and the build says how many.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Cells timed while the machine read slow: kept flagged, left out of a cell with a pass at full
-speed, and timed again in extra passes where a cell has none.
+"""Cells timed although the machine never read fast: kept flagged, left out of a cell with a pass
+at full speed, and timed again in extra passes where a cell has none.
 
 When this machine is slow cannot be arranged, so the build test tells a real local device's
 timings which of them ran slow (as its speed gate would); everything else runs for real."""
@@ -73,7 +73,7 @@ class ReadsSlowFor(LocalDevice):
     the n-th timing of a cell (from 1)."""
 
     def __init__(self, slow, **kw) -> None:
-        super().__init__(wait_for_speed=False, **kw)
+        super().__init__(**kw)
         self.slow, self.seen = slow, {}
 
     async def measure(self, batch: list[ModelJob]) -> list[Timing]:

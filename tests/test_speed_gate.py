@@ -58,7 +58,7 @@ def test_fast_machine_times_once_without_waiting() -> None:
     gate, _ = gate_for([FAST])
     calls, measure = counter()
     assert gate.timed(measure) == 1
-    assert calls == [0]
+    assert calls == [0] and not gate.last_slow
     assert gate.stats == GateStats(models=1, readings=3)  # calibration, before, after
 
 
@@ -85,7 +85,7 @@ def test_gives_up_after_max_tries_and_counts_it() -> None:
     calls, measure = counter()
     gate.timed(measure)
     assert len(calls) == 3
-    assert (gate.stats.retimed, gate.stats.slow) == (2, 1)
+    assert (gate.stats.retimed, gate.stats.slow) == (2, 1) and gate.last_slow
 
 
 def test_a_machine_that_stays_slow_is_timed_after_the_longest_wait() -> None:
@@ -173,50 +173,25 @@ def test_a_slow_stretch_costs_one_wait_not_one_per_model() -> None:
     assert gate.stats.slow < 205 and not gate._stayed_slow
 
 
-# -- flagged: a table's cells are timed at once and say whether the machine read slow -----------
-def test_flagged_on_a_fast_machine_times_once_and_says_fast() -> None:
-    gate, _ = gate_for([FAST])
-    calls, measure = counter()
-    assert gate.flagged(measure) == (1, False)
-    assert calls == [0] and gate.stats.flagged == 0 and gate.stats.summary() == ""
+
+def test_a_model_kept_although_never_fast_says_so() -> None:
+    gate, _ = gate_for([SLOW], max_wait_s=0.005)
+    gate.timed(counter()[1])
+    assert gate.last_slow
+    gate, _ = gate_for([SLOW, FAST, FAST])  # waited, then fast around it
+    gate.timed(counter()[1])
+    assert not gate.last_slow
 
 
-def test_flagged_waits_out_a_blip_but_not_a_slow_phase() -> None:
-    # a load leaves the sentinel slow for a few readings: waited out, the timing counts as fast
-    gate, _ = gate_for([SLOW, SLOW, FAST, FAST])
-    calls, measure = counter()
-    assert gate.flagged(measure, brief_wait_s=0.01) == (1, False)
-    assert gate.stats.found_slow == 1 and gate.stats.waited_s == pytest.approx(3e-3)
-    # a phase that outlasts the brief wait: timed anyway, flagged, and the next model does not wait
-    gate, script = gate_for([SLOW] * 100, max_wait_s=1.0)
-    assert gate.flagged(measure, brief_wait_s=0.01)[1] is True
-    taken = script.taken
-    assert gate.flagged(measure, brief_wait_s=0.01)[1] is True
-    assert script.taken - taken <= 3  # one reading before, one or two after: no second wait
-    assert len(calls) == 3 and gate.stats.flagged == 2
-    assert "read slow around 2 of 2 timings" in gate.stats.summary()
-
-
-def test_flagged_says_slow_when_the_reading_after_stays_slow() -> None:
-    gate, _ = gate_for([FAST] + [SLOW] * 50)
-    assert gate.flagged(counter()[1], brief_wait_s=0.01) == (1, True)
-    gate, _ = gate_for([FAST, SLOW, FAST])  # a blip after it: fast
-    assert gate.flagged(counter()[1], brief_wait_s=0.01) == (1, False)
-
-
-def test_local_device_flags_instead_of_waiting_when_told() -> None:
+def test_local_device_says_which_timings_were_kept_slow() -> None:
     model = sentinel_model()
 
-    async def run() -> tuple:
-        device = LocalDevice(settings=TimingSettings(runs=5, warmup=1), wait_for_speed=False)
+    async def run() -> list:
+        device = LocalDevice(settings=TimingSettings(runs=5, warmup=1))
         try:
-            info = await device.start()
-            timings = await device.measure([ModelJob(i, model) for i in range(4)])
+            await device.start()
+            return await device.measure([ModelJob(i, model) for i in range(4)])
         finally:
             await device.close()
-        return device, info, timings
 
-    device, info, timings = asyncio.run(run())
-    assert all(t.slow in (True, False) for t in timings)  # read around every timing, whatever it said
-    assert device.gate_stats.models == 4 and device.gate_stats.waited == 0
-    assert "flagged slow" in info.settings["method"]
+    assert all(t.slow in (True, False) for t in asyncio.run(run()))  # read around every timing

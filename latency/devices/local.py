@@ -83,15 +83,14 @@ def _worker_info() -> dict:
 def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
     partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"", placements: int = 1,
-    wait_for_speed: bool = True,
 ) -> tuple[list[_Row], tuple[int, str] | None, GateStats | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why),
     what the speed gate did). With `partners`, every model is timed in a network context
     (`time_in_context`, all of them before every invocation), exactly `runs` times. With a
     `sentinel` model, every model is timed only while the machine runs at full speed
-    (`speed_gate.SpeedGate`), or, without `wait_for_speed`, timed at once and flagged slow when
-    a reading around it said so. Each model is loaded `placements` times, each elsewhere in
-    memory (`runner.placed_timing_flagged`)."""
+    (`speed_gate.SpeedGate`), and says whether it was kept although it never read fast. Each
+    model is loaded `placements` times, each elsewhere in memory (`runner.placed_timing_flagged`):
+    the loads at full speed count."""
     from .runner import load_model, placed_timing_flagged, read_sensors, time_in_context, time_loaded_stats
 
     _ramp_up()
@@ -112,10 +111,7 @@ def _worker_time_batch(
     def measure(interpreter) -> tuple[float, int, float, bool]:
         if gate is None:
             return (*timing(interpreter), False)
-        if wait_for_speed:
-            return (*gate.timed(lambda: timing(interpreter)), False)
-        result, slow = gate.flagged(lambda: timing(interpreter))
-        return (*result, slow)
+        return (*gate.timed(lambda: timing(interpreter)), gate.last_slow)
 
     for position, (cell_id, model) in enumerate(jobs):
         if position and cooldown_s > 0:
@@ -129,8 +125,7 @@ def _worker_time_batch(
         except Exception as exc:  # reported to the parent as a DeviceError naming the cell
             return rows, (cell_id, f"{type(exc).__name__}: {exc}"), _gate_stats(gate)
         temperature, throttled = read_sensors()
-        rows.append((seconds, measured_at, temperature, throttled, done, fastest,
-                     slow if gate is not None and not wait_for_speed else None))
+        rows.append((seconds, measured_at, temperature, throttled, done, fastest, slow if gate is not None else None))
     _last_busy[0] = time.perf_counter()
     return rows, None, _gate_stats(gate)
 
@@ -190,9 +185,8 @@ class LocalDevice(Device):
     model is loaded or timed at a time whatever their number; more than one only hides the
     hand-over between batches. With `speed_gate` (the default) a model is timed only while a
     sentinel model says the machine runs at full speed; `gate_stats` sums what that cost.
-    Without `wait_for_speed` (a table's cells) nothing waits: each timing says in `Timing.slow`
-    whether the sentinel read slow around it, and the build times again the cells whose every
-    pass did (`latency.retime`).
+    A gated timing says in `Timing.slow` whether it was kept although the machine never read
+    fast around it; a build times again the cells whose every pass was (`latency.retime`).
     """
 
     def __init__(
@@ -201,7 +195,6 @@ class LocalDevice(Device):
         settings: TimingSettings | None = None,
         name: str = "local",
         speed_gate: bool = True,
-        wait_for_speed: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -220,7 +213,6 @@ class LocalDevice(Device):
         self._token = None
         # every model timed between two full-speed readings of a sentinel (speed_gate)
         self.speed_gate = speed_gate
-        self.wait_for_speed = wait_for_speed
         self._sentinel = b""
         self.gate_stats = GateStats()
         self._noted_slow_s = 0.0
@@ -287,10 +279,7 @@ class LocalDevice(Device):
         settings.update(
             workers=self.workers,
             method=in_network + "; nothing else of ours runs meanwhile (timing token)"
-            + (("; timed only between two full-speed readings of a sentinel model (speed gate)"
-                if self.wait_for_speed else
-                "; timed at once, flagged slow when a reading of a sentinel model right before or after it "
-                "said slow (speed gate): a cell counts its passes at full speed, one without any is timed again")
+            + ("; timed only between two full-speed readings of a sentinel model (speed gate)"
                if self.speed_gate else "")
             + (f"; each model loaded {self.settings.placements} times, each elsewhere in memory: the fastest "
                "invocation over all of them, the mean over all their invocations"
@@ -328,7 +317,6 @@ class LocalDevice(Device):
             s.evict_bytes,
             self._sentinel,
             s.placements,
-            self.wait_for_speed,
         )
         try:
             rows, failure, gated = await self._submit(call)

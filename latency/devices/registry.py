@@ -8,15 +8,14 @@ from .defaults import device_names
 
 
 def make_devices(spec: str, timing: TimingSettings, workers: int = 1,
-                 devices_file: str | Path | None = None, wait_for_speed: bool = True) -> list[Device]:
+                 devices_file: str | Path | None = None) -> list[Device]:
     """`local`, a profile name, a group (farm) name, or a comma-separated list of profiles,
-    each timing as `timing` says (one table, one recipe). `wait_for_speed=False`: the local
-    device times at once and flags what ran slow (`LocalDevice`), for a table's cells."""
+    each timing as `timing` says (one table, one recipe)."""
     names = device_names(spec)
     if names == ["local"]:
         from .local import LocalDevice
 
-        return [LocalDevice(workers=workers, settings=timing, wait_for_speed=wait_for_speed)]
+        return [LocalDevice(workers=workers, settings=timing)]
     if "local" in names:
         raise ValueError("'local' cannot be combined with SSH devices in one build (their timings differ)")
     try:

@@ -13,12 +13,9 @@ was slow. Waiting is bounded: after `max_wait_s` the model is timed anyway and c
 models after it wait only once a reading is fast again, so a machine that stays slow costs one
 wait per slow stretch, is measured as it is, and says so.
 
-Waiting is one way to use the readings; a table's cells use the other (`flagged`): every model
-is timed at once and comes back flagged when a reading around it said slow. A cell is timed in
-several passes and keeps the passes at full speed, so a flagged pass costs nothing while another
-pass of the cell was fast, and only a cell whose every pass read slow is timed again
-(`latency.retime`). On a busy host that is most of the difference: a build that waited spent
-three quarters of its time waiting (docs/measuring.md section 5).
+A model kept although the machine never read fast around it says so (`last_slow`): a table
+stores that flag with the timing, and a cell whose every pass was kept so is timed again after
+the passes (`latency.retime`).
 
 The baseline is the fastest reading the gate has seen: a few seconds of readings when it starts,
 and every reading since.
@@ -46,10 +43,6 @@ CALIBRATE_S = 2.0
 MAX_WAIT_S = 2.0
 #: timings of one model in all (the first included) while readings after it say slow
 MAX_TRIES = 4
-#: `flagged`: longest wait for a fast reading on either side of a timing. Loading a model leaves
-#: the sentinel slow for a millisecond or two (in a build, 30-60 % of the first readings after a
-#: load read slow); a slow phase of the host lasts a quarter second and more
-BRIEF_WAIT_S = 0.02
 
 
 @dataclass
@@ -64,7 +57,6 @@ class GateStats:
     waited_s: float = 0.0
     retimed: int = 0  # extra timings after a slow reading
     slow: int = 0  # models kept although the machine never read fast around them
-    flagged: int = 0  # models timed without waiting whose readings said slow (`flagged`)
     readings: int = 0
     slow_readings: int = 0
 
@@ -76,12 +68,6 @@ class GateStats:
         """One line for a user, or '' when the machine never read slow."""
         if not self.slow_readings:
             return ""
-        if not (self.waited or self.retimed or self.slow):  # a gate that flags (or had nothing to do)
-            if not self.flagged:
-                return ""
-            share = 100.0 * self.flagged / max(1, self.models)
-            return (f"this machine read slow around {self.flagged} of {self.models} timings ({share:.0f} %; other "
-                    "work on the host?): a cell counts its passes at full speed, and one without any is timed again")
         share = 100.0 * self.found_slow / max(1, self.models)
         line = (f"this machine read slow before {self.found_slow} of {self.models} models ({share:.0f} %; other work "
                 f"on the host?): {self.waited} of them waited for full speed ({self.waited_s:.1f} s in all), "
@@ -113,6 +99,7 @@ class SpeedGate:
         self.baseline_s = math.inf
         self.stats = GateStats()
         self._stayed_slow = False  # the last wait found no fast reading
+        self.last_slow = False  # the last model `timed` was kept although it never read fast around it
         end = clock() + calibrate_s
         while True:
             self._reading()
@@ -132,12 +119,11 @@ class SpeedGate:
     def fast_now(self) -> bool:
         return not is_slow(self._reading(), self.baseline_s, self.factor)
 
-    def wait_until_fast(self, max_wait_s: float | None = None) -> Tuple[bool, float]:
+    def wait_until_fast(self) -> Tuple[bool, float]:
         """(whether a fast reading came, seconds spent on slow readings before it), spinning on
-        readings for at most `max_wait_s` (default: the gate's). After a wait that found none,
-        the next models do not wait until a reading is fast again: a stretch that stays slow
-        costs one wait, not one per model."""
-        limit = self.max_wait_s if max_wait_s is None else max_wait_s
+        readings for at most `max_wait_s`. After a wait that found none, the next models do not
+        wait until a reading is fast again: a stretch that stays slow costs one wait, not one
+        per model."""
         start, slow_seen = self._clock(), False
         while True:
             if self.fast_now():
@@ -147,7 +133,7 @@ class SpeedGate:
             waited = self._clock() - start
             if self._stayed_slow:
                 return False, 0.0
-            if waited >= limit:
+            if waited >= self.max_wait_s:
                 self._stayed_slow = True
                 return False, waited
 
@@ -166,29 +152,16 @@ class SpeedGate:
                 waited_any = True
                 stats.waited_s += waited
             result = measure()
+            self.last_slow = False
             if fast and self.fast_now():
                 break
             if not fast or attempt + 1 == self.max_tries:
                 stats.slow += 1
+                self.last_slow = True
                 break
             stats.retimed += 1
         stats.waited += waited_any
         return result
-
-    def flagged(self, measure: Callable[[], T], brief_wait_s: float = BRIEF_WAIT_S) -> Tuple[T, bool]:
-        """(`measure()`, whether the machine read slow on either side of it for `brief_wait_s`).
-        Only a blip is waited out (a load leaves one): a slow phase is not, the caller keeps the
-        flag and times again later if it must."""
-        stats = self.stats
-        stats.models += 1
-        fast_before, waited = self.wait_until_fast(brief_wait_s)
-        stats.found_slow += waited > 0 or not fast_before
-        stats.waited_s += waited
-        result = measure()
-        fast_after = self.fast_now() or self.wait_until_fast(brief_wait_s)[0]
-        slow = not (fast_before and fast_after)
-        stats.flagged += slow
-        return result, slow
 
     def take_stats(self) -> GateStats:
         """The stats since the last call, and a fresh count."""
