@@ -54,7 +54,7 @@ class BuildResult:
     finalize_s: float = 0.0  # aggregates, interpolation and smoothing
     incomplete_types: dict[str, str] = field(default_factory=dict)
     retired: list[str] = field(default_factory=list)
-    retimed: int = 0  # timings of cells whose every pass before had read slow
+    retimed: int = 0  # timings of cells whose every pass before was kept slow (latency.retime)
     kept_slow: int = 0  # cells kept although every pass of theirs read slow
 
 
@@ -201,7 +201,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             result.timed_s += sum(t.seconds * (t.runs or runs_per_cell) for t in timings)
             return stored
 
-        async def run(plan: list, progress: Progress) -> None:
+        async def measure_plan(plan: list, progress: Progress) -> None:
             try:
                 outcome = await run_passes(started, plan, render, commit, max_failures=settings.max_failures,
                                            stop=stop, progress=progress, report=report)
@@ -219,7 +219,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
 
         t_measure = time.time()
         if batches:
-            await run(batches, progress)
+            await measure_plan(batches, progress)
         progress.finish()
         progress = None  # finished: not again on the way out
         while True:
@@ -231,7 +231,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
                 report(f"{n:,} cells were timed only while this machine never read fast around them: timing them "
                        "once more")
             before, again = result.measured_now, Progress(n, 0, report, label="re-timings")
-            await run(extra, again)
+            await measure_plan(extra, again)
             again.finish()
             result.retimed += result.measured_now - before
             result.measured_now = before  # "measured now" counts the planned passes; `retimed` the rest

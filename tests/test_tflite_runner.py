@@ -383,3 +383,14 @@ def test_batch_placements(models: dict[str, bytes]) -> None:
     assert [line["cell_id"] for line in lines] == [1, 2] and all(0 < ln["fastest"] <= ln["seconds"] for ln in lines)
     bad = run_runner("--batch", "-", "--placements=0", stdin=stream)
     assert bad.returncode == EXIT_USAGE and b"placements>=1" in bad.stderr
+
+
+def test_placed_timing_counts_the_loads_at_full_speed() -> None:
+    from latency.devices.runner import placed_timing_flagged
+
+    # (mean, invocations, fastest, slow) of three loads: the slow one would win the minimum
+    loads = iter([(2.0, 10, 1.5, False), (1.0, 10, 0.5, True), (3.0, 10, 2.5, False)])
+    mean, done, fastest, slow = placed_timing_flagged(lambda: object(), lambda _: next(loads), 3)
+    assert (mean, done, fastest, slow) == (2.5, 30, 1.5, False)
+    loads = iter([(2.0, 10, 1.5, True), (1.0, 10, 0.5, True)])  # none at full speed: all of them, flagged
+    assert placed_timing_flagged(lambda: object(), lambda _: next(loads), 2) == (1.5, 20, 0.5, True)

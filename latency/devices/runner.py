@@ -387,8 +387,8 @@ def placed_timing_flagged(load: Callable[[], Any], measure: Callable[[Any], Tupl
                           placements: int = 1,
                           rng: Optional[random.Random] = None) -> Tuple[float, int, float, bool]:
     """`placed_timing` where `measure` also says whether the machine ran slow around a load:
-    only the loads timed at full speed count, and the result is flagged slow (from every load)
-    when none was."""
+    only the loads timed at full speed make the mean and the fastest, and the result is flagged
+    slow (from every load) when none was; the invocations are those of every load."""
     if placements < 1:
         raise ValueError("placements must be >= 1, got %r" % (placements,))
     rng = rng or random.Random()
@@ -400,9 +400,10 @@ def placed_timing_flagged(load: Callable[[], Any], measure: Callable[[Any], Tupl
         del interpreter, pad
     fast = [x for x in loads if not x[3]]
     kept = fast or loads
-    done = sum(n for _, n, _, _ in kept)
-    return (sum(seconds * n for seconds, n, _, _ in kept) / done, done, min(best for _, _, best, _ in kept),
-            not fast)
+    counted = sum(n for _, n, _, _ in kept)
+    # the invocations timed are all the loads' (what the timing cost); the figures are the kept ones'
+    return (sum(seconds * n for seconds, n, _, _ in kept) / counted, sum(n for _, n, _, _ in loads),
+            min(best for _, _, best, _ in kept), not fast)
 
 
 def acquire_spinning(lock: Any) -> None:
