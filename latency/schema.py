@@ -117,8 +117,9 @@ def _recipe(db: sqlite_utils.Database) -> None:
 
 @migrations(name="0006_measurement_speed")
 def _measurement_speed(db: sqlite_utils.Database) -> None:
-    # slow: the machine read slow around the timing (1), or not (0), or was not read (NULL); a
-    # version before it would count such passes like the others, so it must refuse the file
+    # slow: the timing was kept although the machine never read fast around it (1), or not (0), or
+    # the speed was not read (NULL); a version before it would count such passes like the others,
+    # so it must refuse the file
     _add_columns(db, "measurements", {"slow": int})
     db["meta"].upsert({"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)}, pk="key")
 

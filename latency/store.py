@@ -10,8 +10,8 @@ Tables:
   build can never count a cell twice. `runs` is set where a timing took more invocations than
   its run's settings say (a minimum timed duration); `fastest` is the pass's fastest single
   invocation (NULL where the device could not tell, e.g. `benchmark_model`); `slow` is 1 where
-  the machine read slow right before or after the timing (NULL: not read), and such a pass
-  counts only in a cell without a pass at full speed.
+  the timing was kept although the machine never read fast around it (the speed gate's longest
+  wait; NULL: not read), and such a pass counts only in a cell without a pass at full speed.
 - `aggregates`: per cell mean/median/std/count of the passes, `value` (the estimator chosen
   for the table, interpolated where the grid is sparse) and `smoothed`, for every cell of each
   type's full range (interpolated cells are marked); derived, recomputable.

@@ -50,8 +50,8 @@ class Timing:
     throttled: bool | None = None
     runs: int | None = None  # invocations timed, when more than the settings' runs (min_time_s)
     fastest_s: float | None = None  # the fastest single invocation (None: the device cannot tell)
-    # the machine read slow right before or after it (a speed gate that does not wait); None: not
-    # read. Stored: a cell counts its passes at full speed, and one without any is timed again
+    # kept although the machine never read fast around it (the speed gate's longest wait); None:
+    # not read. Stored: a cell counts its passes at full speed, and one without any is timed again
     slow: bool | None = None
 
 
