@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-# CI-sized settings: a real LiteRT measurement of every cell, few runs, one pass
-SMALL_TIMING = dict(runs=5, warmup=1)
+# CI-sized settings: a real LiteRT measurement of every cell, few runs, one pass, one load per
+# cell (tests of several placements build their own tables)
+SMALL_TIMING = dict(runs=5, warmup=1, placements=1)
 
 
 def build_small_table(arch_name: str, out: Path, grid: str = "step:4", passes: int = 1, sigma: float = 1.0) -> Path:
