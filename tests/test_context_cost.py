@@ -28,8 +28,10 @@ def test_bad_groups_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_runs_on_a_tiny_network(capsys: pytest.CaptureFixture[str]) -> None:
+    # two passes: the tool keeps the fastest of its passes, and one pass on a busy host can fall
+    # into a slow phase that doubles a 40 us network's layers (the bound below)
     assert context_cost.main(["--arch", "wrn-10-1", "--networks", "2", "--groups", "4",
-                              "--passes", "1", "--min-time-ms", "0"]) == 0
+                              "--passes", "2", "--min-time-ms", "0"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.strip().startswith(("random", "uniform", "full"))]
     assert len(lines) == 2
