@@ -281,6 +281,13 @@ class TableStore:
         kill_point("after-measurements")
         return cur.rowcount
 
+    def drop_passes_from(self, pass_index: int) -> int:
+        """Deletes every measurement of pass `pass_index` and later (a cell timed again after
+        slow passes included): the table its first passes made. For analysis of a copy; returns
+        the rows deleted."""
+        with self._write():
+            return self.db.execute("delete from measurements where pass_index >= ?", [pass_index]).rowcount
+
     def raw_by_cell(self, column: str = "seconds", full_speed_only: bool = True) -> dict[int, list[float]]:
         """cell id -> its passes' `column` ("seconds": the mean invocation of each pass,
         "fastest": the fastest invocation of each pass) in pass order; a pass that did not

@@ -39,8 +39,7 @@ def first_passes_table(src: Path, passes: int, dst: Path) -> None:
         recipe = store.recipe()
         if passes > recipe.passes:
             raise PassCountError(f"{src} has {recipe.passes} passes; ask for at most that many")
-        with store._write():
-            store.db.execute("delete from measurements where pass_index >= ?", [passes])
+        store.drop_passes_from(passes)
         store.set_recipe(recipe.replace(passes=passes))
         incomplete = finalize(store, recipe.sigma, recipe.estimator, recipe.edges)
     finally:
