@@ -17,8 +17,9 @@ from tests.test_tables import ROOT
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
 
+# one load per cell: these tests are about processes and files, not placements
 BUILD = ["--device", "local", "--arch", "wrn-10-1", "--grid", "step:8", "--passes", "2", "--runs", "200",
-         "--warmup", "1", "--context", "alone", "--min-time-ms", "0"]
+         "--warmup", "1", "--context", "alone", "--min-time-ms", "0", "--placements", "1"]
 #: how long a build may take to start its worker and commit a first batch on a busy 2-core machine
 #: (it converts every layer type's template first)
 STARTUP_S = 600.0

@@ -16,7 +16,7 @@ import pytest
 from tests.test_tables import ROOT, cli
 
 FAST = ["--device", "local", "--arch", "wrn-10-1", "--grid", "step:8", "--passes", "1", "--runs", "3",
-        "--warmup", "0", "--context", "alone", "--min-time-ms", "0", "--quiet"]
+        "--warmup", "0", "--context", "alone", "--min-time-ms", "0", "--placements", "1", "--quiet"]
 
 
 def _rows(path: Path, sql: str) -> list[tuple]:

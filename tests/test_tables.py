@@ -203,7 +203,7 @@ def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path):
     # enough runs per cell that measuring takes seconds, so the interrupt lands mid-build
     args = ["-m", "latency.cli_build", "--device", "local", "--arch", "wrn-10-1", "--grid", "step:8",
             "--passes", "2", "--runs", "200", "--warmup", "1", "--min-time-ms", "0", "--models-per-call", "8",
-            "--out", str(out)]
+            "--placements", "1", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
