@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import sqlite3
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 from latency.finalize import finalize
@@ -33,7 +34,9 @@ def first_passes_table(src: Path, passes: int, dst: Path) -> None:
     """Writes to `dst` the table `src` would have been after its first `passes` passes: the
     later measurements (re-timed passes included) left out, the recipe's pass count set, the
     aggregates derived again with the recipe's estimator, smoothing and edges."""
-    shutil.copyfile(src, dst)
+    # the backup API, not a file copy: a table in WAL mode may hold committed pages in its -wal file
+    with closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as a, closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
     store = TableStore.open(dst, write=True)
     try:
         recipe = store.recipe()
