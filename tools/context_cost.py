@@ -55,7 +55,7 @@ def sum_error_pct(layer_seconds: list[float], overhead_s: float, network_s: floa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="wrn-40-2", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-40-2)")
+    p.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS}); default wrn-40-2")
     p.add_argument("--networks", type=int, default=8,
                    help="networks, spanning the size of latency-report's 20 sampled ones (8)")
     p.add_argument("--groups", default="32,96", help="rotation group sizes, comma-separated (32,96)")

@@ -28,7 +28,7 @@ from models.keras_builder import to_tflite_prefixes
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="wrn-40-2", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-40-2)")
+    p.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS}); default wrn-40-2")
     p.add_argument("--scale", type=float, default=0.6, help="every group at this fraction of its width (0.6)")
     p.add_argument("--widths", metavar="FILE", help="a width assignment (JSON) instead of --scale")
     p.add_argument("--passes", type=int, default=6, help="loads of every model (6)")

@@ -116,7 +116,7 @@ def gate_effect(cells: dict, partners, seconds: float) -> dict[str, dict[bool, l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="wrn-10-1", help=f"one of {', '.join(KNOWN_ARCHS)} (wrn-10-1)")
+    p.add_argument("--arch", default="wrn-10-1", help=f"architecture ({KNOWN_ARCHS}); default wrn-10-1")
     p.add_argument("--seconds", type=float, default=30.0, help="how long to watch for slow phases (30)")
     args = p.parse_args(argv)
     arch = get_arch(args.arch)
