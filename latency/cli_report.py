@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import os
 import sys
@@ -67,6 +68,8 @@ class Diagnostics:
     op_check: bool = True  # compare every timed network's ops with those of its cells
     measured_in: str | None = None  # copy stored network passes from another table file first
     measure_overhead: bool = True  # measure the per-invoke overhead (back-to-back tables)
+    exact_evict_bytes: int | None = None  # exact cells with this eviction instead of the table's
+    exact_placements: int | None = None  # exact cells with this many placements instead of the table's
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +155,10 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     cell_device = None
     if diag.exact_layers:  # exact cells are timed as the table's cells were
         cell_timing = exact_cell_timing(recipe, arch, local)
+        if diag.exact_evict_bytes is not None:
+            cell_timing = dataclasses.replace(cell_timing, evict_bytes=diag.exact_evict_bytes)
+        if diag.exact_placements is not None:
+            cell_timing = dataclasses.replace(cell_timing, placements=diag.exact_placements)
         cell_device = devices[0] if cell_timing == timing else make_devices(args.device, cell_timing, 1,
                                                                             args.devices_file)[0]
     return _Plan(arch, networks, table, predictor, passes, correction, devices[0], timing, cell_device)

@@ -171,6 +171,21 @@ def test_report_counts_the_tables_overhead_once_per_network(network_table: Path,
         assert db.execute("select count(distinct run_id) from invoke_probes").fetchone()[0] == 1
 
 
+def test_diagnostics_time_exact_cells_with_another_eviction(network_table: Path, tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    table.write_bytes(network_table.read_bytes())
+    common = ("-m", "tools.report_diagnostics", "--table", str(table), "--device", "local", "--arch", ARCH,
+              "--sample", "2", "--passes", "1", "--no-op-check", "--quiet", "--out", str(tmp_path / "rep"))
+    p = cli(*common, "--exact-evict-mb", "0.5", check=False)
+    assert p.returncode == 2 and "--exact-evict-mb needs --exact-layers" in p.stderr
+    cli(*common, "--exact-layers", "--exact-evict-mb", "0.5")
+    with sqlite3.connect(table) as db:
+        settings = [json.loads(s) for (s,) in db.execute(
+            "select settings from runs where id in (select distinct run_id from exact_cells)")]
+        table_evict = _meta(table)["recipe"]["evict_bytes"]
+    assert [s["evict_bytes"] for s in settings] == [512 * 1024] and table_evict != 512 * 1024
+
+
 def test_probe_rounds_are_spread_evenly_among_the_batches() -> None:
     batches = [(p, [10 * p + i]) for p in range(2) for i in range(8)]
     plan = with_probe_rounds(batches, [0, 1, 2, 3])

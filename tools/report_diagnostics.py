@@ -11,7 +11,13 @@ Takes every flag of `latency-report` (same meaning, same defaults), plus:
 * ``--no-op-check``: skip comparing every timed network's ops with those of its cells;
 * ``--measured-in OLD_TABLE``: first copy the stored passes of these networks (and the
   device's overhead probes) from another table file, e.g. the one a rebuilt table replaces;
-* ``--no-overhead``: do not measure the per-invoke overhead.
+* ``--no-overhead``: do not measure the per-invoke overhead;
+* ``--exact-evict-mb MB``: time the exact cells with MB written over the caches before every
+  invocation instead of the table's eviction;
+* ``--exact-placements K``: load every exact cell K times per pass, each elsewhere in memory,
+  instead of the table's placements.
+
+A table file holds one set of exact cells: use a copy of the table per variant.
 """
 from __future__ import annotations
 
@@ -32,9 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--measured-in", metavar="OLD_TABLE",
                    help="first copy the stored passes of these networks from another table file")
     d.add_argument("--no-overhead", action="store_true", help="do not measure the per-invoke overhead")
+    d.add_argument("--exact-evict-mb", type=float, metavar="MB",
+                   help="with --exact-layers: MB written over the caches before every exact cell's invocation "
+                        "(default: the table's eviction)")
+    d.add_argument("--exact-placements", type=int, metavar="K",
+                   help="with --exact-layers: loads of every exact cell per pass (default: the table's placements)")
     args = p.parse_args(argv)
+    if args.exact_evict_mb is not None and (args.exact_evict_mb < 0 or not args.exact_layers):
+        p.error("--exact-evict-mb needs --exact-layers and a size >= 0")
+    if args.exact_placements is not None and (args.exact_placements < 1 or not args.exact_layers):
+        p.error("--exact-placements needs --exact-layers and a count >= 1")
+    evict = None if args.exact_evict_mb is None else int(args.exact_evict_mb * 2**20)
     return run(args, Diagnostics(exact_layers=args.exact_layers, raw=args.raw, op_check=not args.no_op_check,
-                                 measured_in=args.measured_in, measure_overhead=not args.no_overhead))
+                                 measured_in=args.measured_in, measure_overhead=not args.no_overhead,
+                                 exact_evict_bytes=evict, exact_placements=args.exact_placements))
 
 
 if __name__ == "__main__":
