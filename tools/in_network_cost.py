@@ -1,6 +1,7 @@
 """How much slower each block of a network runs inside the network than its layers timed alone.
 
     python -m tools.in_network_cost [--arch wrn-40-2] [--scale 0.6 | --widths FILE] [--passes 6]
+                                    [--context network|alone]
 
 A table predicts a network as the sum of its layers, each timed alone as a single-layer model,
 less one invoke overhead per extra layer. This tool finds where that sum and the network part
@@ -8,22 +9,70 @@ ways: it times prefixes of the network (the image up to the end of every residua
 converted like the whole network) and the single-layer model of every layer at its exact
 widths. A block's time inside the network is the difference of two consecutive prefixes; its
 time alone is the sum of its layers' cells less one overhead each (the first block keeps one).
-Every model is loaded afresh once per pass, in shuffled order; each value is the fastest
-invocation of all passes (the tables' local estimator). Prints one line per block, then the
-whole network.
+
+Everything is timed by the local device with its speed gate, as a table and a report time it:
+the prefixes as `latency-report` times networks (back to back), the cells and the overhead
+probes as the local recipe times cells (`--context network`: in the architecture's network
+context, at several placements; `alone`: back to back). Every model is timed once per pass, in
+shuffled order; each value is the fastest invocation of all passes (the tables' local
+estimator). Prints one line per block, then the whole network.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import random
 
+from latency.context import evict_bytes_for, partner_models
+from latency.devices.base import ModelJob, TimingSettings
+from latency.devices.defaults import LOCAL_ALONE_MIN_TIME_S, local_defaults
+from latency.devices.local import LocalDevice
+from latency.devices.runner import read_l2_bytes
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.devices.runner import load_model, time_loaded_stats
+from latency.network_timing import whole_network_timing
 from latency.networks import load_networks, network_cells
 from latency.overhead import estimate_overhead, probe_models
+from latency.quiet import quiet_runtime
+from models.arch import Arch
 from models.families import KNOWN_ARCHS, get_arch
 from models.keras_builder import to_tflite_prefixes
+
+
+def cell_timing(arch: Arch, context: str) -> TimingSettings:
+    """How the local recipe times a cell of `arch` in `context` ('network' or 'alone')."""
+    recipe = local_defaults().recipe
+    if context == "alone":
+        return dataclasses.replace(recipe.replace(context="alone").timing(), min_time_s=LOCAL_ALONE_MIN_TIME_S)
+    return recipe.replace(evict_bytes=evict_bytes_for(arch, read_l2_bytes())).timing(partner_models(arch))
+
+
+async def fastest_of_passes(models: dict, is_cell, arch: Arch, context: str, passes: int) -> dict:
+    """key -> the fastest invocation over `passes` gated passes (cells and probes as the local
+    recipe times cells, the rest as latency-report times networks)."""
+    devices = {True: LocalDevice(settings=cell_timing(arch, context)),
+               False: LocalDevice(settings=whole_network_timing(local_defaults().recipe))}
+    keys, rng = list(models), random.Random(0)
+    fastest: dict = {}
+    for device in devices.values():
+        await device.start()
+    try:
+        for p_ in range(passes):
+            print(f"pass {p_ + 1}/{passes}: {len(keys)} models", flush=True)
+            rng.shuffle(keys)
+            for cell in (True, False):
+                batch = [k for k in keys if is_cell(k) == cell]
+                for start in range(0, len(batch), 16):
+                    chunk = batch[start:start + 16]
+                    timings = await devices[cell].measure([ModelJob(i, models[k]) for i, k in enumerate(chunk)])
+                    for t in timings:
+                        k = chunk[t.cell_id]
+                        fastest[k] = min(t.fastest_s, fastest.get(k, t.fastest_s))
+    finally:
+        for device in devices.values():
+            await device.close()
+    return fastest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=0.6, help="every group at this fraction of its width (0.6)")
     p.add_argument("--widths", metavar="FILE", help="a width assignment (JSON) instead of --scale")
     p.add_argument("--passes", type=int, default=6, help="loads of every model (6)")
-    p.add_argument("--min-time-ms", type=float, default=5.0, help="minimum timed duration per model and pass (5)")
+    p.add_argument("--context", choices=("network", "alone"), default="network",
+                   help="how the cells are timed: as the local recipe does (network) or back to back (alone); "
+                        "default network")
     args = p.parse_args(argv)
+    quiet_runtime()
     if not (0 < args.scale <= 1) or args.passes < 1:
         p.error("--scale must be in (0, 1] and --passes >= 1")
     arch = get_arch(args.arch)
@@ -59,14 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     chains = probe_models()
     probes = {label: n for label, n, _ in chains}
     models.update({("probe", label): m for label, _, m in chains})
-    fastest: dict = {k: [] for k in models}
-    keys, rng = list(models), random.Random(0)
-    for p_ in range(args.passes):
-        print(f"pass {p_ + 1}/{args.passes}: {len(keys)} models", flush=True)
-        rng.shuffle(keys)
-        for k in keys:
-            fastest[k].append(time_loaded_stats(load_model(models[k]), 50, 2, args.min_time_ms / 1e3)[2])
-    value = {k: min(v) for k, v in fastest.items()}
+    value = asyncio.run(fastest_of_passes(models, lambda k: k[0] != "prefix", arch, args.context, args.passes))
     o = estimate_overhead("local", [(label, n, value[("probe", label)]) for label, n in probes.items()],
                           combined="fastest").seconds
     print(f"invoke overhead o = {o * 1e6:.2f} us")
