@@ -184,6 +184,9 @@ def test_diagnostics_time_exact_cells_with_another_eviction(network_table: Path,
             "select settings from runs where id in (select distinct run_id from exact_cells)")]
         table_evict = _meta(table)["recipe"]["evict_bytes"]
     assert [s["evict_bytes"] for s in settings] == [512 * 1024] and table_evict != 512 * 1024
+    before = table.read_bytes()
+    p = cli(*common, "--exact-layers", "--exact-placements", "2", check=False)  # the cells above would be reused
+    assert p.returncode == 2 and "already holds exact cells" in p.stderr and table.read_bytes() == before
 
 
 def test_probe_rounds_are_spread_evenly_among_the_batches() -> None:

@@ -21,9 +21,21 @@ A table file holds one set of exact cells: use a copy of the table per variant.
 """
 from __future__ import annotations
 
+import sqlite3
 import sys
+from pathlib import Path
 
 from latency.cli_report import Diagnostics, report_parser, run
+
+
+def holds_exact_cells(table: str) -> bool:
+    """Whether a table file already holds exact cells (read only; False for a missing file)."""
+    if not Path(table).is_file():
+        return False
+    with sqlite3.connect(f"{Path(table).resolve().as_uri()}?mode=ro", uri=True) as db:
+        if not db.execute("select 1 from sqlite_master where type = 'table' and name = 'exact_cells'").fetchone():
+            return False
+        return db.execute("select 1 from exact_cells limit 1").fetchone() is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--exact-evict-mb needs --exact-layers and a size >= 0")
     if args.exact_placements is not None and (args.exact_placements < 1 or not args.exact_layers):
         p.error("--exact-placements needs --exact-layers and a count >= 1")
+    variant = args.exact_evict_mb is not None or args.exact_placements is not None
+    if variant and not args.remeasure and holds_exact_cells(args.table):
+        p.error(f"{args.table} already holds exact cells, timed in another context: they would be reused; "
+                "give a copy of the table without them (or --remeasure, which also times the networks again)")
     evict = None if args.exact_evict_mb is None else int(args.exact_evict_mb * 2**20)
     return run(args, Diagnostics(exact_layers=args.exact_layers, raw=args.raw, op_check=not args.no_op_check,
                                  measured_in=args.measured_in, measure_overhead=not args.no_overhead,
