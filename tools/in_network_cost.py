@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import random
 
-from latency.context import evict_bytes_for, partner_models
+from latency.context import evict_bytes_for
 from latency.devices.base import ModelJob, TimingSettings
-from latency.devices.defaults import LOCAL_ALONE_MIN_TIME_S, local_defaults
+from latency.devices.defaults import local_defaults
 from latency.devices.local import LocalDevice
 from latency.devices.runner import read_l2_bytes
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
-from latency.network_timing import whole_network_timing
+from latency.network_timing import exact_cell_timing, whole_network_timing
 from latency.networks import load_networks, network_cells
 from latency.overhead import estimate_overhead, probe_models
 from latency.quiet import quiet_runtime
@@ -41,11 +40,14 @@ from models.keras_builder import to_tflite_prefixes
 
 
 def cell_timing(arch: Arch, context: str) -> TimingSettings:
-    """How the local recipe times a cell of `arch` in `context` ('network' or 'alone')."""
-    recipe = local_defaults().recipe
+    """How the local recipe times a cell of `arch` in `context` ('network' or 'alone'), as
+    `build-tables --device local [--context alone]` sets it up."""
+    defaults = local_defaults()
     if context == "alone":
-        return dataclasses.replace(recipe.replace(context="alone").timing(), min_time_s=LOCAL_ALONE_MIN_TIME_S)
-    return recipe.replace(evict_bytes=evict_bytes_for(arch, read_l2_bytes())).timing(partner_models(arch))
+        recipe = defaults.recipe.replace(context="alone", min_time_s=defaults.alone_min_time_s)
+    else:
+        recipe = defaults.recipe.replace(evict_bytes=evict_bytes_for(arch, read_l2_bytes()))
+    return exact_cell_timing(recipe, arch)
 
 
 async def fastest_of_passes(models: dict, is_cell, arch: Arch, context: str, passes: int) -> dict:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS}); default wrn-40-2")
     p.add_argument("--scale", type=float, default=0.6, help="every group at this fraction of its width (0.6)")
     p.add_argument("--widths", metavar="FILE", help="a width assignment (JSON) instead of --scale")
-    p.add_argument("--passes", type=int, default=6, help="loads of every model (6)")
+    p.add_argument("--passes", type=int, default=6, help="passes over every model, each in a new order (6)")
     p.add_argument("--context", choices=("network", "alone"), default="network",
                    help="how the cells are timed: as the local recipe does (network) or back to back (alone); "
                         "default network")

@@ -21,21 +21,24 @@ A table file holds one set of exact cells: use a copy of the table per variant.
 """
 from __future__ import annotations
 
-import sqlite3
 import sys
-from pathlib import Path
 
 from latency.cli_report import Diagnostics, report_parser, run
+from latency.store import TableFileError, TableStore
+from latency.store_networks import exact_cell_passes
 
 
-def holds_exact_cells(table: str) -> bool:
-    """Whether a table file already holds exact cells (read only; False for a missing file)."""
-    if not Path(table).is_file():
+def holds_exact_cells(table: str, device: str) -> bool:
+    """Whether a table file already holds exact cells of `device` (read only; False for a file
+    that is not a table, which the report itself then names)."""
+    try:
+        store = TableStore.open(table)
+    except TableFileError:
         return False
-    with sqlite3.connect(f"{Path(table).resolve().as_uri()}?mode=ro", uri=True) as db:
-        if not db.execute("select 1 from sqlite_master where type = 'table' and name = 'exact_cells'").fetchone():
-            return False
-        return db.execute("select 1 from exact_cells limit 1").fetchone() is not None
+    try:
+        return bool(exact_cell_passes(store, device))
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exact_placements is not None and (args.exact_placements < 1 or not args.exact_layers):
         p.error("--exact-placements needs --exact-layers and a count >= 1")
     variant = args.exact_evict_mb is not None or args.exact_placements is not None
-    if variant and not args.remeasure and holds_exact_cells(args.table):
+    if variant and not args.remeasure and holds_exact_cells(args.table, args.device):
         p.error(f"{args.table} already holds exact cells, timed in another context: they would be reused; "
                 "give a copy of the table without them (or --remeasure, which also times the networks again)")
     evict = None if args.exact_evict_mb is None else int(args.exact_evict_mb * 2**20)
