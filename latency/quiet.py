@@ -6,6 +6,10 @@ Three kinds of chatter, three remedies:
   lines, "All log messages before absl::InitializeLog()") reads its level from the environment
   once, when TensorFlow is first imported: `quiet_runtime` sets it at the start of every
   command, before any heavy import. The environment also reaches spawned worker processes.
+  One notice ignores that level: "oneDNN custom operations are on", printed twice per process
+  on CPUs with AVX512-VNNI or -BF16, where TensorFlow turns oneDNN on by itself. The product
+  executes no TensorFlow kernels worth accelerating (TensorFlow only converts), so oneDNN stays
+  off in every mode (`TF_ENABLE_ONEDNN_OPTS=0`, unless the environment says otherwise).
 * Python-level warnings of TensorFlow (``WARNING:absl:...``) go through the ``absl`` logger,
   which `quiet_runtime` limits to errors with a filter (Keras resets the logger's level).
 * What no setting silences (the converter's prints, LiteRT's "Created TensorFlow Lite XNNPACK
@@ -31,6 +35,7 @@ VERBOSE_HELP = "show TensorFlow's own log lines"
 # 2 = errors only: TensorFlow's C++ logging (TF_CPP_*) and any glog-based library
 _QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2"}
 _VERBOSE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "0", "GLOG_minloglevel": "0"}
+_ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
 _capture_lock = threading.RLock()  # file descriptors are per process: one capture at a time
 _banner_absorbed = False
@@ -54,6 +59,7 @@ def quiet_runtime(verbose: bool = False) -> None:
     the start of a command, before TensorFlow is imported (it cannot change TensorFlow's C++
     level afterwards). A level already set in the environment is kept unless `verbose`."""
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    os.environ.setdefault(_ONEDNN_ENV, "0")
     with contextlib.suppress(ImportError):  # absl makes its "absl" logger (an ABSLLogger) on import
         import absl.logging  # noqa: F401
     if verbose:

@@ -9,6 +9,7 @@ import os
 from typing import Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # see latency.quiet: TensorFlow only converts here
 
 import numpy as np  # noqa: E402
 

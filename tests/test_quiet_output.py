@@ -38,7 +38,7 @@ def _chatter(text: str) -> list[str]:
 def _user_env() -> dict[str, str]:
     """The environment of a user's shell: none of the log settings the test process may hold."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel", quiet.VERBOSE_ENV)}
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel", "TF_ENABLE_ONEDNN_OPTS", quiet.VERBOSE_ENV)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
