@@ -7,6 +7,12 @@ reads what: with a block gone, a shortcut conv may feed the next batch-norm alon
 converter then emits one fused CONV_2D instead of CONV_2D + MUL + ADD. Prediction and the
 op check use this runtime view; the PyTorch and Keras models keep the unfused structure (the
 converter does the folding itself).
+
+An addition whose output only a batch-norm reads is not folded (the device runs ADD, MUL, ADD),
+but it is timed together with that batch-norm, as one step: the batch-norm's ops then run in
+place on a buffer nothing else reads, which on some CPUs is far slower than on the model
+input a single-layer model gives them (1.2-1.4x for 6 to 45 channels here; docs/measuring.md,
+"Narrow networks"). `pair_adds=False` plans without those pairs, for tables that lack them.
 """
 from __future__ import annotations
 
@@ -15,21 +21,24 @@ from dataclasses import replace
 from models.arch import INPUT, Arch, Layer
 
 
-def can_fuse(conv: Layer, bn: Layer) -> bool:
-    return (conv.op in ("conv", "dwconv") and not conv.bn and conv.act is None and bn.op == "bn_act"
+def can_fuse(conv: Layer, bn: Layer, pair_adds: bool = True) -> bool:
+    """Whether `bn` joins `conv` as one step when it reads it alone: folded into a conv, or
+    timed with an addition (`pair_adds`)."""
+    ops = ("conv", "dwconv", "add") if pair_adds else ("conv", "dwconv")
+    return (conv.op in ops and not conv.bn and conv.act is None and bn.op == "bn_act"
             and bn.c_in == conv.c_out and bn.in_size == conv.out_size)
 
 
 def fused_layer(conv: Layer, bn: Layer) -> Layer:
-    """The conv as the converter emits it with `bn` folded in."""
+    """The conv as the converter emits it with `bn` folded in (an addition: followed by it)."""
     return replace(conv, name=f"{conv.name}+{bn.name}", bn=True, act=bn.act)
 
 
-def runtime_plan(arch: Arch, zero: frozenset[str]) -> list[tuple[int, int | None]]:
+def runtime_plan(arch: Arch, zero: frozenset[str], pair_adds: bool = True) -> list[tuple[int, int | None]]:
     """(layer index, index of the batch-norm folded into it or None) of every op group the
     device runs when the groups in `zero` are 0, in order. Callers that plan many zero sets
     build one `RuntimePlanner` and call it instead."""
-    return RuntimePlanner(arch)(arch.zero_flags(zero))
+    return RuntimePlanner(arch, pair_adds)(arch.zero_flags(zero))
 
 
 class RuntimePlanner:
@@ -40,7 +49,7 @@ class RuntimePlanner:
     planner for every new set of removed blocks, which a search over block removals meets
     constantly."""
 
-    def __init__(self, arch: Arch):
+    def __init__(self, arch: Arch, pair_adds: bool = True):
         self.arch = arch
         self.n = len(arch.layers)
         last = self.n - 1
@@ -49,7 +58,7 @@ class RuntimePlanner:
         self.folds: dict[int, frozenset[int]] = {}
         for i, bn in enumerate(arch.layers):
             if bn.op == "bn_act":
-                convs = frozenset(j for j in range(i) if j != last and can_fuse(arch.layers[j], bn))
+                convs = frozenset(j for j in range(i) if j != last and can_fuse(arch.layers[j], bn, pair_adds))
                 if convs:
                     self.folds[i] = convs
 
@@ -72,7 +81,7 @@ class RuntimePlanner:
         return [(i, folded.get(i)) for i, _ in plan if i not in absorbed]
 
 
-def fusion_candidates(arch: Arch) -> list[tuple[Layer, Layer]]:
+def fusion_candidates(arch: Arch, pair_adds: bool = True) -> list[tuple[Layer, Layer]]:
     """Every (conv, batch-norm) pair that some width assignment folds: the layer types a table
     needs beyond the full network's. A batch-norm reads a conv directly, or through additions
     whose other branches can all vanish (their width group may be zero)."""
@@ -103,6 +112,6 @@ def fusion_candidates(arch: Arch) -> list[tuple[Layer, Layer]]:
     for bn in (l for l in arch.layers if l.op == "bn_act"):
         for name in sorted(sources(bn.inputs[0])):
             conv = arch.layer_by_name[name]
-            if can_fuse(conv, bn):
+            if can_fuse(conv, bn, pair_adds):
                 pairs.append((conv, bn))
     return pairs

@@ -147,17 +147,18 @@ def network_model(arch: Arch, widths: Mapping[str, int]) -> bytes:
         return to_tflite(arch, widths)
 
 
-def network_cells(arch: Arch, widths: Mapping[str, int]) -> list[tuple[str, int, int]]:
+def network_cells(arch: Arch, widths: Mapping[str, int], pair_adds: bool = True) -> list[tuple[str, int, int]]:
     """(type key, c_in, c_out) of every layer the device runs for `widths` (a batch-norm the
-    converter folds into a conv makes one fused layer, `fusion.runtime_plan`), keyed as the
-    table keys its cells (one-axis types have c_out = 0)."""
+    converter folds into a conv makes one fused layer, and one an addition alone feeds is
+    timed with it: `fusion.runtime_plan`), keyed as the table keys its cells (one-axis types
+    have c_out = 0)."""
     from .fusion import fused_layer, runtime_plan
     from .layer_types import network_layer_types, type_key
 
     types = network_layer_types([arch])
     ch = arch.channels(arch.validate(widths))
     out = []
-    for i, folded in runtime_plan(arch, frozenset(g for g, c in ch.items() if c == 0)):
+    for i, folded in runtime_plan(arch, frozenset(g for g, c in ch.items() if c == 0), pair_adds):
         layer = arch.layers[i] if folded is None else fused_layer(arch.layers[i], arch.layers[folded])
         t = types[type_key(layer)]
         out.append((t.key, ch[layer.c_in], ch[layer.c_out] if t.two_axes else 0))

@@ -116,6 +116,14 @@ class LatencyTable:
         return self.predictor(arch, allow_missing).breakdown(widths or {})
 
 
+def table_pairs_adds(table: LatencyTable, arch: Arch) -> bool:
+    """Whether `table` times each addition together with a batch-norm that alone reads it
+    (`latency.fusion`): it holds every such pair type of `arch`. Tables built before the pairs
+    existed, and tables imported with a layer map, sum the two cells instead."""
+    adds = [type_key(fused_layer(a, b)) for a, b in fusion_candidates(arch) if a.op == "add"]
+    return bool(adds) and not table.layer_map and all(k in table.types for k in adds)
+
+
 class Predictor:
     """`arch` compiled against a table.
 
@@ -142,7 +150,8 @@ class Predictor:
             self.row_of[(i, None)] = len(rows)
             rows.append((layer, table.layer_type_of(arch, layer.name)))
         position = {l.name: i for i, l in enumerate(arch.layers)}
-        for conv, bn in fusion_candidates(arch):
+        self.pair_adds = table_pairs_adds(table, arch)
+        for conv, bn in fusion_candidates(arch, self.pair_adds):
             fused = fused_layer(conv, bn)
             key = table.layer_map.get(conv.name) if table.layer_map else type_key(fused)
             self.row_of[(position[conv.name], position[bn.name])] = len(rows)
@@ -194,7 +203,7 @@ class Predictor:
         self.defaults = [(n, int(self.full[i])) for i, n in enumerate(self.group_names)]
         self.known = frozenset(self.group_names)
         self._plans: dict[bytes, tuple[np.ndarray, ...]] = {}
-        self._planner = RuntimePlanner(arch)
+        self._planner = RuntimePlanner(arch, self.pair_adds)
 
     def _raise_lacking(self, rows: list[int]) -> None:
         lacking: dict[str, list[str]] = {}

@@ -49,7 +49,12 @@ def keras_layer(a: ActiveLayer, inputs: list):
         act = _act(keras, layer.act, name)
         return act(x) if act is not None else x
     if layer.op == "add":
-        return L.Add(name=name)(inputs)
+        x = L.Add(name=name)(inputs)
+        if layer.bn:  # an addition timed with the batch-norm that alone reads it (latency.fusion)
+            x = L.BatchNormalization(epsilon=BN_EPS, name=f"{name}.bn")(x)
+            act = _act(keras, layer.act, name)
+            x = act(x) if act is not None else x
+        return x
     if layer.op == "se":
         s = L.GlobalAveragePooling2D(keepdims=True, name=f"{name}.pool")(inputs[0])
         s = L.Dense(a.c_out, activation="relu", name=f"{name}.fc1")(s)

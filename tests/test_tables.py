@@ -69,7 +69,13 @@ def test_small_table_content(small_table, arch_name):
     total = table.predict(arch)
     parts = table.breakdown(arch)
     assert total > 0 and total == pytest.approx(sum(p.seconds for p in parts))
-    assert {p.layer for p in parts} == {a.layer.name for a in arch.active_layers()}
+    from latency.fusion import fused_layer, runtime_plan
+
+    steps = [arch.layers[i].name if f is None else fused_layer(arch.layers[i], arch.layers[f]).name
+             for i, f in runtime_plan(arch, frozenset())]
+    assert [p.layer for p in parts] == steps
+    # every layer appears, alone or with the batch-norm that alone reads it
+    assert {n for s in steps for n in s.split("+")} == {a.layer.name for a in arch.active_layers()}
 
 
 def test_prediction_matches_cells(small_table):
