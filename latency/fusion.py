@@ -9,9 +9,9 @@ op check use this runtime view; the PyTorch and Keras models keep the unfused st
 converter does the folding itself).
 
 An addition whose output only a batch-norm reads is not folded (the device runs ADD, MUL, ADD),
-but it is timed together with that batch-norm, as one step: the batch-norm's ops then run in
-place on a buffer nothing else reads, which on some CPUs is far slower than on the model
-input a single-layer model gives them (1.2-1.4x for 6 to 45 channels here; docs/measuring.md,
+but it is timed together with that batch-norm, as one step: on a buffer nothing else reads the
+runtime may run the batch-norm in place, which on some CPUs is far slower than on the model
+input a single-layer model gives it (1.2-1.4x at 6 to 45 channels on one; docs/measuring.md,
 "Narrow networks"). `pair_adds=False` plans without those pairs, for tables that lack them.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ def runtime_plan(arch: Arch, zero: frozenset[str], pair_adds: bool = True) -> li
 
 class RuntimePlanner:
     """What the device runs for one architecture: the layers `Arch.plan_positions` keeps alive,
-    with each batch-norm folded into the conv before it when that conv feeds it alone.
+    with each batch-norm folded into the conv before it (or paired with the addition before it,
+    `pair_adds`) when that layer feeds it alone.
 
     Which (conv, batch-norm) pairs can fold is worked out once, here; prediction then calls the
     planner for every new set of removed blocks, which a search over block removals meets

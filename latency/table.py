@@ -128,7 +128,8 @@ class Predictor:
     """`arch` compiled against a table.
 
     Rows are what the device runs: every layer as described, plus each conv with a following
-    batch-norm folded in (`fusion`), which some width assignments produce."""
+    batch-norm folded in, which some width assignments produce, and each addition with the
+    batch-norm that alone reads it where the table times those pairs (`fusion`)."""
 
     def __init__(self, table: LatencyTable, arch: Arch, allow_missing: bool = False):
         self.table, self.arch, self.allow_missing = table, arch, allow_missing

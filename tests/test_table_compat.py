@@ -58,18 +58,24 @@ def test_an_older_table_continues_building(tmp_path: Path) -> None:
         p = cli(*args, check=False)
         assert p.returncode == 2 and "evict_bytes: 0 in the table" in p.stderr
         return
+    assert not LatencyTable.open(table).predictor(arch).pair_adds  # it sums an addition and its batch-norm
     p = cli(*args)
     n_cells = sqlite3.connect(V0).execute("select count(*) from cells").fetchone()[0]
-    assert f"measured now: {n_cells:,}, already there: {n_cells:,}" in p.stdout
     store = TableStore.open(table)
+    # it gains the types of an addition timed with the batch-norm that alone reads it (latency.fusion)
+    new = store.db.execute("select count(*) from cells").fetchone()[0] - n_cells
+    pair_types = [r[0] for r in store.db.execute("select key from layer_types where key like 'add-%-bn-relu'")]
+    assert new > 0 and len(pair_types) == 3
+    assert f"measured now: {n_cells + 2 * new:,}, already there: {n_cells:,}" in p.stdout
     meta = store.meta()
     assert meta["schema_version"] == 3 and "grid_step" not in meta and "cell_context" not in meta
     assert store.recipe().passes == 2 and store.recipe().in_network
     rows = store.db.execute("select cell_id, pass_index from measurements where pass_index < 2").fetchall()
-    assert len(rows) == len(set(rows)) == 2 * n_cells
+    assert len(rows) == len(set(rows)) == 2 * (n_cells + new)
     applied = [r[0] for r in store.db.execute("select name from _sqlite_migrations order by id")]
     assert applied[0] == "0001_tables" and applied[-1] == "0006_measurement_speed"
     store.close()
+    assert LatencyTable.open(table).predictor(arch).pair_adds
     for p in _predictions():  # the second pass changes the values: predictions stay finite and close
         assert LatencyTable.open(table).predict(arch, p["widths"]) == pytest.approx(p["seconds"], rel=0.3)
 

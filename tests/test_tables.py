@@ -504,3 +504,58 @@ def test_fastest_estimator_takes_the_fastest_invocation_of_all_passes(tmp_path):
     store.add_measurements(run, "local", 3, [Timing(cid, 1e-6, 0.0)])  # e.g. timed by benchmark_model
     with pytest.raises(EstimatorError, match=r"add-m8 \(1, 0\).*--estimator min"):
         finalize(store, 0, "fastest")
+
+
+def test_an_addition_pairs_with_the_batch_norm_that_alone_reads_it():
+    """In a WideResNet the batch-norm after a stage's last addition (the next block reads the
+    batch-norm through its shortcut conv) and the head's are timed with their addition; after
+    the other additions the identity shortcut reads the sum too, and the two stay apart. Without
+    pairs (`pair_adds=False`, tables that lack those types) every addition stands alone."""
+    from latency.fusion import fused_layer, runtime_plan
+    from latency.layer_types import type_key
+    from latency.networks import network_cells
+
+    arch = get_arch("wrn-16-1")  # two blocks per stage: one identity shortcut each
+    paired = [(arch.layers[i].name, arch.layers[f].name) for i, f in runtime_plan(arch, frozenset())
+              if f is not None]
+    assert paired == [("s1b1.add", "s2b0.bn"), ("s2b1.add", "s3b0.bn"), ("s3b1.add", "head.bn")]
+    assert all(f is None for _, f in runtime_plan(arch, frozenset(), pair_adds=False))
+    keys = [k for k, _, _ in network_cells(arch, arch.full_widths())]
+    assert keys.count("add-m32-bn-relu") == 1 and keys.count("add-m32") == 1 and "bn_act-m32-relu" in keys
+    assert type_key(fused_layer(arch.layer_by_name["s3b1.add"], arch.layer_by_name["head.bn"])) == "add-m8-bn-relu"
+    # with the second block of stage 1 removed, the first block's sum feeds s2b0.bn alone
+    zero = frozenset({"s1b1"})
+    names = [arch.layers[i].name + ("+" + arch.layers[f].name if f is not None else "")
+             for i, f in runtime_plan(arch, zero)]
+    assert "s1b0.add+s2b0.bn" in names and "s1b1.add" not in names
+
+
+def test_a_table_without_the_pairs_sums_the_two_cells(small_table, tmp_path):
+    """A table that lacks the pair types (built before them) predicts from the addition's and
+    the batch-norm's own cells; one that has them, from the pair's cell."""
+    import shutil
+
+    from latency.fusion import fused_layer, fusion_candidates
+    from latency.layer_types import type_key
+
+    arch = get_arch("wrn-10-1")
+    path = small_table("wrn-10-1")
+    with_pairs = LatencyTable.open(path)
+    assert with_pairs.predictor(arch).pair_adds
+    copy = tmp_path / "without-pairs.sqlite"
+    shutil.copy(path, copy)
+    pairs = sorted({type_key(fused_layer(a, b)) for a, b in fusion_candidates(arch) if a.op == "add"})
+    with sqlite3.connect(copy) as db:
+        for k in pairs:
+            for t in ("aggregates", "measurements", "cells", "layer_types"):
+                if t == "measurements":
+                    db.execute("delete from measurements where cell_id in (select id from cells where type_key = ?)", [k])
+                else:
+                    db.execute(f"delete from {t} where {'key' if t == 'layer_types' else 'type_key'} = ?", [k])
+    without = LatencyTable.open(copy)
+    assert not without.predictor(arch).pair_adds
+    parts = {p.layer: p.seconds for p in without.breakdown(arch)}
+    assert "s2b0.bn" in parts and "s1b0.add" in parts and not any("+" in n for n in parts)
+    assert without.predict(arch) != with_pairs.predict(arch)
+    o = without.predictor(arch).overhead_s
+    assert without.predict(arch) == pytest.approx(sum(parts.values()) - o * (len(parts) - 1), rel=1e-12)

@@ -5,10 +5,13 @@
 A table times a `bn_act` layer (the MUL and ADD a pre-activation batch-norm becomes, with its
 ReLU) as a single-layer model: its input is the model's input. Inside a network the op before
 it (a residual ADD, a convolution, another batch-norm) wrote that input in the same
-invocation. For each channels x size this tool converts the batch-norm alone and after each
-producer, times every model back to back (fastest of `--rounds` x 200 invocations, one thread,
-no speed gate: an instrument, run it on a quiet machine) and prints what the batch-norm adds
-to its producer, beside its time alone. Nothing is stored.
+invocation, and when nothing else reads it the runtime may run the batch-norm's ops in place.
+For each channels x size this tool converts the batch-norm alone and after each producer (a
+ReLU, the same ReLU also given out as a second output so that it cannot be overwritten, an
+ADD, a 3x3 conv with ReLU, another batch-norm), times every model back to back (fastest of
+`--rounds` x 200 invocations, one thread, no speed gate: an instrument, run it on a quiet
+machine) and prints what the batch-norm adds to its producer, beside its time alone (which
+includes the invoke overhead the added time does not). Nothing is stored.
 """
 from __future__ import annotations
 
