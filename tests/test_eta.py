@@ -80,7 +80,8 @@ def test_shipped_pi_table_sums():
     types = network_layer_types([get_arch("wrn-40-2")])
     grid = {k: grid_cells(t, 1) for k, t in types.items()}
     sums = eta.reference_latencies(grid, types, ref.types, ref.values)
-    assert sums.cells == 75328 and sums.estimated_cells == 448  # the additions and bn_act cells
+    # the additions, the bn_act cells and the additions timed with their batch-norm (224 cells)
+    assert sums.cells == 75552 and sums.estimated_cells == 672
     assert sums.seconds == pytest.approx(139.0, abs=0.1) and sums.estimated_seconds / sums.seconds < 0.001
 
 
@@ -125,14 +126,16 @@ def test_dry_run_rpi3b_wrn_40_2_prints_the_plan_and_writes_nothing(tmp_path):
     before = sorted(p.name for p in (ROOT / "tables").iterdir())
     p = build_tables("--device", "rpi3b", "--arch", "wrn-40-2", "--dry-run")
     assert p.returncode == 0, p.stderr
-    assert "cells: 31,950 per pass x 3 passes = 95,850 measurements" in p.stdout  # step:4, block 8
+    assert "cells: 32,096 per pass x 3 passes = 96,288 measurements" in p.stdout  # step:4, block 8
     assert "2.46 GB of models per pass" in p.stdout and "sent over SSH (pool transfer)" in p.stdout
-    assert "pure timed compute: 2 h 26 min (from reference table rpi3b-wrn-40-2.sqlite)" in p.stdout
+    # the additions timed with their batch-norm are not in the thesis's grid: the cost model's share
+    assert ("pure timed compute: 2 h 26 min (from reference table rpi3b-wrn-40-2.sqlite; 0.1% of it from a cost "
+            "model for cells the reference lacks)") in p.stdout
     assert "ETA: 3 h 10 min on 1 device x efficiency 1.30" in p.stdout
     assert sorted(p.name for p in (ROOT / "tables").iterdir()) == before  # no table file, no -wal
     out = tmp_path / "t.sqlite"
     p = build_tables("--device", "rpi3b", "--arch", "wrn-40-2", "--grid", "full", "--dry-run", "--out", str(out))
-    assert p.returncode == 0 and "75,328 per pass" in p.stdout and "ETA: 7 h 49 min on 1 device" in p.stdout
+    assert p.returncode == 0 and "75,552 per pass" in p.stdout and "ETA: 7 h 49 min on 1 device" in p.stdout
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -157,7 +160,7 @@ def test_calibration_batch_on_an_ssh_device(sshd_server: SshServer, tmp_path):
     assert "a build without --dry-run times one batch there first" in p.stdout and not out.exists()
     p = build_tables(*args)
     assert p.returncode == 0, p.stderr
-    assert "cells: 84 per pass x 1 passes = 84 measurements" in p.stderr
+    assert "cells: 92 per pass x 1 passes = 92 measurements" in p.stderr
     calibration = [line for line in p.stderr.splitlines() if "(calibration: 32 cells in" in line]
     assert calibration and calibration[0].strip().startswith("ETA: ") and "on box)" in calibration[0]
-    assert "measured now: 84" in p.stdout
+    assert "measured now: 92" in p.stdout

@@ -76,8 +76,14 @@ def test_an_older_table_continues_building(tmp_path: Path) -> None:
     assert applied[0] == "0001_tables" and applied[-1] == "0006_measurement_speed"
     store.close()
     assert LatencyTable.open(table).predictor(arch).pair_adds
-    for p in _predictions():  # the second pass changes the values: predictions stay finite and close
-        assert LatencyTable.open(table).predict(arch, p["widths"]) == pytest.approx(p["seconds"], rel=0.3)
+    # the table's estimator keeps each cell's fastest pass: a second pass can only lower a cell
+    # (by how much depends on this CPU against the one of the first pass)
+    query = "select type_key, c_in, c_out, smoothed from aggregates where measured = 1"
+    old = {r[:3]: r[3] for r in sqlite3.connect(V0).execute(query)}
+    new_values = {r[:3]: r[3] for r in sqlite3.connect(table).execute(query)}
+    assert old.keys() <= new_values.keys() and all(0 < new_values[k] <= v for k, v in old.items())
+    for p in _predictions():
+        assert 0 < LatencyTable.open(table).predict(arch, p["widths"]) < 1
 
 
 def test_the_shipped_pi_table_predicts_as_before_and_stays_unchanged() -> None:

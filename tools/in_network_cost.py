@@ -9,6 +9,8 @@ ways: it times prefixes of the network (the image up to the end of every residua
 converted like the whole network) and the single-layer model of every layer at its exact
 widths. A block's time inside the network is the difference of two consecutive prefixes; its
 time alone is the sum of its layers' cells less one overhead each (the first block keeps one).
+Every layer is its own cell here, a batch-norm too where a table times it with the addition
+before it (`latency.fusion`), so that each block is charged for its own layers.
 
 Everything is timed by the local device with its speed gate, as a table and a report time it:
 the prefixes as `latency-report` times networks (back to back), the cells and the overhead
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--widths {args.widths}: {exc}")
         widths = network.widths
     active = arch.active_layers(widths)
-    cells = network_cells(arch, widths)
+    # each layer's own cell: a table times an addition together with a batch-norm that alone
+    # reads it (latency.fusion); apart, the block that pays for the batch-norm running in place shows
+    cells = network_cells(arch, widths, pair_adds=False)
     if len(cells) != len(active):  # a fused batch-norm: layers and runtime layers differ
         p.error("these widths fuse a batch-norm into a convolution; pick other widths")
     ends = [a.layer.name for a in active if a.layer.op == "add"]
