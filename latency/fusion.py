@@ -83,9 +83,10 @@ class RuntimePlanner:
 
 
 def fusion_candidates(arch: Arch, pair_adds: bool = True) -> list[tuple[Layer, Layer]]:
-    """Every (conv, batch-norm) pair that some width assignment folds: the layer types a table
-    needs beyond the full network's. A batch-norm reads a conv directly, or through additions
-    whose other branches can all vanish (their width group may be zero)."""
+    """Every (conv, batch-norm) pair that some width assignment folds, and with `pair_adds`
+    every (addition, batch-norm) pair timed together: the layer types a table needs beyond the
+    full network's. A batch-norm reads the layer directly, or through additions whose other
+    branches can all vanish (their width group may be zero)."""
     droppable: dict[str, bool] = {}
 
     def can_drop(name: str) -> bool:
