@@ -16,22 +16,14 @@ includes the invoke overhead the added time does not). Nothing is stored.
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
 
 from latency.quiet import add_verbose_flag, quiet_runtime
 
 PRODUCERS = ("relu", "relu, also an output", "add", "conv3x3+relu", "bn")
 
 
-def _bn_act(keras, x, c: int, rng: np.random.Generator):
-    bn = keras.layers.BatchNormalization()
-    y = keras.layers.ReLU()(bn(x))
-    # trained-like statistics, so that the converter keeps both the MUL and the ADD
-    bn.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                    rng.uniform(0.5, 1.5, c)])
-    return y
+def _bn_act(keras, x):
+    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
 
 
 def build(producer: str | None, c: int, size: int, with_bn: bool, seed: int = 0) -> bytes:
@@ -39,9 +31,9 @@ def build(producer: str | None, c: int, size: int, with_bn: bool, seed: int = 0)
     the producer followed by the batch-norm."""
     import keras
 
+    from latency.keras_snippets import randomise_weights
     from models.keras_builder import convert_keras
 
-    rng = np.random.default_rng(seed)
     x = keras.Input((size, size, c), batch_size=1)
     inputs, y = [x], x
     outputs = []
@@ -56,31 +48,24 @@ def build(producer: str | None, c: int, size: int, with_bn: bool, seed: int = 0)
     elif producer == "conv3x3+relu":
         y = keras.layers.Conv2D(c, 3, padding="same", activation="relu")(x)
     elif producer == "bn":
-        y = _bn_act(keras, x, c, rng)
+        y = _bn_act(keras, x)
     elif producer is not None:
         raise ValueError(f"unknown producer {producer!r}; one of {', '.join(PRODUCERS)}")
     if with_bn:
-        y = _bn_act(keras, y, c, rng)
-    return convert_keras(keras.Model(inputs, [y] + outputs if outputs and with_bn else y))
+        y = _bn_act(keras, y)
+    model = keras.Model(inputs, [y] + outputs if outputs and with_bn else y)
+    randomise_weights(model, seed)  # trained-like statistics: the converter keeps the MUL and the ADD
+    return convert_keras(model)
 
 
 def fastest_invocation_us(model: bytes, rounds: int, runs: int = 200) -> tuple[float, list[str]]:
     """(fastest of rounds x runs invocations in µs, the model's op names)."""
-    from latency.devices.runner import interpreter_class
+    from latency.devices.runner import load_model, time_loaded_stats
 
-    cls, _, _ = interpreter_class()
-    interpreter = cls(model_content=model, num_threads=1)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(1)
-    for d in interpreter.get_input_details():
-        interpreter.set_tensor(d["index"], rng.standard_normal(d["shape"]).astype(np.float32))
-    invoke, clock, best = interpreter.invoke, time.perf_counter, float("inf")
-    for _ in range(rounds * runs):
-        start = clock()
-        invoke()
-        best = min(best, clock() - start)
+    interpreter = load_model(model)
+    fastest = min(time_loaded_stats(interpreter, runs, warmup=0 if r else 5)[2] for r in range(rounds))
     ops = [o["op_name"] for o in interpreter._get_ops_details() if o["op_name"] != "DELEGATE"]
-    return best * 1e6, ops
+    return fastest * 1e6, ops
 
 
 def _shape(text: str) -> tuple[int, int]:
