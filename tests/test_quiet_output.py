@@ -79,6 +79,14 @@ def test_describe_arch_converts_quietly_and_verbose_shows_tensorflow() -> None:
     assert "tf_tfl_flatbuffer_helpers" in err  # the converter's own lines, shown on request
 
 
+def test_a_measuring_tool_converts_and_times_quietly() -> None:
+    """A tool in tools/ converts with Keras and creates interpreters, as the commands do."""
+    rc, out, err = _run(["-m", "tools.timing_conditions", "--arch", "wrn-10-1", "--seconds", "1"])
+    assert rc == 0, err
+    assert "slow phases over 1 s:" in out, out
+    assert _chatter(out + err) == []
+
+
 def test_python_warnings_stay_quiet_after_keras_resets_the_logger() -> None:
     """Keras sets absl's logger level during a conversion; absl warnings (the converter's
     "trackable_obj" one) still stay out of a quiet command's output, and come with --verbose."""

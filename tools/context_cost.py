@@ -32,6 +32,7 @@ import numpy as np
 
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
+from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from latency.devices.runner import load_model, time_loaded_stats, time_rotation
 from latency.metrics import overhead_corrected, percent_errors
 from latency.networks import network_cells, network_model, sample_networks
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", default="32,96", help="rotation group sizes, comma-separated (32,96)")
     p.add_argument("--passes", type=int, default=3, help="passes over every context (3)")
     p.add_argument("--min-time-ms", type=float, default=5.0, help="timed per model and pass, on average (5)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
+    quiet_runtime(args.verbose)
+    absorb_runtime_banner()
     try:
         groups = [int(g) for g in args.groups.split(",") if g.strip()]
     except ValueError:

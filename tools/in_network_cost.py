@@ -35,7 +35,7 @@ from latency.layer_types import network_layer_types
 from latency.network_timing import exact_cell_timing, whole_network_timing
 from latency.networks import load_networks, network_cells
 from latency.overhead import estimate_overhead, probe_models
-from latency.quiet import quiet_runtime
+from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from models.arch import Arch
 from models.families import KNOWN_ARCHS, get_arch
 from models.keras_builder import to_tflite_prefixes
@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", choices=("network", "alone"), default="network",
                    help="how the cells are timed: as the local recipe does (network) or back to back (alone); "
                         "default network")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
-    quiet_runtime()
+    quiet_runtime(args.verbose)
+    absorb_runtime_banner()
     if not (0 < args.scale <= 1) or args.passes < 1:
         p.error("--scale must be in (0, 1] and --passes >= 1")
     arch = get_arch(args.arch)

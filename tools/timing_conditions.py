@@ -33,6 +33,7 @@ from latency.devices.runner import keep_busy, load_model, time_in_context
 from latency.devices.speed_gate import SLOW_FACTOR, SpeedGate, sentinel_model, sentinel_reader
 from latency.generate import CellModels
 from latency.layer_types import network_layer_types
+from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from latency.overhead import probe_models
 from models.families import KNOWN_ARCHS, get_arch
 
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn-10-1", help=f"architecture ({KNOWN_ARCHS}); default wrn-10-1")
     p.add_argument("--seconds", type=float, default=30.0, help="how long to watch for slow phases (30)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
+    quiet_runtime(args.verbose)
+    absorb_runtime_banner()
     arch = get_arch(args.arch)
     partners = [load_model(m) for m in partner_models(arch)]
     types = network_layer_types([arch])
