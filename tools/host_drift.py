@@ -9,8 +9,9 @@ minutes; on a shared host the two can meet the machine at different speeds (docs
 turn, back to back and ungated: the sentinel (fastest of 20 invocations, as the gate reads it),
 the network's layer with the most weights as a single-layer model (fastest of 20) and the whole network at
 full width (fastest of 5). It prints each window's fastest of each, relative to the fastest
-window, and how closely the sentinel and the layer follow the network from window to window.
-Nothing is stored.
+window, how closely the sentinel and the layer follow the network from window to window, and
+how far apart the network's fastest lands when taken over runs of consecutive windows (what
+spreading a measurement over minutes would buy). Nothing is stored.
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def drift_summary(rows: list[dict[str, float]], reference: str) -> dict[str, tup
         r = float(np.corrcoef(values, ref)[0, 1]) if len(rows) > 2 and values.std() and ref.std() else float("nan")
         out[name] = (float(values.max() / values.min()), r)
     return out
+
+
+def span_spread(values: list[float], span: int) -> float:
+    """Slowest / fastest, over every run of `span` consecutive windows, of the run's fastest:
+    how far apart two measurements each taking the fastest over that many windows can land."""
+    if not 1 <= span <= len(values):
+        raise ValueError(f"span must be within 1..{len(values)}, got {span}")
+    fastest = [min(values[i:i + span]) for i in range(len(values) - span + 1)]
+    return max(fastest) / min(fastest)
 
 
 def _readers(arch_name: str) -> tuple[dict[str, Callable[[], float]], str]:
@@ -88,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w + 1:6d} " + " ".join(f"{rows[-1][n]:12.3f}" for n in names), flush=True)
     for name, (spread, r) in drift_summary(rows, "network ms").items():
         print(f"{name:12s} slowest window / fastest {spread:.3f}, Pearson r with the network over windows {r:+.2f}")
+    network = [row["network ms"] for row in rows]
+    spans = sorted({s for s in (1, 2, 4, args.windows // 2) if 1 <= s <= args.windows})
+    print("the network's fastest over runs of consecutive windows, slowest run / fastest run: "
+          + ", ".join(f"{s} x {args.window_s:g} s {span_spread(network, s):.3f}" for s in spans))
     return 0
 
 
