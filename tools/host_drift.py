@@ -36,17 +36,6 @@ def window_fastest(readers: dict[str, Callable[[], float]], seconds: float) -> d
             return best
 
 
-def drift_summary(rows: list[dict[str, float]], reference: str) -> dict[str, tuple[float, float]]:
-    """Per reader: (slowest window / fastest window, Pearson r of its windows with `reference`'s)."""
-    out = {}
-    ref = np.array([r[reference] for r in rows])
-    for name in rows[0]:
-        values = np.array([r[name] for r in rows])
-        r = float(np.corrcoef(values, ref)[0, 1]) if len(rows) > 2 and values.std() and ref.std() else float("nan")
-        out[name] = (float(values.max() / values.min()), r)
-    return out
-
-
 def span_spread(values: list[float], span: int) -> float:
     """Slowest / fastest, over every run of `span` consecutive windows, of the run's fastest:
     how far apart two measurements each taking the fastest over that many windows can land."""
@@ -54,6 +43,17 @@ def span_spread(values: list[float], span: int) -> float:
         raise ValueError(f"span must be within 1..{len(values)}, got {span}")
     fastest = [min(values[i:i + span]) for i in range(len(values) - span + 1)]
     return max(fastest) / min(fastest)
+
+
+def drift_summary(rows: list[dict[str, float]], reference: str) -> dict[str, tuple[float, float]]:
+    """Per reader: (slowest window / fastest window, Pearson r of its windows with `reference`'s)."""
+    out = {}
+    ref = np.array([r[reference] for r in rows])
+    for name in rows[0]:
+        values = np.array([r[name] for r in rows])
+        r = float(np.corrcoef(values, ref)[0, 1]) if len(rows) > 2 and values.std() and ref.std() else float("nan")
+        out[name] = (span_spread(list(values), 1), r)
+    return out
 
 
 def _readers(arch_name: str) -> tuple[dict[str, Callable[[], float]], str]:
