@@ -43,6 +43,10 @@ def report_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled networks and of the pass orders (0)")
     p.add_argument("--passes", type=int,
                    help="passes over the networks, each in a new order (default: the device's, 10 local, 3 SSH)")
+    p.add_argument("--span", type=float, metavar="SECONDS",
+                   help="spread the passes over this many seconds, so that a network's fastest pass meets the host "
+                        "in several states, as the table's cells did (default: as long as the cells were measured, "
+                        "at most 300 s; 0: back to back)")
     p.add_argument("--models-per-call", type=int, default=4, metavar="N", help="networks per device call (4)")
     p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
     p.add_argument("--max-spread", type=float, metavar="PCT",
@@ -90,6 +94,7 @@ class _Plan:
     table: object  # LatencyTable
     predictor: object
     passes: int
+    span_s: float  # the passes are spread over this many seconds
     correction: str
     device: object
     timing: object  # TimingSettings of the whole networks
@@ -107,6 +112,7 @@ class _Stored:
     ops_of: dict  # network key -> ops of its timed model
     run_ids: list[int]
     run_rows: dict
+    span_s: float  # from the networks' first stored pass to their last
     result: object  # MeasureResult of this report
     measured_overhead: object | None  # OverheadEstimate measured now
 
@@ -128,13 +134,17 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
         raise ValueError("--sample and --retries must be >= 0")
     if args.max_spread is not None and args.max_spread <= 0:
         raise ValueError("--max-spread must be > 0")
+    if args.span is not None and not 0 <= args.span < float("inf"):
+        raise ValueError(f"--span must be a number of seconds >= 0, got {args.span:g}")
     arch = get_arch(args.arch)
     networks = load_networks(arch, args.widths) + (sample_networks(arch, args.sample, args.seed) if args.sample else [])
     if not networks:
         raise ValueError("no networks: give --widths FILE_OR_DIR and/or --sample N")
     networks = list({n.key: n for n in reversed(networks)}.values())[::-1]  # first label of a duplicate wins
-    passes = args.passes or defaults_for(args.device, args.devices_file).report_passes
+    defaults = defaults_for(args.device, args.devices_file)
+    passes = args.passes or defaults.report_passes
     table = LatencyTable.open(args.table, smoothed=not diag.raw)
+    span_s = args.span if args.span is not None else min(cells_span_s(args.table), defaults.report_span_max_s)
     recipe = table.recipe
     correction = args.correction or ("overhead" if recipe.in_network else "none")
     local = device_names(args.device) == ["local"]
@@ -161,7 +171,18 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
             cell_timing = dataclasses.replace(cell_timing, placements=diag.exact_placements)
         cell_device = devices[0] if cell_timing == timing else make_devices(args.device, cell_timing, 1,
                                                                             args.devices_file)[0]
-    return _Plan(arch, networks, table, predictor, passes, correction, devices[0], timing, cell_device)
+    return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device)
+
+
+def cells_span_s(table: str) -> float:
+    """Seconds between the table's first and last cell timing (read only)."""
+    from latency.store import TableStore
+
+    store = TableStore.open(table)
+    try:
+        return store.measured_span_s()
+    finally:
+        store.close()
 
 
 async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnostics, report):
@@ -182,7 +203,7 @@ async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnosti
             overhead = await measure_overhead(store, device, info, plan.passes, args.seed, args.remeasure, pause,
                                               report, estimator=recipe.estimator)
         result = await nt.measure_networks(store, arch, networks, device, info, plan.passes, args.seed,
-                                           args.remeasure, args.models_per_call, pause, report)
+                                           args.remeasure, args.models_per_call, pause, report, span_s=plan.span_s)
         for attempt in range(args.retries if args.max_spread is not None else 0):
             stored = measured_networks(store, arch, device.name)
             disturbed = [n for n in networks if pass_spread_pct(stored[n.key].seconds) > args.max_spread]
@@ -192,7 +213,8 @@ async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnosti
                 report(f"measuring {len(disturbed)} networks again (passes more than {args.max_spread} % apart), "
                        f"attempt {attempt + 1}/{args.retries}")
             again = await nt.measure_networks(store, arch, disturbed, device, info, plan.passes,
-                                              args.seed + attempt + 1, True, args.models_per_call, pause, report)
+                                              args.seed + attempt + 1, True, args.models_per_call, pause, report,
+                                              span_s=plan.span_s)
             result.measured_now += again.measured_now
         if plan.cell_device is not None:
             cells = plan.cell_device
@@ -260,7 +282,8 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
         run_ids = sorted({r for n in networks if n.key in measured for r in measured[n.key].run_ids})
         stored = _Stored(table_devices, store.meta(), measured, exact_sums(store, arch, networks, device.name,
                                                                              recipe.estimator),
-                         sn.stored_ops(store, arch, device.name), run_ids, sn.run_rows(store, run_ids), result,
+                         sn.stored_ops(store, arch, device.name), run_ids, sn.run_rows(store, run_ids),
+                         sn.networks_span_s(store, arch, device.name, [n.key for n in networks]), result,
                          measured_overhead)
     except (DeviceError, TableFileError, ValidationError, OSError, EstimatorError) as exc:
         return _error(str(exc))
@@ -319,7 +342,7 @@ def _write(args: argparse.Namespace, diag: Diagnostics, plan: _Plan, stored: _St
         overhead_measured=stored.measured_overhead or table_overhead(meta, device.name),
         worst_breakdown=plan.predictor.breakdown(worst(rows).network.widths),
         measurement={"runtime": ", ".join(runtimes), "estimator": recipe.estimator, "runs": recipe.runs,
-                     "warmup": recipe.warmup, "passes": plan.passes, "threads": recipe.threads,
+                     "warmup": recipe.warmup, "passes": plan.passes, "span_s": stored.span_s, "threads": recipe.threads,
                      "min_time_s": plan.timing.min_time_s, "run_ids": stored.run_ids,
                      "measured_now": result.measured_now, "already_stored": result.already},
         op_check=op_check, notes=notes,

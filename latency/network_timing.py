@@ -2,7 +2,9 @@
 
 Whole networks are converted with `to_tflite` and timed back to back with the table's recipe
 (warm-up, `runs` invocations, threads, pause), `passes` passes each in a freshly shuffled
-order, through the pass engine (`latency.passes`); every pass is stored in the table file
+order, through the pass engine (`latency.passes`), spread over a span of minutes when asked
+(a network's fastest pass then meets the host in several states, as a cell's fastest did
+over the table's build); every pass is stored in the table file
 (`whole_networks`). On request every layer is also timed at its exact widths (`exact_cells`),
 rendered and timed as the table's cells were (`recipe.timing`, in their context): their sum
 against the network isolates the bias of summing from the table's own interpolation,
@@ -20,7 +22,7 @@ from models.arch import Arch
 from .devices.base import Device, DeviceInfo, ModelJob, Timing, TimingSettings
 from .networks import Network, network_cells, network_model
 from .op_coverage import model_op_counts
-from .passes import DeviceRun, plan_passes, run_recorded
+from .passes import DeviceRun, pass_offsets, plan_passes, run_recorded
 from .recipe import TableRecipe
 from .smoothing import estimate
 from .store import TableStore
@@ -58,9 +60,11 @@ class MeasureResult:
 async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
                            info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False,
                            models_per_call: int = 4, cooldown_s: float = 0.0, report: Report = None,
-                           convert: Callable[[Arch, Mapping[str, int]], bytes] | None = None) -> MeasureResult:
+                           convert: Callable[[Arch, Mapping[str, int]], bytes] | None = None,
+                           span_s: float = 0.0) -> MeasureResult:
     """Measures every network on `device` for each pass it lacks in the store (all passes
-    with `remeasure`, replacing the stored ones); commits after every device call.
+    with `remeasure`, replacing the stored ones); commits after every device call. With
+    `span_s`, the passes are spread over that many seconds (`latency.passes.pass_offsets`).
 
     `device` is started by the caller (`info` is what its start returned) and stays open.
     Models are converted up front, so the converter never runs while the device times (on
@@ -98,8 +102,12 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
                                   [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings)
 
     result.info = info
+    offsets = pass_offsets((p for p, _ in plan), passes, span_s)
+    if report and offsets:
+        report(f"timing {len(offsets)} passes spread over {span_s * len(offsets) / passes:.0f} s, one every "
+               f"{span_s / passes:.0f} s")
     result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, "network",
-                                                passes * len(by_key), result.already, cooldown_s, report)
+                                                passes * len(by_key), result.already, cooldown_s, report, offsets)
     result.measured_now = outcome.stored
     result.wall_s = time.time() - started
     return result

@@ -13,12 +13,15 @@ take waits while batches are out on others, since one may come back); a device f
 `max_failures` batches in a row is retired. A timing taken while the device was throttled or
 too hot (`Timing.throttled`) is not stored: its key goes back to the queue and is timed again,
 so every (key, pass) keeps exactly one normal measurement; a batch that came back throttled
-throughout counts as a failure of its device.
+throughout counts as a failure of its device. Passes may be spread over a span of time
+(`pass_offsets`): a pass's batches then wait for its start, so that a key's passes meet
+the host in different states, as a table's cells meet it over a build.
 """
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Hashable, Iterable, Sequence, TypeVar
 
@@ -54,6 +57,17 @@ def plan_passes(keys: Iterable[K], done: Collection[tuple[K, int]], passes: int,
         todo = [k for k in pass_order(keys, seed, p) if (k, p) not in done]
         batches += [(p, todo[i:i + per_call]) for i in range(0, len(todo), per_call)]
     return batches
+
+
+def pass_offsets(passes_left: Iterable[int], passes: int, span_s: float) -> dict[int, float]:
+    """How many seconds after the first timing each pass left may start, when `passes` passes
+    are spread over `span_s` seconds: the i-th pass left at i * span_s / passes, so a resumed
+    run keeps the gap between two passes. Empty when `span_s` is 0 (back to back)."""
+    if passes < 1 or span_s < 0:
+        raise ValueError("passes must be >= 1 and the span >= 0")
+    if span_s == 0:
+        return {}
+    return {p: i * span_s / passes for i, p in enumerate(sorted(set(passes_left)))}
 
 
 @dataclass(frozen=True)
@@ -95,15 +109,18 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
                      render: Callable[[list[K]], list[ModelJob]],
                      commit: Callable[[DeviceRun, int, list[K], list[Timing]], int], *,
                      max_failures: int = MAX_FAILURES, pause_s: float = 0.0, stop: asyncio.Event | None = None,
-                     progress: Progress | None = None, report: Report = None) -> PassOutcome:
+                     offsets: dict[int, float] | None = None, progress: Progress | None = None,
+                     report: Report = None) -> PassOutcome:
     """Times `batches` on the started devices of `runs` (`device.concurrency` batches in flight
     on each) until the queue is empty, every device is retired, or `stop` is set (the batches
     in flight finish first).
 
     `render(keys)` makes a batch's models (in a thread, under the device's host-work guard);
     `commit(run, pass, keys, timings)` stores a finished batch (timings in the order of the
-    keys) and returns the rows stored. `pause_s` is a pause between two calls of one device.
-    Raises WrongTimings when a device answers for other models than it was given.
+    keys) and returns the rows stored. `pause_s` is a pause between two calls of one device;
+    `offsets` (`pass_offsets`) holds a pass's batches back until that many seconds after the
+    device's first answer (its start-up, a speed gate's calibration, is not part of the span). Raises
+    WrongTimings when a device answers for other models than it was given.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -114,6 +131,9 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
     # worker waits instead of ending, since a failing device may still put its batch back
     out = 0
     changed = asyncio.Event()
+    # when a device first answered: the passes' offsets count from here
+    first_answer: list[float] = []
+    answered = asyncio.Event()
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
@@ -174,10 +194,18 @@ async def run_passes(runs: Sequence[DeviceRun], batches: Iterable[tuple[int, lis
             rendering = start_render(device, item)
             if calls and pause_s > 0:
                 await asyncio.sleep(pause_s)
+            if offsets and offsets.get(p, 0.0) > 0:
+                await answered.wait()
+                await asyncio.sleep(max(0.0, first_answer[0] + offsets[p] - time.monotonic()))
             calls += 1
             try:
                 jobs = await jobs_future
-                timings = await device.measure(jobs)
+                try:
+                    timings = await device.measure(jobs)
+                finally:
+                    if not answered.is_set():
+                        first_answer.append(time.monotonic())
+                        answered.set()
                 if [t.cell_id for t in timings] != [j.cell_id for j in jobs]:
                     raise WrongTimings(f"device {device.name} returned timings for other models than it was given")
                 if timings and all(t.throttled for t in timings):
@@ -240,8 +268,8 @@ def require_all_measured(outcome: PassOutcome, what: str) -> None:
 async def run_recorded(store, device: Device, info: DeviceInfo, batches: Iterable[tuple[int, list[K]]],
                        render: Callable[[list[K]], list[ModelJob]],
                        commit: Callable[[DeviceRun, int, list[K], list[Timing]], int], what: str, total: int,
-                       already: int, pause_s: float = 0.0,
-                       report: Callable[[str], None] | None = None) -> tuple[int, PassOutcome]:
+                       already: int, pause_s: float = 0.0, report: Callable[[str], None] | None = None,
+                       offsets: dict[int, float] | None = None) -> tuple[int, PassOutcome]:
     """`run_passes` on one started device under a run row of the table `store` (status
     'finished' when every batch is measured, else 'interrupted'); every batch measured or a
     DeviceError. Returns the run's id and the outcome."""
@@ -250,7 +278,7 @@ async def run_recorded(store, device: Device, info: DeviceInfo, batches: Iterabl
     try:
         progress = Progress(total, already, report, label=f"{what} timings")
         outcome = await run_passes([DeviceRun(device, run_id)], batches, render, commit, pause_s=pause_s,
-                                   progress=progress, report=report)
+                                   offsets=offsets, progress=progress, report=report)
         progress.finish()
         require_all_measured(outcome, what)
         status = "finished"

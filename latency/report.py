@@ -134,6 +134,10 @@ def _timing_words(ms: dict) -> str:
     return f"warm-up {ms.get('warmup', '?')}, mean of {ms.get('runs', '?')} runs{at_least}"
 
 
+def _span_words(ms: dict) -> str:
+    return f", over {ms['span_s']:.0f} s" if ms.get("span_s") else ""
+
+
 def report_markdown(inp: ReportInput, metrics: dict) -> str:
     rows = inp.rows
     ms = inp.measurement
@@ -142,7 +146,7 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
         f"{_table_words(inp.recipe)})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}, back to back: {_timing_words(ms)}, "
-        f"{ms.get('passes', '?')} passes in shuffled order; measured = the {ms.get('estimator', 'mean')} of the "
+        f"{ms.get('passes', '?')} passes in shuffled order{_span_words(ms)}; measured = the {ms.get('estimator', 'mean')} of the "
         f"passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
     ]
     if inp.overhead:

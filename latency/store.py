@@ -281,6 +281,12 @@ class TableStore:
         kill_point("after-measurements")
         return cur.rowcount
 
+    def measured_span_s(self) -> float:
+        """Seconds from the first stored cell timing to the last (0 without any): how far apart
+        in time the cells' passes met the device."""
+        lo, hi = next(iter(self.db.execute("select min(measured_at), max(measured_at) from measurements")))
+        return float(hi - lo) if lo is not None and hi is not None else 0.0
+
     def drop_passes_from(self, pass_index: int) -> int:
         """Deletes every measurement of pass `pass_index` and later (a cell timed again after
         slow passes included): the table its first passes made. For analysis of a copy; returns

@@ -101,6 +101,17 @@ def measured_networks(store: TableStore, arch: Arch, device: str) -> dict[str, M
             for k, v in rows.items()}
 
 
+def networks_span_s(store: TableStore, arch: Arch, device: str, keys: Iterable[str]) -> float:
+    """Seconds from the first stored pass of the networks `keys` on `device` to the last."""
+    if not _has(store, "whole_networks"):
+        return 0.0
+    keys = set(keys)
+    times = [t for k, t in store.db.execute("select widths, measured_at from whole_networks where arch = ? and "
+                                            "device = ? and measured_at is not null", [arch.name, device])
+             if k in keys]
+    return max(times) - min(times) if times else 0.0
+
+
 def stored_ops(store: TableStore, arch: Arch, device: str) -> dict[str, Counter]:
     """network key -> op counts of the model that was timed (stored with its passes)."""
     if not _has(store, "whole_networks", "ops"):

@@ -7,7 +7,7 @@ import pytest
 
 from latency.devices.base import ModelJob, TimingSettings
 from latency.devices.local import LocalDevice
-from latency.passes import DeviceRun, pass_order, plan_passes, run_passes
+from latency.passes import DeviceRun, pass_offsets, pass_order, plan_passes, run_passes
 
 
 def test_each_pass_has_its_own_order_a_function_of_seed_and_pass() -> None:
@@ -31,6 +31,15 @@ def test_plan_skips_what_is_done_and_keeps_the_order() -> None:
     assert plan_passes(keys, {(k, p) for k in keys for p in range(2)}, 2, 4, seed=3) == []
     with pytest.raises(ValueError):
         plan_passes(keys, set(), 0, 4, seed=0)
+
+
+def test_passes_left_start_evenly_over_the_span() -> None:
+    assert pass_offsets(range(4), 4, 60.0) == {0: 0.0, 1: 15.0, 2: 30.0, 3: 45.0}
+    # a resumed run keeps the gap between two passes: the passes left start one gap apart
+    assert pass_offsets([3, 2, 3], 4, 60.0) == {2: 0.0, 3: 15.0}
+    assert pass_offsets(range(4), 4, 0.0) == {}  # back to back
+    with pytest.raises(ValueError):
+        pass_offsets(range(2), 2, -1.0)
 
 
 def test_batches_are_committed_one_by_one_until_stopped() -> None:

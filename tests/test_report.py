@@ -28,7 +28,8 @@ from tools import report_diagnostics
 
 ARCH = "wrn-10-1"
 # runs, warm-up and the rest come from the table's recipe (conftest's small tables: 5 runs, 1 warm-up)
-FAST = ["--passes", "2", "--quiet"]
+# back to back: the spread of the passes over minutes has tests of its own
+FAST = ["--passes", "2", "--span", "0", "--quiet"]
 
 
 def _copy_table(src: Path, dst: Path) -> Path:
@@ -263,7 +264,7 @@ def test_rebuilt_table_reuses_the_measurements(reported, small_table, widths_dir
 
 
 @pytest.mark.parametrize("case", ["unknown device", "other arch", "empty dir", "missing file", "no networks",
-                                  "correction without overhead"])
+                                  "correction without overhead", "negative span"])
 def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> None:
     table = small_table(ARCH)
     args = ["--table", str(table), "--arch", ARCH, "--out", str(tmp_path / "r"), "--quiet"]
@@ -282,6 +283,9 @@ def test_bad_input_gives_clear_errors(case, small_table, tmp_path, capsys) -> No
     elif case == "missing file":
         args += ["--widths", str(tmp_path / "nope.json")]
         expect = "no such widths file"
+    elif case == "negative span":
+        args += ["--sample", "1", "--span", "-5"]
+        expect = "--span must be a number of seconds >= 0, got -5"
     elif case == "correction without overhead":
         args += ["--sample", "1", "--correction", "overhead", "--no-overhead"]
         expect = "needs the per-invoke overhead"
@@ -351,6 +355,29 @@ def test_passes_default_to_the_devices_report_passes(small_table, tmp_path) -> N
     passes = defaults_for("local").report_passes
     assert passes == 10 and json.loads((out / "metrics.json").read_text())["measurement"]["passes"] == passes
     assert _rows(table, "select count(*), count(distinct pass_index) from whole_networks") == [(passes, passes)]
+    # spread over as long as the cells were measured (at most the device's cap): pass p starts
+    # p / passes of that span after the first
+    [(cells_s,)] = _rows(table, "select max(measured_at) - min(measured_at) from measurements")
+    span = min(cells_s, defaults_for("local").report_span_max_s)
+    assert span > 1.0  # else the check below could not fail
+    starts = dict(_rows(table, "select pass_index, min(measured_at) from whole_networks group by pass_index"))
+    assert all(starts[p] - starts[0] >= p * span / passes - 0.3 for p in range(passes)), (span, starts)
+
+
+def test_passes_are_spread_over_the_span_asked(small_table, tmp_path) -> None:
+    """With --span, a pass waits for its share of the span: back to back, two passes of two
+    networks are a fraction of a second apart."""
+    table = _copy_table(small_table(ARCH), tmp_path / "t.sqlite")
+    out = tmp_path / "r"
+    assert report_diagnostics.main(["--table", str(table), "--arch", ARCH, "--sample", "2", "--passes", "3",
+                                    "--span", "4.5", "--no-overhead", "--no-op-check", "--quiet", "--out",
+                                    str(out)]) == 0
+    starts = dict(_rows(table, "select pass_index, min(measured_at) from whole_networks group by pass_index"))
+    assert starts[1] - starts[0] >= 1.5 - 0.3 and starts[2] - starts[0] >= 3.0 - 0.3, starts
+    [(first, last)] = _rows(table, "select min(measured_at), max(measured_at) from whole_networks")
+    measurement = json.loads((out / "metrics.json").read_text())["measurement"]
+    assert measurement["span_s"] == pytest.approx(last - first)
+    assert f"3 passes in shuffled order, over {last - first:.0f} s" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("flag", ["--runs", "--warmup", "--threads", "--min-time-ms", "--cooldown", "--estimator",

@@ -27,6 +27,10 @@ class DeviceDefaults:
     recipe: TableRecipe
     alone_min_time_s: float = 0.0  # the minimum timed duration when a table is timed back to back
     report_passes: int = 3  # passes of each whole network in latency-report
+    # latency-report spreads its passes over as long as the table's cells were measured, at most
+    # this long: a network's fastest over 5 minutes of a shared host holds within 1.5 %, over
+    # 30 s it moved by up to 16 % (docs/measuring.md §1)
+    report_span_max_s: float = 300.0
 
 
 def local_defaults() -> DeviceDefaults:
