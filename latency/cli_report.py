@@ -45,8 +45,8 @@ def report_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="passes over the networks, each in a new order (default: the device's, 10 local, 3 SSH)")
     p.add_argument("--span", type=float, metavar="SECONDS",
                    help="spread the passes over this many seconds, so that a network's fastest pass meets the host "
-                        "in several states, as the table's cells did (default: as long as the cells were measured, "
-                        "at most 300 s; 0: back to back)")
+                        "in several states, as the table's cells did (default: 300 for a table whose cells were "
+                        "measured over at least that long, else 0: back to back)")
     p.add_argument("--models-per-call", type=int, default=4, metavar="N", help="networks per device call (4)")
     p.add_argument("--remeasure", action="store_true", help="measure again, replacing the stored passes")
     p.add_argument("--max-spread", type=float, metavar="PCT",
@@ -144,7 +144,7 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     defaults = defaults_for(args.device, args.devices_file)
     passes = args.passes or defaults.report_passes
     table = LatencyTable.open(args.table, smoothed=not diag.raw)
-    span_s = args.span if args.span is not None else min(cells_span_s(args.table), defaults.report_span_max_s)
+    span_s = args.span if args.span is not None else default_span_s(cells_span_s(args.table), defaults.report_span_s)
     recipe = table.recipe
     correction = args.correction or ("overhead" if recipe.in_network else "none")
     local = device_names(args.device) == ["local"]
@@ -172,6 +172,11 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
         cell_device = devices[0] if cell_timing == timing else make_devices(args.device, cell_timing, 1,
                                                                             args.devices_file)[0]
     return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device)
+
+
+def default_span_s(cells_span_s: float, device_span_s: float) -> float:
+    """The device's span for a table whose cells were measured over at least that long, else 0."""
+    return device_span_s if cells_span_s >= device_span_s else 0.0
 
 
 def cells_span_s(table: str) -> float:

@@ -105,7 +105,7 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
     offsets = pass_offsets((p for p, _ in plan), passes, span_s)
     if report and offsets:
         report(f"timing {len(offsets)} passes spread over {span_s * len(offsets) / passes:.0f} s, one every "
-               f"{span_s / passes:.0f} s")
+               f"{span_s / passes:.0f} s (--span)")
     result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, "network",
                                                 passes * len(by_key), result.already, cooldown_s, report, offsets)
     result.measured_now = outcome.stored

@@ -355,13 +355,16 @@ def test_passes_default_to_the_devices_report_passes(small_table, tmp_path) -> N
     passes = defaults_for("local").report_passes
     assert passes == 10 and json.loads((out / "metrics.json").read_text())["measurement"]["passes"] == passes
     assert _rows(table, "select count(*), count(distinct pass_index) from whole_networks") == [(passes, passes)]
-    # spread over as long as the cells were measured (at most the device's cap): pass p starts
-    # p / passes of that span after the first
-    [(cells_s,)] = _rows(table, "select max(measured_at) - min(measured_at) from measurements")
-    span = min(cells_s, defaults_for("local").report_span_max_s)
-    assert span > 1.0  # else the check below could not fail
-    starts = dict(_rows(table, "select pass_index, min(measured_at) from whole_networks group by pass_index"))
-    assert all(starts[p] - starts[0] >= p * span / passes - 0.3 for p in range(passes)), (span, starts)
+
+
+def test_a_table_measured_over_minutes_gets_its_report_spread_over_the_devices_span(small_table) -> None:
+    span = defaults_for("local").report_span_s
+    assert span == 300.0
+    assert cli_report.default_span_s(span, span) == span == cli_report.default_span_s(3 * span, span)
+    assert cli_report.default_span_s(span - 1, span) == 0.0  # met the host in the state a report finds
+    table = small_table(ARCH)
+    [(first, last)] = _rows(table, "select min(measured_at), max(measured_at) from measurements")
+    assert cli_report.cells_span_s(str(table)) == pytest.approx(last - first) and last > first
 
 
 def test_passes_are_spread_over_the_span_asked(small_table, tmp_path) -> None:

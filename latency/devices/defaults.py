@@ -27,10 +27,11 @@ class DeviceDefaults:
     recipe: TableRecipe
     alone_min_time_s: float = 0.0  # the minimum timed duration when a table is timed back to back
     report_passes: int = 3  # passes of each whole network in latency-report
-    # latency-report spreads its passes over as long as the table's cells were measured, at most
-    # this long: a network's fastest over 5 minutes of a shared host holds within 1.5 %, over
-    # 30 s it moved by up to 16 % (docs/measuring.md §1)
-    report_span_max_s: float = 300.0
+    # latency-report spreads its passes over this long for a table whose cells were measured over at
+    # least that long: a large network's fastest over 5 minutes of a shared host held within 1.5 %,
+    # over 30 s or 1 minute it moved by up to 16 % (docs/measuring.md §1); a table measured in less
+    # time met its host in the state the report finds right after it, and is reported back to back
+    report_span_s: float = 300.0
 
 
 def local_defaults() -> DeviceDefaults:
