@@ -146,7 +146,8 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
         f"- table: `{inp.table_name}` (cells measured on {', '.join(inp.table_devices) or 'unknown'}; "
         f"{_table_words(inp.recipe)})",
         f"- networks measured on `{inp.device}` with {ms.get('runtime', '?')}, back to back: {_timing_words(ms)}, "
-        f"{ms.get('passes', '?')} passes in shuffled order{_span_words(ms)}; measured = the {ms.get('estimator', 'mean')} of the "
+        f"{ms.get('passes', '?')} passes in shuffled order{_span_words(ms)}; "
+        f"measured = the {ms.get('estimator', 'mean')} of the "
         f"passes (runs {', '.join(map(str, ms.get('run_ids', []))) or '-'})",
     ]
     if inp.overhead:

@@ -65,8 +65,11 @@ def _readers(arch_name: str) -> tuple[dict[str, Callable[[], float]], str]:
 
     arch = get_arch(arch_name)
     types = network_layer_types([arch])
+    def weights(cell) -> int:
+        return cell[1] * max(cell[2], 1) * types[cell[0]].kernel ** 2
+
     # the layer with the most weights: the one a network's weight footprint would slow most
-    key, c_in, c_out = max(network_cells(arch, {}), key=lambda cell: cell[1] * max(cell[2], 1) * types[cell[0]].kernel ** 2)
+    key, c_in, c_out = max(network_cells(arch, {}), key=weights)
     layer = load_model(CellModels(types).render(key, c_in, c_out))
     network = load_model(network_model(arch, {}))
     sentinel = sentinel_reader(load_model(sentinel_model()))
