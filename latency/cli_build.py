@@ -46,16 +46,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="passes over all cells, each in a new shuffled order (local 6, SSH 3)")
     recipe.add_argument("--runs", type=int, help="timed invocations per model and pass (local 20, SSH 50)")
     recipe.add_argument("--placements", type=int,
-                        help="loads of each model per pass, each elsewhere in memory; its fastest counts (local 3, "
-                             "SSH 1)")
+                        help="loads of each model per pass, each elsewhere in memory; its fastest counts (default 1)")
     recipe.add_argument("--warmup", type=int, help="untimed invocations before them (2)")
     recipe.add_argument("--threads", type=int, help="interpreter threads (1)")
     recipe.add_argument("--min-time-ms", type=float, metavar="MS",
                         help="back to back on the local device: time more than --runs invocations until MS are timed "
                              "(default 5; 0 = exactly --runs)")
     recipe.add_argument("--estimator", choices=tuple(ESTIMATORS),
-                        help="how a cell's passes combine: 'fastest' invocation (local default) or the passes' "
-                             "'mean' (SSH default, the thesis), median, min, median-fastest")
+                        help="how a cell's passes combine: 'median-fastest', the median of their fastest invocations "
+                             "(local default); 'mean' of their means (SSH default, the thesis); median, min, fastest")
     recipe.add_argument("--sigma", type=float,
                         help="Gaussian smoothing over the grid, in channels; 0 = off (local default 0, SSH 3)")
     recipe.add_argument("--edges", choices=EDGE_MODES,

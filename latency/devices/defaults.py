@@ -2,7 +2,8 @@
 
 The local CPU's defaults are the ones its measurements validated (`docs/measuring.md`): a step:4
 grid with points on both sides of XNNPACK's channel blocks, cells timed in a network context in
-6 passes of 20 invocations, each cell's fastest invocation, no smoothing. SSH devices start
+6 passes of 20 invocations, each one load of the cell, the median of the passes' fastest
+invocations, no smoothing. SSH devices start
 from the thesis's method (back to back, mean of 50 runs, 3 passes, Gaussian sigma 3) and take
 what their profile sets.
 """
@@ -38,10 +39,14 @@ def local_defaults() -> DeviceDefaults:
     from ..context import local_channel_block
 
     # 6 passes of 20 invocations rather than 3 of 50: what frees a cell from a disturbed stretch of
-    # this shared CPU is a pass at another time, not more invocations in the same pass
+    # this shared CPU is a pass at another time, not more invocations in the same pass.
+    # Each pass is one load of the model, wherever it lands in memory, and a cell is the median of
+    # its passes' fastest invocations: a network runs each layer where it happens to lie, not at
+    # its luckiest place; the fastest of 18 placements under-predicted narrow networks by 6 % on
+    # one host (docs/measuring.md §7, "The typical place, not the luckiest")
     recipe = TableRecipe(device_kind="local", grid_step=4, grid_block=local_channel_block(), context="network",
-                         passes=6, runs=20, placements=3, estimator="fastest", sigma=0.0)
-    # a whole network is quick to time: 10 passes, combined like the cells, steady its figure
+                         passes=6, runs=20, placements=1, estimator="median-fastest", sigma=0.0)
+    # a whole network is quick to time: 10 passes (10 loads), combined like the cells
     return DeviceDefaults(recipe, alone_min_time_s=LOCAL_ALONE_MIN_TIME_S, report_passes=10)
 
 
