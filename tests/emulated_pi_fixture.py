@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.sshd_fixture import SSHD, SshServer, sshd_missing_reason, write_devices_file
+from tests.sshd_fixture import SSHD, SshServer, ensure_privsep_dir, sshd_missing_reason, write_devices_file
 from tools import emulated_pi as pi_root
 
 REQUIRE_ENV = "NETADAPT_REQUIRE_EMULATED_PI"
@@ -152,6 +152,7 @@ def _running(tmp_path_factory: pytest.TempPathFactory, variant: str, name: str =
         skip_or_fail(reason)
     chroot = pi_root.default_root().absolute() / variant
     server = EmulatedPi.create_chrooted(tmp_path_factory.mktemp(name or f"emulated-{variant}"), chroot, variant)
+    ensure_privsep_dir()
     check = subprocess.run([SSHD, "-t", "-f", str(server.root / "sshd_config")], capture_output=True, text=True)
     if check.returncode != 0:
         pytest.fail(f"sshd rejects the chroot config: {check.stderr.strip()}", pytrace=False)

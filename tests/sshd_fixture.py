@@ -84,6 +84,13 @@ def processes_with(marker: str) -> list[int]:
     return pids
 
 
+def ensure_privsep_dir() -> None:
+    """sshd running as root, even `sshd -t`, insists on its privilege-separation chroot (the
+    Debian service creates it at boot, a fresh container has none); an empty directory."""
+    if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+
+
 @dataclass
 class SshServer:
     root: Path
@@ -151,10 +158,7 @@ class SshServer:
     def start(self) -> "SshServer":
         if self.proc is not None and self.proc.poll() is None:
             return self
-        if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
-            # sshd running as root insists on its privilege-separation chroot (the Debian service
-            # creates it at boot); an empty directory, harmless to create
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        ensure_privsep_dir()
         config = self.root / "sshd_config"
         check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:
