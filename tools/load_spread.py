@@ -21,17 +21,7 @@ from latency.networks import sample_networks
 from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS, get_arch
 from models.keras_builder import to_tflite
-
-
-def load_fastest(model: bytes, gate: SpeedGate, loads: int, rng: random.Random) -> list[float]:
-    """The fastest invocation (us) of each of `loads` loads of `model`, each placed elsewhere."""
-    kept, out = [], []
-    for _ in range(loads):
-        kept.append(bytearray(rng.randrange(64, 65536)))
-        interpreter = load_model(model)
-        kept.append(interpreter)
-        out.append(gate.timed(lambda: time_loaded_stats(interpreter, 20, 2))[2] * 1e6)
-    return out
+from tools.timing_conditions import fastest_of_loads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'network':>14s} {'fastest':>9s} {'median':>9s} {'slowest':>9s}  fastest/median")
     ratios = []
     for net in sample_networks(arch, args.networks):
-        values = load_fastest(to_tflite(arch, net.widths), gate, args.loads, rng)
+        values = fastest_of_loads(to_tflite(arch, net.widths), lambda net_: time_loaded_stats(net_, 20, 2), gate,
+                                  args.loads, rng)
         med = statistics.median(values)
         ratios.append(min(values) / med)
         print(f"{net.label:>14s} {min(values):7.1f}us {med:7.1f}us {max(values):7.1f}us  {min(values) / med:.3f}",

@@ -27,6 +27,7 @@ import argparse
 import random
 import statistics
 import time
+from typing import Any, Callable
 
 from latency.context import partner_models
 from latency.devices.runner import keep_busy, load_model, time_in_context
@@ -81,21 +82,27 @@ def partner_loads(cells: dict[str, bytes], partner_bytes, batches: int = 8,
     return out
 
 
+def fastest_of_loads(model: bytes, measure: Callable[[Any], tuple], gate: SpeedGate, loads: int,
+                     rng: random.Random) -> list[float]:
+    """The fastest invocation (us) of each of `loads` loads of `model`, each placed elsewhere in
+    memory (a pad of random size taken from the heap first, as `runner.placed_timing` does) and
+    timed by `measure(interpreter)` (a runner timing: its third field is the fastest) through
+    the speed gate."""
+    kept, fastest = [], []  # every load and pad stays alive, so no two loads share addresses
+    for _ in range(loads):
+        kept.append(bytearray(rng.randrange(64, 65536)))
+        interpreter = load_model(model)
+        kept.append(interpreter)
+        fastest.append(gate.timed(lambda: measure(interpreter))[2] * 1e6)
+    return fastest
+
+
 def placement_spread(cells: dict[str, bytes], partners, loads: int = 12) -> dict[str, list[float]]:
     """cell -> the fastest invocation (us) of each of `loads` loads, each placed elsewhere in
-    memory (a pad of random size taken from the heap first, as `runner.placed_timing` does), the
-    partners unchanged."""
+    memory, the partners unchanged."""
     gate, rng = SpeedGate(sentinel_reader(load_model(sentinel_model()))), random.Random(0)
-    out: dict[str, list[float]] = {}
-    for key, model in cells.items():
-        kept, fastest = [], []  # every load and pad stays alive, so no two loads share addresses
-        for _ in range(loads):
-            kept.append(bytearray(rng.randrange(64, 65536)))
-            cell = load_model(model)
-            kept.append(cell)
-            fastest.append(gate.timed(lambda: time_in_context(cell, partners, 20, 2))[2] * 1e6)
-        out[key] = fastest
-    return out
+    return {key: fastest_of_loads(model, lambda cell: time_in_context(cell, partners, 20, 2), gate, loads, rng)
+            for key, model in cells.items()}
 
 
 def gate_effect(cells: dict, partners, seconds: float) -> dict[str, dict[bool, list[float]]]:
