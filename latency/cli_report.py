@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from latency.host_check import CHECK_CELLS
 from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS
 
@@ -57,6 +58,9 @@ def report_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="'overhead': predict sum(cell - o) + o with the per-invoke overhead o; 'none': the plain "
                         "sum. Default: as the predictor does ('overhead' for a network-context table, else 'none')")
     p.add_argument("--allow-missing", action="store_true", help="leave out layer types the table lacks")
+    p.add_argument("--check-cells", type=int, default=CHECK_CELLS, metavar="N",
+                   help="time N of the table's own cells again with the networks, as the table timed them, and "
+                        f"say how far the device moved since the build (default {CHECK_CELLS}; 0: no check)")
     p.add_argument("--out", help="report directory (default: reports/<device>-<arch>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_verbose_flag(p)
@@ -99,6 +103,8 @@ class _Plan:
     device: object
     timing: object  # TimingSettings of the whole networks
     cell_device: object | None  # times exact cells (None: not asked for)
+    check_cells: list  # the table's cells timed again (latency.host_check)
+    check_device: object | None  # times them as the table's cells were timed
 
 
 @dataclass
@@ -115,14 +121,16 @@ class _Stored:
     span_s: float  # from the networks' first stored pass to their last
     result: object  # MeasureResult of this report
     measured_overhead: object | None  # OverheadEstimate measured now
+    host_check: object | None = None  # HostCheck of the table's cells timed with the networks
 
 
 def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     """Checks the request and makes the devices; raises ValueError (and kin) on bad input."""
     from latency.devices.defaults import defaults_for, device_names
     from latency.devices.registry import make_devices
-    from latency.network_timing import exact_cell_timing, whole_network_timing
-    from latency.networks import load_networks, sample_networks
+    from latency.host_check import choose_check_cells
+    from latency.network_timing import exact_cell_timing, table_cells, whole_network_timing
+    from latency.networks import load_networks, network_cells, sample_networks
     from latency.overhead import table_overhead
     from latency.table import LatencyTable
     from models.families import get_arch
@@ -130,8 +138,9 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     for name in ("passes", "models_per_call"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.sample < 0 or args.retries < 0:
-        raise ValueError("--sample and --retries must be >= 0")
+    for name in ("sample", "retries", "check_cells"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_spread is not None and args.max_spread <= 0:
         raise ValueError("--max-spread must be > 0")
     if args.span is not None and not 0 <= args.span < float("inf"):
@@ -162,16 +171,27 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     devices = make_devices(args.device, timing, 1, args.devices_file)
     if len(devices) != 1:
         raise ValueError(f"--device {args.device!r} names {len(devices)} devices; a report measures on one")
-    cell_device = None
+    made = {timing: devices[0]}
+
+    def device_for(cell_timing):  # one device per timing
+        if cell_timing not in made:
+            made[cell_timing] = make_devices(args.device, cell_timing, 1, args.devices_file)[0]
+        return made[cell_timing]
+
+    cell_device = check_device = None
+    check_cells = choose_check_cells([network_cells(arch, n.widths) for n in networks],
+                                     table_cells(args.table), args.check_cells) if args.check_cells else []
+    if check_cells:
+        check_device = device_for(exact_cell_timing(recipe, arch, local))
     if diag.exact_layers:  # exact cells are timed as the table's cells were
         cell_timing = exact_cell_timing(recipe, arch, local)
         if diag.exact_evict_bytes is not None:
             cell_timing = dataclasses.replace(cell_timing, evict_bytes=diag.exact_evict_bytes)
         if diag.exact_placements is not None:
             cell_timing = dataclasses.replace(cell_timing, placements=diag.exact_placements)
-        cell_device = devices[0] if cell_timing == timing else make_devices(args.device, cell_timing, 1,
-                                                                            args.devices_file)[0]
-    return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device)
+        cell_device = device_for(cell_timing)
+    return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device,
+                 check_cells, check_device)
 
 
 def default_span_s(cells_span_s: float, device_span_s: float) -> float:
@@ -197,7 +217,7 @@ async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnosti
     from latency import network_timing as nt
     from latency.overhead import measure_overhead
     from latency.metrics import pass_spread_pct
-    from latency.store_networks import measured_networks
+    from latency.store_networks import exact_cell_passes, measured_networks
 
     recipe, device, arch, networks = plan.table.recipe, plan.device, plan.arch, plan.networks
     pause = recipe.cooldown_s
@@ -221,15 +241,24 @@ async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnosti
                                               args.seed + attempt + 1, True, args.models_per_call, pause, report,
                                               span_s=plan.span_s)
             result.measured_now += again.measured_now
-        if plan.cell_device is not None:
-            cells = plan.cell_device
-            cell_info = info if cells is device else await cells.start()
-            try:
-                await nt.measure_exact_cells(store, arch, networks, cells, cell_info, plan.passes, args.seed,
-                                             args.remeasure, cooldown_s=pause, report=report)
-            finally:
-                if cells is not device:
-                    await cells.close()
+        started = {id(device): info}
+        try:
+            checks = plan.check_device
+            # timed with the networks: by a report that measures them, or one finishing an interrupted check
+            if plan.check_cells and (result.measured_now or exact_cell_passes(store, checks.name, "check_cells")):
+                started.setdefault(id(checks), await checks.start())
+                await nt.measure_cells(store, arch, plan.check_cells, checks, started[id(checks)], plan.passes,
+                                       args.seed, args.remeasure, cooldown_s=pause, report=report,
+                                       table="check_cells")
+            if plan.cell_device is not None:
+                cells = plan.cell_device
+                started.setdefault(id(cells), await cells.start())
+                await nt.measure_exact_cells(store, arch, networks, cells, started[id(cells)], plan.passes,
+                                             args.seed, args.remeasure, cooldown_s=pause, report=report)
+        finally:
+            for other in {id(d): d for d in (plan.check_device, plan.cell_device) if d is not None}.values():
+                if other is not device and id(other) in started:
+                    await other.close()
         result.info = info
         return result, overhead
     finally:
@@ -242,7 +271,8 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
     quiet_runtime(args.verbose)
     from latency import store_networks as sn
     from latency.devices.base import DeviceError
-    from latency.network_timing import exact_sums
+    from latency.host_check import host_check
+    from latency.network_timing import check_values, exact_sums, table_cells
     from latency.networks import Measured, ValidationError
     from latency.recipe import RecipeError
     from latency.smoothing import EstimatorError
@@ -290,6 +320,9 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
                          sn.stored_ops(store, arch, device.name), run_ids, sn.run_rows(store, run_ids),
                          sn.networks_span_s(store, arch, device.name, [n.key for n in networks]), result,
                          measured_overhead)
+        if plan.check_cells:
+            stored.host_check = host_check(plan.check_cells, table_cells(args.table),
+                                           check_values(store, plan.check_device.name, recipe.estimator))
     except (DeviceError, TableFileError, ValidationError, OSError, EstimatorError) as exc:
         return _error(str(exc))
     finally:
@@ -350,7 +383,7 @@ def _write(args: argparse.Namespace, diag: Diagnostics, plan: _Plan, stored: _St
                      "warmup": recipe.warmup, "passes": plan.passes, "span_s": stored.span_s, "threads": recipe.threads,
                      "min_time_s": plan.timing.min_time_s, "run_ids": stored.run_ids,
                      "measured_now": result.measured_now, "already_stored": result.already},
-        op_check=op_check, notes=notes,
+        op_check=op_check, notes=notes, host_check=stored.host_check,
     )
     metrics = write_report(out, inp)
     print(f"report: {out}/report.md")
@@ -358,6 +391,10 @@ def _write(args: argparse.Namespace, diag: Diagnostics, plan: _Plan, stored: _St
     print(f"MAPE {_num(metrics['mape'], '.2f')} %, worst {_num(metrics['max_ape'], '.2f')} %, "
           f"Pearson {_num(metrics['pearson'], '.5f')}, slope {_num(metrics['slope'], '.4f')}"
           + (f"; plain sum: MAPE {_num(metrics['alternatives']['sum_of_layers']['mape'], '.2f')} %" if applied else ""))
+    if stored.host_check is not None:
+        print(stored.host_check.sentence())
+    elif plan.check_cells:
+        print("host check: none, the networks were measured before this report (--remeasure measures both again)")
     return 0
 
 

@@ -26,7 +26,7 @@ from .passes import DeviceRun, pass_offsets, plan_passes, run_recorded
 from .recipe import TableRecipe
 from .smoothing import estimate
 from .store import TableStore
-from .store_networks import (add_exact_cell_passes, add_network_passes, exact_cell_passes, exact_cell_values,
+from .store_networks import (Cell, add_exact_cell_passes, add_network_passes, exact_cell_passes, exact_cell_values,
                              forget_exact_cells, forget_networks, stored_passes)
 
 Report = Callable[[str], None] | None
@@ -120,22 +120,34 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
     (rendered exactly as the table builder renders cells), each cell once per pass, in
     shuffled order; returns the passes stored now. `device` is started by the caller and set
     to time as the table's cells were (`exact_cell_timing`)."""
+    cells = sorted({c for n in networks for c in network_cells(arch, n.widths)})
+    return await measure_cells(store, arch, cells, device, info, passes, seed, remeasure, models_per_call,
+                               cooldown_s, report)
+
+
+async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], device: Device, info: DeviceInfo,
+                        passes: int = 3, seed: int = 0, remeasure: bool = False, models_per_call: int = 32,
+                        cooldown_s: float = 0.0, report: Report = None, table: str = "exact_cells") -> int:
+    """Times the single-layer models of `cells` (rendered as the table builder renders cells),
+    each once per pass it lacks in `table` (`store_networks.CELL_TABLES`), in shuffled order;
+    returns the passes stored now."""
     from .generate import CellModels
     from .layer_types import network_layer_types
 
-    cells = sorted({c for n in networks for c in network_cells(arch, n.widths)})
     if remeasure:
-        forget_exact_cells(store, cells, device.name)
+        forget_exact_cells(store, cells, device.name, table)
     # cells are keyed by their JSON spelling: the pass orders of earlier versions
     keys = {json.dumps(list(c)): c for c in cells}
-    done = {(json.dumps(list(c)), p) for c, p in exact_cell_passes(store, device.name)}
+    done = {(json.dumps(list(c)), p) for c, p in exact_cell_passes(store, device.name, table)}
     plan = plan_passes(keys, done, passes, models_per_call, seed)
     if not plan:
         return 0
     renderer = CellModels(network_layer_types([arch]))
     needed = sorted({k for _, ks in plan for k in ks})
+    what = "exact single-layer" if table == "exact_cells" else "check cell"
     if report:
-        report(f"rendering {len(needed)} single-layer models at the networks' exact widths")
+        report(f"rendering {len(needed)} single-layer models"
+               + (" at the networks' exact widths" if table == "exact_cells" else " of the table's cells to check"))
     models = {k: renderer.render(*keys[k]) for k in needed}
     ids = {k: i for i, k in enumerate(needed)}
 
@@ -143,10 +155,11 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
         return [ModelJob(ids[k], models[k]) for k in ks]
 
     def commit(run: DeviceRun, p: int, ks: list[str], timings: list[Timing]) -> int:
-        return add_exact_cell_passes(store, device.name, run.run_id, p, [(keys[k], t) for k, t in zip(ks, timings)])
+        return add_exact_cell_passes(store, device.name, run.run_id, p, [(keys[k], t) for k, t in zip(ks, timings)],
+                                     table)
 
     already = sum(1 for k, p in done if k in keys and p < passes)
-    _, outcome = await run_recorded(store, device, info, plan, render, commit, "exact single-layer",
+    _, outcome = await run_recorded(store, device, info, plan, render, commit, what,
                                     passes * len(keys), already, cooldown_s, report)
     return outcome.stored
 
@@ -163,3 +176,22 @@ def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], devic
         if all(c in values for c in cells):
             out[n.key] = sum(values[c] for c in cells)
     return out
+
+
+def table_cells(path: str) -> dict[Cell, float]:
+    """cell -> unsmoothed value of every cell the table at `path` timed (read only)."""
+    from .host_check import measured_cells
+    from .table import LatencyTable
+
+    table = LatencyTable.open(path, smoothed=False)
+    lows = {k: (t.in_lo, t.out_lo, t.two_axes) for k, t in table.types.items()}
+    return measured_cells(table.values, table.measured, lows)
+
+
+def check_values(store: TableStore, device: str, estimator: str) -> dict[Cell, float]:
+    """cell -> the stored passes of each check cell combined by `estimator`, of the passes at full
+    speed when the estimator counts only those (as the table's cells)."""
+    from .smoothing import SMALLEST_ESTIMATORS
+
+    return {c: estimate(estimator, v, f"check cell {c}") for c, v in exact_cell_values(
+        store, device, estimator, "check_cells", full_speed_only=estimator not in SMALLEST_ESTIMATORS).items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .comparison import Comparison
+from .host_check import HostCheck
 from .metrics import SPREAD_LIMIT_PCT, bias_analysis, comparison_metrics, pass_spread_pct
 from .overhead import OverheadEstimate
 from .recipe import TableRecipe
@@ -33,6 +34,7 @@ class ReportInput:
     measurement: dict  # runtime, runs, warmup, passes, run ids
     op_check: dict | None = None
     notes: list[str] = field(default_factory=list)
+    host_check: HostCheck | None = None  # the table's cells timed again with the networks
 
 
 def _ms(s: float | None) -> str:
@@ -82,6 +84,7 @@ def metrics_document(inp: ReportInput) -> dict:
             "sum_of_layers_error_pct": r.raw_error_pct,
         } for r in inp.rows],
         "op_check": inp.op_check,
+        "host_check": inp.host_check.to_json() if inp.host_check else None,
     })
     return _jsonable(m)
 
@@ -158,6 +161,8 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
     else:
         lines.append("- prediction: the plain sum of the cells of the layers the network runs, as "
                      "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")
+    if inp.host_check:
+        lines.append(f"- {inp.host_check.sentence()}")
     lines += [f"- note: {n}" for n in inp.notes]
     if metrics["disturbed"]:
         lines.append(f"- note: {len(metrics['disturbed'])} of {len(rows)} networks have passes more than "

@@ -124,6 +124,17 @@ def _measurement_speed(db: sqlite_utils.Database) -> None:
     db["meta"].upsert({"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)}, pk="key")
 
 
+@migrations(name="0007_check_cells")
+def _check_cells(db: sqlite_utils.Database) -> None:
+    # a few of the table's own cells timed again with a report's networks (latency.host_check);
+    # an older version ignores the table, so the schema version stays
+    if "check_cells" not in db.table_names():
+        db["check_cells"].create(
+            {"id": int, "type_key": str, "c_in": int, "c_out": int, "device": str, "run_id": int,
+             "pass_index": int, "seconds": float, "fastest": float, "slow": int, "measured_at": float}, pk="id")
+        db.execute("create unique index check_cells_pass on check_cells (type_key, c_in, c_out, device, pass_index)")
+
+
 def first_run_settings(db: sqlite_utils.Database) -> dict:
     """The first measuring run's kind and settings (what a table before recipes recorded of its
     timing), or {} for a table with no run."""

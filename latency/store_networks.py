@@ -154,38 +154,63 @@ def probe_values(store: TableStore, device: str, estimator: str) -> list[tuple[s
                                  [device]))
 
 
-# =================================================================================== exact cells
+# ====================================================================== exact cells, check cells
+# exact cells: single-layer models at the exact widths of validated networks; check cells: a few
+# of the table's own cells timed again with the networks (latency.host_check)
+CELL_TABLES = ("exact_cells", "check_cells")
 
-def exact_cell_passes(store: TableStore, device: str) -> set[tuple[Cell, int]]:
-    """(cell, pass) of every exact-cell pass stored for `device`."""
-    if not _has(store, "exact_cells"):
+
+def _cell_table(table: str) -> str:
+    if table not in CELL_TABLES:
+        raise ValueError(f"no such table of single-layer timings {table!r}")
+    return table
+
+
+def exact_cell_passes(store: TableStore, device: str, table: str = "exact_cells") -> set[tuple[Cell, int]]:
+    """(cell, pass) of every pass stored for `device` in `table` (`CELL_TABLES`)."""
+    if not _has(store, _cell_table(table)):
         return set()
     return {((k, i, o), p) for k, i, o, p in store.db.execute(
-        "select type_key, c_in, c_out, pass_index from exact_cells where device = ?", [device])}
+        f"select type_key, c_in, c_out, pass_index from {table} where device = ?", [device])}
 
 
-def forget_exact_cells(store: TableStore, cells: Iterable[Cell], device: str) -> None:
+def forget_exact_cells(store: TableStore, cells: Iterable[Cell], device: str, table: str = "exact_cells") -> None:
+    if not _has(store, _cell_table(table)):
+        return
     with store.db.conn:
-        store.db.conn.executemany("delete from exact_cells where type_key = ? and c_in = ? and c_out = ? "
+        store.db.conn.executemany(f"delete from {table} where type_key = ? and c_in = ? and c_out = ? "
                                   "and device = ?", [(*c, device) for c in cells])
 
 
 def add_exact_cell_passes(store: TableStore, device: str, run_id: int, pass_index: int,
-                          timed: Sequence[tuple[Cell, Timing]]) -> int:
-    return _add_rows(store, "exact_cells", [{
-        "type_key": c[0], "c_in": c[1], "c_out": c[2], "device": device, "run_id": run_id, "pass_index": pass_index,
-        "seconds": t.seconds, "fastest": t.fastest_s, "measured_at": t.measured_at} for c, t in timed])
+                          timed: Sequence[tuple[Cell, Timing]], table: str = "exact_cells") -> int:
+    rows = [{"type_key": c[0], "c_in": c[1], "c_out": c[2], "device": device, "run_id": run_id,
+             "pass_index": pass_index, "seconds": t.seconds, "fastest": t.fastest_s, "measured_at": t.measured_at}
+            for c, t in timed]
+    if table == "check_cells":  # they count their passes at full speed, as the table's cells do
+        for row, (_, t) in zip(rows, timed):
+            row["slow"] = None if t.slow is None else int(t.slow)
+    return _add_rows(store, _cell_table(table), rows)
 
 
-def exact_cell_values(store: TableStore, device: str, estimator: str) -> dict[Cell, list[float | None]]:
-    """cell -> the figure `estimator` combines of each of its stored passes."""
-    if not _has(store, "exact_cells"):
+def exact_cell_values(store: TableStore, device: str, estimator: str, table: str = "exact_cells",
+                      full_speed_only: bool = False) -> dict[Cell, list[float | None]]:
+    """cell -> the figure `estimator` combines of each of its stored passes in `table`; with
+    `full_speed_only` (check cells), those timed at full speed when a cell has any, as
+    `TableStore.raw_by_cell` gives the table's own."""
+    if not _has(store, _cell_table(table)):
         return {}
-    column = _column(store, "exact_cells", estimator)
+    column = _column(store, table, estimator)
+    slow = "slow" if _has(store, table, "slow") else "null"
+    rows: dict[Cell, list[tuple[float | None, bool]]] = {}
+    for k, i, o, value, was_slow in store.db.execute(
+            f"select type_key, c_in, c_out, {column}, {slow} from {table} where device = ? order by pass_index",
+            [device]):
+        rows.setdefault((k, i, o), []).append((value, bool(was_slow)))
     out: dict[Cell, list[float | None]] = {}
-    for k, i, o, value in store.db.execute(
-            f"select type_key, c_in, c_out, {column} from exact_cells where device = ?", [device]):
-        out.setdefault((k, i, o), []).append(value)
+    for cell, passes in rows.items():
+        fast = [v for v, was_slow in passes if not was_slow] if full_speed_only else []
+        out[cell] = fast or [v for v, _ in passes]
     return out
 
 
