@@ -104,6 +104,7 @@ class _Plan:
     timing: object  # TimingSettings of the whole networks
     cell_device: object | None  # times exact cells (None: not asked for)
     check_cells: list  # the table's cells timed again (latency.host_check)
+    check_then: dict  # their values in the table
     check_device: object | None  # times them as the table's cells were timed
 
 
@@ -179,8 +180,8 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
         return made[cell_timing]
 
     cell_device = check_device = None
-    check_cells = choose_check_cells([network_cells(arch, n.widths) for n in networks],
-                                     table_cells(args.table), args.check_cells) if args.check_cells else []
+    then = table_cells(args.table) if args.check_cells else {}
+    check_cells = choose_check_cells([network_cells(arch, n.widths) for n in networks], then, args.check_cells)
     if check_cells:
         check_device = device_for(exact_cell_timing(recipe, arch, local))
     if diag.exact_layers:  # exact cells are timed as the table's cells were
@@ -191,7 +192,7 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
             cell_timing = dataclasses.replace(cell_timing, placements=diag.exact_placements)
         cell_device = device_for(cell_timing)
     return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device,
-                 check_cells, check_device)
+                 check_cells, {c: then[c] for c in check_cells}, check_device)
 
 
 def default_span_s(cells_span_s: float, device_span_s: float) -> float:
@@ -241,23 +242,26 @@ async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnosti
                                               args.seed + attempt + 1, True, args.models_per_call, pause, report,
                                               span_s=plan.span_s)
             result.measured_now += again.measured_now
-        started = {id(device): info}
+        started = {id(device): (device, info)}
+
+        async def start(d):  # a device per timing, started once
+            if id(d) not in started:
+                started[id(d)] = (d, await d.start())
+            return started[id(d)][1]
+
         try:
             checks = plan.check_device
             # timed with the networks: by a report that measures them, or one finishing an interrupted check
             if plan.check_cells and (result.measured_now or exact_cell_passes(store, checks.name, "check_cells")):
-                started.setdefault(id(checks), await checks.start())
-                await nt.measure_cells(store, arch, plan.check_cells, checks, started[id(checks)], plan.passes,
+                await nt.measure_cells(store, arch, plan.check_cells, checks, await start(checks), plan.passes,
                                        args.seed, args.remeasure, cooldown_s=pause, report=report,
                                        table="check_cells")
             if plan.cell_device is not None:
-                cells = plan.cell_device
-                started.setdefault(id(cells), await cells.start())
-                await nt.measure_exact_cells(store, arch, networks, cells, started[id(cells)], plan.passes,
-                                             args.seed, args.remeasure, cooldown_s=pause, report=report)
+                await nt.measure_exact_cells(store, arch, networks, plan.cell_device, await start(plan.cell_device),
+                                             plan.passes, args.seed, args.remeasure, cooldown_s=pause, report=report)
         finally:
-            for other in {id(d): d for d in (plan.check_device, plan.cell_device) if d is not None}.values():
-                if other is not device and id(other) in started:
+            for other, _ in started.values():
+                if other is not device:
                     await other.close()
         result.info = info
         return result, overhead
@@ -272,7 +276,7 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
     from latency import store_networks as sn
     from latency.devices.base import DeviceError
     from latency.host_check import host_check
-    from latency.network_timing import check_values, exact_sums, table_cells
+    from latency.network_timing import check_values, exact_sums
     from latency.networks import Measured, ValidationError
     from latency.recipe import RecipeError
     from latency.smoothing import EstimatorError
@@ -321,7 +325,7 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
                          sn.networks_span_s(store, arch, device.name, [n.key for n in networks]), result,
                          measured_overhead)
         if plan.check_cells:
-            stored.host_check = host_check(plan.check_cells, table_cells(args.table),
+            stored.host_check = host_check(plan.check_cells, plan.check_then,
                                            check_values(store, plan.check_device.name, recipe.estimator))
     except (DeviceError, TableFileError, ValidationError, OSError, EstimatorError) as exc:
         return _error(str(exc))

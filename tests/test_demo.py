@@ -20,6 +20,8 @@ def test_demo_quick(tmp_path):
     assert (out / "local-wrn-10-1.sqlite").stat().st_size > 0
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["n"] == 3 and 0 <= metrics["mape"] < 100
+    # the report timed some of the table's cells again, and the summary says how far they moved
+    assert metrics["host_check"]["cells"] and "the table's cells timed again with it ran" in proc.stdout
     assert (out / "report" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     widths = json.loads((out / "runs" / "netadapt" / "widths.json").read_text())
     assert widths["widths"] and (out / "runs" / "netadapt" / "channels.png").exists()

@@ -128,7 +128,11 @@ def test_table_and_report_with_each_timer(root: str, request: pytest.FixtureRequ
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     assert "MAPE" in printed.out and (report_dir / "report.md").is_file()
-    assert json.loads((report_dir / "metrics.json").read_text())["n"] == 2
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["n"] == 2
+    # a few of the table's cells were timed again on the device with the networks (the host check)
+    check = metrics["host_check"]
+    assert check and rows(out, "select count(*) from check_cells where device = 'pi'") == [(len(check["cells"]),)]
     # every network pass and overhead probe was timed on the device and stored in the table
     assert rows(out, "select count(*) from whole_networks where device = 'pi'") == [(2,)]
     assert rows(out, "select count(distinct probe) from invoke_probes where device = 'pi'") == [(6,)]

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
           f"MAPE {metrics['mape']:.2f} %, worst {metrics['max_ape']:.2f} %, Pearson {metrics['pearson']:.5f}")
     print(f"         targets MAPE <= {TARGETS['mape']:g} %, worst <= {TARGETS['max_ape']:g} %, Pearson >= "
           f"{TARGETS['pearson']:g}: " + ("met" if not missed else "NOT met (" + ", ".join(missed) + ")"))
+    if metrics.get("host_check"):
+        print(f"         the table's cells timed again with it ran {metrics['host_check']['drift_pct']:+.1f} % against "
+              "the build" + (" (the CPU moved in between)" if metrics["host_check"]["moved"] else ""))
     print(f"search   {search_dir}: NetAdapt to 0.7 of the latency, widths {json.dumps(widths.get('widths', widths))}")
     print(f"winner   {winner}: retrained from scratch, test error {result.get('test_error', float('nan')):.3f} on "
           f"synthetic data; exported to {out / 'winner.tflite'}")
