@@ -23,18 +23,6 @@ MOVED_PCT = 2.0
 Cell = tuple[str, int, int]  # (layer type key, c_in, c_out; 0 for a one-axis type)
 
 
-def measured_cells(values: Mapping[str, np.ndarray], measured: Mapping[str, np.ndarray],
-                   lows: Mapping[str, tuple[int, int, bool]]) -> dict[Cell, float]:
-    """cell -> value of every cell the table timed (not interpolated), from a table's value grids,
-    measured masks and (in_lo, out_lo, two_axes) per type."""
-    out: dict[Cell, float] = {}
-    for key, mask in measured.items():
-        in_lo, out_lo, two_axes = lows[key]
-        for i, j in zip(*np.nonzero(mask)):
-            out[(key, in_lo + int(i), out_lo + int(j) if two_axes else 0)] = float(values[key][i, j])
-    return out
-
-
 def choose_check_cells(networks: Iterable[Sequence[Cell]], table: Mapping[Cell, float],
                        k: int = CHECK_CELLS) -> list[Cell]:
     """The measured cells the networks lean on most, one per layer type, for the `k` types that

@@ -180,12 +180,11 @@ def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], devic
 
 def table_cells(path: str) -> dict[Cell, float]:
     """cell -> unsmoothed value of every cell the table at `path` timed (read only)."""
-    from .host_check import measured_cells
-    from .table import LatencyTable
-
-    table = LatencyTable.open(path, smoothed=False)
-    lows = {k: (t.in_lo, t.out_lo, t.two_axes) for k, t in table.types.items()}
-    return measured_cells(table.values, table.measured, lows)
+    store = TableStore.open(path)
+    try:
+        return {(k, i, o): v for k, i, o, v, measured in store.cell_values(smoothed=False) if measured}
+    finally:
+        store.close()
 
 
 def check_values(store: TableStore, device: str, estimator: str) -> dict[Cell, float]:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from latency import cli_report
-from latency.host_check import MOVED_PCT, HostCheck, choose_check_cells, host_check, measured_cells
+from latency.host_check import MOVED_PCT, HostCheck, choose_check_cells, host_check
+from latency.network_timing import table_cells
 from latency.networks import network_cells, sample_networks
 from models.families import get_arch
 
@@ -53,11 +54,11 @@ def test_the_drift_is_the_median_move_and_says_when_the_device_moved() -> None:
         HostCheck(cells[:1], (1.0,), (0.0,))
 
 
-def test_measured_cells_are_those_the_table_timed() -> None:
-    values = {"conv": np.array([[1.0, 2.0], [3.0, 4.0]]), "add": np.array([[5.0], [6.0]])}
-    measured = {"conv": np.array([[True, False], [False, True]]), "add": np.array([[True], [False]])}
-    lows = {"conv": (4, 8, True), "add": (1, 1, False)}
-    assert measured_cells(values, measured, lows) == {("conv", 4, 8): 1.0, ("conv", 5, 9): 4.0, ("add", 1, 0): 5.0}
+def test_the_table_cells_are_those_the_table_timed(small_table) -> None:
+    table = small_table(ARCH)
+    cells = table_cells(str(table))
+    timed = _rows(table, "select type_key, c_in, c_out, value from aggregates where measured = 1")
+    assert cells == {(k, i, o): v for k, i, o, v in timed} and len(cells) < len(_rows(table, "select * from aggregates"))
 
 
 def _copy(src: Path, dst: Path) -> Path:
