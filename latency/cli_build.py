@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from latency.network_check import CHECK_FACTORS, CHECK_NETWORKS
 from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS
 
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--models-per-call", type=int, default=32, metavar="N",
                      help="models handed to a device in one call (32)")
     run.add_argument("--seed", type=int, default=0, help="seed of the pass orders (0)")
+    run.add_argument("--check-networks", type=int, default=CHECK_NETWORKS, metavar="N",
+                     help="after the cells, time N whole networks (the full one, then at half width) as a report "
+                          "does, store them and print how the table predicts them; a report times them again "
+                          f"(default {CHECK_NETWORKS}; 0: none)"),
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--dry-run", action="store_true",
                      help="print cells, passes, bytes to send and an ETA, then exit: no device touched, no file written")
@@ -150,6 +155,8 @@ def _main(argv: list[str] | None) -> int:
         for name in ("workers", "models_per_call"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 <= args.check_networks <= len(CHECK_FACTORS):
+            raise ValueError(f"--check-networks must be between 0 and {len(CHECK_FACTORS)}, got {args.check_networks}")
         out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
         from latency.build_plan import calibrate, imported_table, print_plan  # time before work (latency.eta)
 
@@ -162,6 +169,14 @@ def _main(argv: list[str] | None) -> int:
             return 0
         partners = cx.partner_models(arch) if recipe.in_network else ()
         devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file)
+        checker = None
+        if args.check_networks:  # whole networks are timed as a report times them, on the first device
+            from latency.devices.defaults import defaults_for
+            from latency.network_timing import whole_network_timing
+
+            local = recipe.device_kind == "local"
+            checker = (make_devices(args.device, whole_network_timing(recipe, local), 1, args.devices_file)[0],
+                       defaults_for(args.device, args.devices_file).report_passes)
     except (ValueError, TableFileError) as exc:
         parser.error(str(exc))
     options = BuildOptions(models_per_call=args.models_per_call, seed=args.seed)
@@ -181,10 +196,23 @@ def _main(argv: list[str] | None) -> int:
         loop.add_signal_handler(signal.SIGTERM, request_stop)
         if plan is not None and plan.eta_s is None and recipe.device_kind == "ssh":  # no reference: time a batch
             await calibrate(plan, arch, recipe, devices, args.models_per_call, args.seed, report)
-        return await build_table(arch, out, devices, recipe, options, report, stop)
+        done = await build_table(arch, out, devices, recipe, options, report, stop)
+        checks = []
+        if checker is not None and not done.incomplete_types and not stop.is_set():
+            from latency.build_check import time_check_networks
+
+            from latency.networks import ValidationError
+            from latency.table import PredictionError
+
+            try:
+                checks = await time_check_networks(out, arch, checker[0], args.check_networks, checker[1],
+                                                   args.seed, report)
+            except (PredictionError, ValidationError) as exc:  # the table stands; only its check could not
+                print(f"check networks: not predicted: {exc}", file=sys.stderr)
+        return done, checks
 
     try:
-        result = asyncio.run(build())
+        result, checks = asyncio.run(build())
     except (KeyboardInterrupt, BuildInterrupted):
         print(f"\ninterrupted: every finished batch is saved in {out}; run the same command again to continue",
               file=sys.stderr)
@@ -208,6 +236,10 @@ def _main(argv: list[str] | None) -> int:
                                              f"{MAX_EXTRA_PASSES} extra passes" if result.kept_slow else ""))
     for r in result.retired:
         print(f"retired device: {r}")
+    from latency.network_check import build_check_lines
+
+    for line in build_check_lines(checks):
+        print(line)
     for d in devices:  # a machine that ran slow for stretches says what waiting for full speed cost
         gated = getattr(d, "gate_stats", None)
         if gated is not None and gated.summary():

@@ -106,6 +106,7 @@ class _Plan:
     check_cells: list  # the table's cells timed again (latency.host_check)
     check_then: dict  # their values in the table
     check_device: object | None  # times them as the table's cells were timed
+    check_networks: list  # the build's check networks (latency.network_check), timed with the networks
 
 
 @dataclass
@@ -123,6 +124,7 @@ class _Stored:
     result: object  # MeasureResult of this report
     measured_overhead: object | None  # OverheadEstimate measured now
     host_check: object | None = None  # HostCheck of the table's cells timed with the networks
+    network_check: object | None = None  # NetworkCheck of the build's check networks timed with them
 
 
 def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
@@ -133,6 +135,7 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     from latency.network_timing import exact_cell_timing, table_cells, whole_network_timing
     from latency.networks import load_networks, network_cells, sample_networks
     from latency.overhead import table_overhead
+    from latency.report_measure import build_networks, cells_span_s, default_span_s
     from latency.table import LatencyTable
     from models.families import get_arch
 
@@ -192,81 +195,8 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
             cell_timing = dataclasses.replace(cell_timing, placements=diag.exact_placements)
         cell_device = device_for(cell_timing)
     return _Plan(arch, networks, table, predictor, passes, span_s, correction, devices[0], timing, cell_device,
-                 check_cells, {c: then[c] for c in check_cells}, check_device)
-
-
-def default_span_s(cells_span_s: float, device_span_s: float) -> float:
-    """The device's span for a table whose cells were measured over at least that long, else 0."""
-    return device_span_s if cells_span_s >= device_span_s else 0.0
-
-
-def cells_span_s(table: str) -> float:
-    """Seconds between the table's first and last cell timing (read only)."""
-    from latency.store import TableStore
-
-    store = TableStore.open(table)
-    try:
-        return store.measured_span_s()
-    finally:
-        store.close()
-
-
-async def _measure(plan: _Plan, store, args: argparse.Namespace, diag: Diagnostics, report):
-    """Times what the store lacks on the plan's device: the overhead probes (a back-to-back
-    table), the networks (again while their passes disagree, with --max-spread), the exact
-    cells on request. Returns (MeasureResult, the overhead measured now or None)."""
-    from latency import network_timing as nt
-    from latency.overhead import measure_overhead
-    from latency.metrics import pass_spread_pct
-    from latency.store_networks import exact_cell_passes, measured_networks
-
-    recipe, device, arch, networks = plan.table.recipe, plan.device, plan.arch, plan.networks
-    pause = recipe.cooldown_s
-    info = await device.start()
-    try:
-        overhead = None
-        if diag.measure_overhead and not recipe.in_network:  # a network-context table holds its own
-            overhead = await measure_overhead(store, device, info, plan.passes, args.seed, args.remeasure, pause,
-                                              report, estimator=recipe.estimator)
-        result = await nt.measure_networks(store, arch, networks, device, info, plan.passes, args.seed,
-                                           args.remeasure, args.models_per_call, pause, report, span_s=plan.span_s)
-        for attempt in range(args.retries if args.max_spread is not None else 0):
-            stored = measured_networks(store, arch, device.name)
-            disturbed = [n for n in networks if pass_spread_pct(stored[n.key].seconds) > args.max_spread]
-            if not disturbed:
-                break
-            if report:
-                report(f"measuring {len(disturbed)} networks again (passes more than {args.max_spread} % apart), "
-                       f"attempt {attempt + 1}/{args.retries}")
-            again = await nt.measure_networks(store, arch, disturbed, device, info, plan.passes,
-                                              args.seed + attempt + 1, True, args.models_per_call, pause, report,
-                                              span_s=plan.span_s)
-            result.measured_now += again.measured_now
-        started = {id(device): (device, info)}
-
-        async def start(d):  # a device per timing, started once
-            if id(d) not in started:
-                started[id(d)] = (d, await d.start())
-            return started[id(d)][1]
-
-        try:
-            checks = plan.check_device
-            # timed with the networks: by a report that measures them, or one finishing an interrupted check
-            if plan.check_cells and (result.measured_now or exact_cell_passes(store, checks.name, "check_cells")):
-                await nt.measure_cells(store, arch, plan.check_cells, checks, await start(checks), plan.passes,
-                                       args.seed, args.remeasure, cooldown_s=pause, report=report,
-                                       table="check_cells")
-            if plan.cell_device is not None:
-                await nt.measure_exact_cells(store, arch, networks, plan.cell_device, await start(plan.cell_device),
-                                             plan.passes, args.seed, args.remeasure, cooldown_s=pause, report=report)
-        finally:
-            for other, _ in started.values():
-                if other is not device:
-                    await other.close()
-        result.info = info
-        return result, overhead
-    finally:
-        await device.close()
+                 check_cells, {c: then[c] for c in check_cells}, check_device,
+                 build_networks(args.table, arch, devices[0].name))
 
 
 def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
@@ -276,7 +206,9 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
     from latency import store_networks as sn
     from latency.devices.base import DeviceError
     from latency.host_check import host_check
+    from latency.network_check import network_check
     from latency.network_timing import check_values, exact_sums
+    from latency.report_measure import measure
     from latency.networks import Measured, ValidationError
     from latency.recipe import RecipeError
     from latency.smoothing import EstimatorError
@@ -311,7 +243,7 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
             if report:
                 report(f"copied {copied} stored passes from {Path(diag.measured_in).name}")
         try:
-            result, measured_overhead = asyncio.run(_measure(plan, store, args, diag, report))
+            result, measured_overhead = asyncio.run(measure(plan, store, args, diag, report))
         except KeyboardInterrupt:
             again = "the same command without --remeasure" if args.remeasure else "the same command"
             print(f"\ninterrupted: every finished device call is saved in {args.table}; run {again} again to "
@@ -327,6 +259,12 @@ def run(args: argparse.Namespace, diag: Diagnostics = Diagnostics()) -> int:
         if plan.check_cells:
             stored.host_check = host_check(plan.check_cells, plan.check_then,
                                            check_values(store, plan.check_device.name, recipe.estimator))
+        if plan.check_networks:
+            then = sn.measured_networks(store, arch, device.name, "build_networks")
+            stored.network_check = network_check(
+                {n.key: n.label for n in plan.check_networks},
+                {k: m.value(recipe.estimator) for k, m in then.items()},
+                {n.key: measured[n.key].value(recipe.estimator) for n in plan.check_networks if n.key in measured})
     except (DeviceError, TableFileError, ValidationError, OSError, EstimatorError) as exc:
         return _error(str(exc))
     finally:
@@ -387,7 +325,7 @@ def _write(args: argparse.Namespace, diag: Diagnostics, plan: _Plan, stored: _St
                      "warmup": recipe.warmup, "passes": plan.passes, "span_s": stored.span_s, "threads": recipe.threads,
                      "min_time_s": plan.timing.min_time_s, "run_ids": stored.run_ids,
                      "measured_now": result.measured_now, "already_stored": result.already},
-        op_check=op_check, notes=notes, host_check=stored.host_check,
+        op_check=op_check, notes=notes, host_check=stored.host_check, network_check=stored.network_check,
     )
     metrics = write_report(out, inp)
     print(f"report: {out}/report.md")
@@ -399,6 +337,8 @@ def _write(args: argparse.Namespace, diag: Diagnostics, plan: _Plan, stored: _St
         print(stored.host_check.sentence())
     elif plan.check_cells:
         print("host check: none, the networks were measured before this report (--remeasure measures both again)")
+    if stored.network_check is not None:
+        print(stored.network_check.sentence())
     return 0
 
 

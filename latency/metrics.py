@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: passes of one network further apart than this (max - min, % of the mean) were disturbed
 SPREAD_LIMIT_PCT = 5.0
+#: what a table's predictions of whole networks should meet (docs/measuring.md §1)
+TARGETS = {"mape": 2.0, "max_ape": 5.0, "pearson": 0.999}
 
 
 def percent_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:

@@ -61,9 +61,10 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
                            info: DeviceInfo, passes: int = 3, seed: int = 0, remeasure: bool = False,
                            models_per_call: int = 4, cooldown_s: float = 0.0, report: Report = None,
                            convert: Callable[[Arch, Mapping[str, int]], bytes] | None = None,
-                           span_s: float = 0.0) -> MeasureResult:
-    """Measures every network on `device` for each pass it lacks in the store (all passes
-    with `remeasure`, replacing the stored ones); commits after every device call. With
+                           span_s: float = 0.0, table: str = "whole_networks") -> MeasureResult:
+    """Measures every network on `device` for each pass it lacks in the store's `table`
+    (`store_networks.NETWORK_TABLES`; all passes with `remeasure`, replacing the stored ones);
+    commits after every device call. With
     `span_s`, the passes are spread over that many seconds (`latency.passes.pass_offsets`).
 
     `device` is started by the caller (`info` is what its start returned) and stays open.
@@ -77,8 +78,8 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
     for net in networks:
         by_key.setdefault(net.key, net)
     if remeasure:
-        forget_networks(store, arch, by_key, device.name)
-    done = stored_passes(store, arch, device.name)
+        forget_networks(store, arch, by_key, device.name, table)
+    done = stored_passes(store, arch, device.name, table)
     plan = plan_passes(by_key, done, passes, models_per_call, seed)
     result = MeasureResult(already=sum(1 for k, p in done if k in by_key and p < passes))
     if not plan:
@@ -99,14 +100,16 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
 
     def commit(run: DeviceRun, p: int, keys: list[str], timings: list[Timing]) -> int:
         return add_network_passes(store, arch, device.name, run.run_id, p,
-                                  [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings)
+                                  [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings,
+                                  table)
 
     result.info = info
     offsets = pass_offsets((p for p, _ in plan), passes, span_s)
     if report and offsets:
         report(f"timing {len(offsets)} passes spread over {span_s * len(offsets) / passes:.0f} s, one every "
                f"{span_s / passes:.0f} s (--span)")
-    result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, "network",
+    what = "network" if table == "whole_networks" else "check network"
+    result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, what,
                                                 passes * len(by_key), result.already, cooldown_s, report, offsets)
     result.measured_now = outcome.stored
     result.wall_s = time.time() - started

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .comparison import Comparison
 from .host_check import HostCheck
+from .network_check import NetworkCheck
 from .metrics import SPREAD_LIMIT_PCT, bias_analysis, comparison_metrics, pass_spread_pct
 from .overhead import OverheadEstimate
 from .recipe import TableRecipe
@@ -35,6 +36,7 @@ class ReportInput:
     op_check: dict | None = None
     notes: list[str] = field(default_factory=list)
     host_check: HostCheck | None = None  # the table's cells timed again with the networks
+    network_check: NetworkCheck | None = None  # the build's check networks timed again with them
 
 
 def _ms(s: float | None) -> str:
@@ -85,6 +87,7 @@ def metrics_document(inp: ReportInput) -> dict:
         } for r in inp.rows],
         "op_check": inp.op_check,
         "host_check": inp.host_check.to_json() if inp.host_check else None,
+        "network_check": inp.network_check.to_json() if inp.network_check else None,
     })
     return _jsonable(m)
 
@@ -163,6 +166,8 @@ def report_markdown(inp: ReportInput, metrics: dict) -> str:
                      "`LatencyTable.predict` (the per-invoke overhead correction is an alternative below)")
     if inp.host_check:
         lines.append(f"- {inp.host_check.sentence()}")
+    if inp.network_check:
+        lines.append(f"- {inp.network_check.sentence()}")
     lines += [f"- note: {n}" for n in inp.notes]
     if metrics["disturbed"]:
         lines.append(f"- note: {len(metrics['disturbed'])} of {len(rows)} networks have passes more than "

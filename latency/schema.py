@@ -135,6 +135,18 @@ def _check_cells(db: sqlite_utils.Database) -> None:
         db.execute("create unique index check_cells_pass on check_cells (type_key, c_in, c_out, device, pass_index)")
 
 
+@migrations(name="0008_build_networks")
+def _build_networks(db: sqlite_utils.Database) -> None:
+    # the check networks build-tables times after the cells (latency.network_check), with the
+    # columns of whole_networks; an older version ignores the table, so the schema version stays
+    if "build_networks" not in db.table_names():
+        db["build_networks"].create(
+            {"id": int, "arch": str, "widths": str, "label": str, "device": str, "run_id": int,
+             "pass_index": int, "seconds": float, "fastest": float, "measured_at": float, "temperature_c": float,
+             "throttled": int, "model_sha256": str, "runs": int, "warmup": int, "ops": str}, pk="id")
+        db.execute("create unique index build_networks_pass on build_networks (arch, widths, device, pass_index)")
+
+
 def first_run_settings(db: sqlite_utils.Database) -> dict:
     """The first measuring run's kind and settings (what a table before recipes recorded of its
     timing), or {} for a table with no run."""

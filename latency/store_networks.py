@@ -1,6 +1,7 @@
 """What validation stores in a table file, and reads back: every SQL statement it runs.
 
 - `whole_networks`: one row per (network, device, pass), with the timed model's hash and ops;
+- `build_networks`: the same for the check networks build-tables times after the cells;
 - `invoke_probes`: the per-invoke overhead probes, one row per (probe, device, pass);
 - `exact_cells`: single-layer models at the exact widths of validated networks, one row per
   (cell, device, pass);
@@ -57,27 +58,41 @@ def _column(store: TableStore, table: str, estimator: str) -> str:
 
 
 # ================================================================================ whole networks
+# whole networks: those a report validates; build networks: the check networks of a build
+# (latency.network_check), timed alike
+NETWORK_TABLES = ("whole_networks", "build_networks")
 
-def stored_passes(store: TableStore, arch: Arch, device: str) -> set[tuple[str, int]]:
-    """(network key, pass) of every pass stored for `device`."""
-    if not _has(store, "whole_networks"):
+
+def _network_table(table: str) -> str:
+    if table not in NETWORK_TABLES:
+        raise ValueError(f"no such table of whole-network timings {table!r}")
+    return table
+
+
+def stored_passes(store: TableStore, arch: Arch, device: str, table: str = "whole_networks") -> set[tuple[str, int]]:
+    """(network key, pass) of every pass stored for `device` in `table` (`NETWORK_TABLES`)."""
+    if not _has(store, _network_table(table)):
         return set()
     return {(w, p) for w, p in store.db.execute(
-        "select widths, pass_index from whole_networks where arch = ? and device = ?", [arch.name, device])}
+        f"select widths, pass_index from {table} where arch = ? and device = ?", [arch.name, device])}
 
 
-def forget_networks(store: TableStore, arch: Arch, keys: Iterable[str], device: str) -> None:
+def forget_networks(store: TableStore, arch: Arch, keys: Iterable[str], device: str,
+                    table: str = "whole_networks") -> None:
     """Deletes the stored passes of networks `keys` on `device` (to measure them again)."""
+    if not _has(store, _network_table(table)):
+        return
     with store.db.conn:
-        store.db.conn.executemany("delete from whole_networks where arch = ? and widths = ? and device = ?",
+        store.db.conn.executemany(f"delete from {table} where arch = ? and widths = ? and device = ?",
                                   [(arch.name, k, device) for k in keys])
 
 
 def add_network_passes(store: TableStore, arch: Arch, device: str, run_id: int, pass_index: int,
-                       timed: Sequence[tuple[Network, bytes, Counter, Timing]], settings: Mapping) -> int:
+                       timed: Sequence[tuple[Network, bytes, Counter, Timing]], settings: Mapping,
+                       table: str = "whole_networks") -> int:
     """Stores one pass of each (network, its model, the model's ops, timing); `settings` are
     the device's (their `runs` and `warmup` are recorded with every row). Returns rows stored."""
-    return _add_rows(store, "whole_networks", [{
+    return _add_rows(store, _network_table(table), [{
         "arch": arch.name, "widths": net.key, "label": net.label, "device": device, "run_id": run_id,
         "pass_index": pass_index, "seconds": t.seconds, "fastest": t.fastest_s, "measured_at": t.measured_at,
         "temperature_c": t.temperature_c, "throttled": None if t.throttled is None else int(t.throttled),
@@ -86,14 +101,15 @@ def add_network_passes(store: TableStore, arch: Arch, device: str, run_id: int, 
     } for net, model, ops, t in timed])
 
 
-def measured_networks(store: TableStore, arch: Arch, device: str) -> dict[str, Measured]:
-    """network key -> its stored passes on `device`, in pass order."""
-    if not _has(store, "whole_networks"):
+def measured_networks(store: TableStore, arch: Arch, device: str,
+                      table: str = "whole_networks") -> dict[str, Measured]:
+    """network key -> its stored passes on `device` in `table`, in pass order."""
+    if not _has(store, _network_table(table)):
         return {}
-    fastest = "fastest" if _has(store, "whole_networks", "fastest") else "null"
+    fastest = "fastest" if _has(store, table, "fastest") else "null"
     rows: dict[str, list[tuple[int, float, int, float | None]]] = {}
     for widths, p, s, run, f in store.db.execute(
-            f"select widths, pass_index, seconds, run_id, {fastest} from whole_networks where arch = ? and device = ?",
+            f"select widths, pass_index, seconds, run_id, {fastest} from {table} where arch = ? and device = ?",
             [arch.name, device]):
         rows.setdefault(widths, []).append((p, s, run, f))
     return {k: Measured(tuple(r[1] for r in sorted(v)), tuple(sorted({r[2] for r in v})),
@@ -110,6 +126,14 @@ def networks_span_s(store: TableStore, arch: Arch, device: str, keys: Iterable[s
                                             "device = ? and measured_at is not null", [arch.name, device])
              if k in keys]
     return max(times) - min(times) if times else 0.0
+
+
+def network_labels(store: TableStore, arch: Arch, device: str, table: str = "build_networks") -> dict[str, str]:
+    """network key -> the label it was stored under, of the networks in `table` on `device`."""
+    if not _has(store, _network_table(table)):
+        return {}
+    return dict(store.db.execute(f"select widths, min(label) from {table} where arch = ? and device = ? "
+                                 "group by widths", [arch.name, device]))
 
 
 def stored_ops(store: TableStore, arch: Arch, device: str) -> dict[str, Counter]:

@@ -20,8 +20,13 @@ def test_demo_quick(tmp_path):
     assert (out / "local-wrn-10-1.sqlite").stat().st_size > 0
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["n"] == 3 and 0 <= metrics["mape"] < 100
-    # the report timed some of the table's cells again, and the summary says how far they moved
-    assert metrics["host_check"]["cells"] and "the table's cells timed again with it ran" in proc.stdout
+    # the report timed some of the table's cells and the build's check networks again, and the
+    # summary says how far each moved
+    assert metrics["host_check"]["cells"] and [n["label"] for n in metrics["network_check"]["networks"]] == [
+        "full", "uniform-0.50"]
+    assert f"the table's cells ran {metrics['host_check']['drift_pct']:+.1f} %" in proc.stdout
+    assert f"whole networks ran {metrics['network_check']['drift_pct']:+.1f} %" in proc.stdout
+    assert "check network full: predicted" in proc.stdout  # build-tables said how the table predicts them
     assert (out / "report" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     widths = json.loads((out / "runs" / "netadapt" / "widths.json").read_text())
     assert widths["widths"] and (out / "runs" / "netadapt" / "channels.png").exists()

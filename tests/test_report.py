@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latency import cli_report
+from latency import cli_report, report_measure
 from latency.devices.defaults import defaults_for
 from latency.finalize import finalize
 from latency.generate import CellModels
@@ -360,11 +360,11 @@ def test_passes_default_to_the_devices_report_passes(small_table, tmp_path) -> N
 def test_a_table_measured_over_minutes_gets_its_report_spread_over_the_devices_span(small_table) -> None:
     span = defaults_for("local").report_span_s
     assert span == 300.0
-    assert cli_report.default_span_s(span, span) == span == cli_report.default_span_s(3 * span, span)
-    assert cli_report.default_span_s(span - 1, span) == 0.0  # met the host in the state a report finds
+    assert report_measure.default_span_s(span, span) == span == report_measure.default_span_s(3 * span, span)
+    assert report_measure.default_span_s(span - 1, span) == 0.0  # met the host in the state a report finds
     table = small_table(ARCH)
     [(first, last)] = _rows(table, "select min(measured_at), max(measured_at) from measurements")
-    assert cli_report.cells_span_s(str(table)) == pytest.approx(last - first) and last > first
+    assert report_measure.cells_span_s(str(table)) == pytest.approx(last - first) and last > first
 
 
 def test_passes_are_spread_over_the_span_asked(small_table, tmp_path) -> None:

@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from latency.metrics import TARGETS  # what a validation report should meet
+
 ARCH = "wrn-10-1"
 #: networks the validation report measures and predicts
 SAMPLE = 10
-#: what a validation report should meet (docs/measuring.md §1)
-TARGETS = {"mape": 2.0, "max_ape": 5.0, "pearson": 0.999}
 
 
 def run(stage: str, module: str, *args: str) -> None:
@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
           f"MAPE {metrics['mape']:.2f} %, worst {metrics['max_ape']:.2f} %, Pearson {metrics['pearson']:.5f}")
     print(f"         targets MAPE <= {TARGETS['mape']:g} %, worst <= {TARGETS['max_ape']:g} %, Pearson >= "
           f"{TARGETS['pearson']:g}: " + ("met" if not missed else "NOT met (" + ", ".join(missed) + ")"))
-    if metrics.get("host_check"):
-        print(f"         the table's cells timed again with it ran {metrics['host_check']['drift_pct']:+.1f} % against "
-              "the build" + (" (the CPU moved in between)" if metrics["host_check"]["moved"] else ""))
+    checks = [(what, metrics[key]) for what, key in (("the table's cells", "host_check"),
+                                                      ("whole networks", "network_check")) if metrics.get(key)]
+    if checks:  # timed at the build and again with the report
+        print("         against the build, " + " and ".join(f"{what} ran {c['drift_pct']:+.1f} %" for what, c in checks)
+              + (" (the CPU moved in between)" if any(c["moved"] for _, c in checks) else ""))
     print(f"search   {search_dir}: NetAdapt to 0.7 of the latency, widths {json.dumps(widths.get('widths', widths))}")
     print(f"winner   {winner}: retrained from scratch, test error {result.get('test_error', float('nan')):.3f} on "
           f"synthetic data; exported to {out / 'winner.tflite'}")

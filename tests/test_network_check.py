@@ -1,0 +1,116 @@
+"""Check networks: the choice and the figures by hand, and build-tables then latency-report on a real
+small table, the check networks timed by LiteRT and stored in the real table file."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latency import cli_build, cli_report
+from latency.metrics import TARGETS
+from latency.network_check import BuildCheck, NetworkCheck, build_check_lines, check_networks, network_check
+from latency.networks import widths_key
+from models.families import get_arch
+
+ARCH = "wrn-10-1"
+BUILD = ["--device", "local", "--arch", ARCH, "--grid", "step:8", "--passes", "1", "--runs", "5",
+         "--estimator", "median-fastest", "--quiet"]
+
+
+def test_the_check_networks_are_the_full_network_then_half_width() -> None:
+    arch = get_arch(ARCH)
+    full, half = check_networks(arch)
+    assert (full.label, half.label) == ("full", "uniform-0.50")
+    assert full.widths == arch.validate(arch.full_widths())
+    assert all(half.widths[g.name] == max(1, round(g.full / 2)) for g in arch.prunable_groups)
+    assert [n.label for n in check_networks(arch, 1)] == ["full"] and check_networks(arch, 0) == []
+    with pytest.raises(ValueError, match="between 0 and 2"):
+        check_networks(arch, 3)
+
+
+def test_the_build_says_how_the_table_predicts_them_and_warns_beyond_the_worst_target() -> None:
+    close = BuildCheck("full", 0.00099, 0.001)
+    assert close.error_pct == pytest.approx(-1.0)
+    assert build_check_lines([close]) == ["check network full: predicted 0.990 ms, measured 1.000 ms (-1.0 %)"]
+    off = BuildCheck("uniform-0.50", 0.0004, 0.0005)  # -20 %
+    lines = build_check_lines([close, off])
+    assert len(lines) == 3 and "uniform-0.50: -20.0 %" in lines[2] and lines[2].startswith("warning")
+    assert f"more than {TARGETS['max_ape']:g} %" in lines[2]
+    assert build_check_lines([]) == []
+
+
+def test_the_network_move_is_the_median_and_the_full_network_comes_first() -> None:
+    keys = {"a": "uniform-0.50", "b": "full"}
+    check = network_check(keys, {"a": 1.0, "b": 2.0}, {"a": 1.01, "b": 2.2})
+    assert check.labels == ("full", "uniform-0.50") and check.moves_pct == pytest.approx([10.0, 1.0])
+    assert check.drift_pct == pytest.approx(5.5) and check.moved
+    assert "full +10.0 %, uniform-0.50 +1.0 %" in check.sentence() and "slower" in check.sentence()
+    steady = network_check(keys, {"a": 1.0, "b": 2.0}, {"a": 0.99, "b": 2.0})
+    assert not steady.moved and "carry" not in steady.sentence()
+    assert network_check(keys, {"a": 1.0}, {"b": 1.0}) is None  # no network with both
+    doc = check.to_json()
+    assert [n["label"] for n in doc["networks"]] == ["full", "uniform-0.50"] and doc["moved"] is True
+    with pytest.raises(ValueError, match="positive"):
+        NetworkCheck(("full",), (1.0,), (0.0,))
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _median_fastest(path: Path, table: str, key: str) -> float:
+    fastest = [r[0] for r in _rows(path, f"select fastest from {table} where widths = '{key}' and device = 'local'")]
+    return float(np.median(fastest))
+
+
+def test_build_tables_times_them_and_a_report_times_them_again(tmp_path, capsys) -> None:
+    table = tmp_path / "table.sqlite"
+    assert cli_build.main([*BUILD, "--out", str(table)]) == 0
+    printed = capsys.readouterr().out
+    arch = get_arch(ARCH)
+    full, half = check_networks(arch)
+    stored = _rows(table, "select widths, label, count(distinct pass_index) from build_networks "
+                          "where device = 'local' group by widths order by label")
+    # every pass of both, as a report on this device times networks (10 passes)
+    assert stored == [(full.key, "full", 10), (half.key, "uniform-0.50", 10)]
+    lines = [line for line in printed.splitlines() if line.startswith("check network")]
+    assert len(lines) == 2 and lines[0].startswith("check network full: predicted")
+    for line, net in zip(lines, (full, half)):  # the printed timing is the stored passes combined
+        assert f"measured {_median_fastest(table, 'build_networks', net.key) * 1e3:.3f} ms" in line
+
+    # a rerun over the finished table measures nothing and says the same
+    assert cli_build.main([*BUILD, "--out", str(table)]) == 0
+    again = capsys.readouterr()
+    assert [line for line in again.out.splitlines() if line.startswith("check network")] == lines
+    assert _rows(table, "select count(*) from build_networks") == [(20,)]
+
+    # a report times them with its networks and sets them against the build
+    out = tmp_path / "rep"
+    assert cli_report.main(["--table", str(table), "--arch", ARCH, "--sample", "3", "--passes", "2", "--span", "0",
+                            "--out", str(out), "--quiet"]) == 0
+    report_out = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3  # the check networks are timed, not validated
+    check = metrics["network_check"]
+    assert [n["label"] for n in check["networks"]] == ["full", "uniform-0.50"]
+    for n, net in zip(check["networks"], (full, half)):
+        assert n["then_s"] == pytest.approx(_median_fastest(table, "build_networks", net.key), rel=1e-12)
+        assert n["now_s"] == pytest.approx(_median_fastest(table, "whole_networks", net.key), rel=1e-12)
+        assert _rows(table, f"select count(*) from whole_networks where widths = '{net.key}'") == [(2,)]
+    assert check["drift_pct"] == pytest.approx(np.median([n["move_pct"] for n in check["networks"]]))
+    assert "network check: the build's check networks timed again" in report_out
+    assert "- network check:" in (out / "report.md").read_text()
+    # the build printed the prediction the report makes of the same network
+    row = next(r for r in metrics["networks"] if widths_key(r["widths"]) == full.key)  # the sample holds it
+    assert f"predicted {row['predicted_s'] * 1e3:.3f} ms" in lines[0]
+
+
+def test_a_bad_count_is_refused_before_any_device_time(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_build.main([*BUILD, "--out", str(tmp_path / "t.sqlite"), "--check-networks", "3"])
+    assert exc.value.code == 2 and "--check-networks must be between 0 and 2, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "t.sqlite").exists()
