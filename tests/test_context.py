@@ -111,10 +111,16 @@ def test_build_times_cells_and_overhead_in_the_network_context(network_table: Pa
     with sqlite3.connect(network_table) as db:
         # exactly --runs each (a count is stored only where it differs from the run's)
         assert {r for (r,) in db.execute("select distinct runs from measurements")} == {None}
-        settings = [json.loads(s) for (s,) in db.execute("select settings from runs")]
+        # the runs that timed cells and probes (the check networks' run times whole networks)
+        settings = [json.loads(s) for (s,) in db.execute(
+            "select settings from runs where id in (select run_id from measurements union "
+            "select run_id from invoke_probes)")]
+        checks = [json.loads(s) for (s,) in db.execute(
+            "select settings from runs where id in (select run_id from build_networks)")]
         probes = db.execute("select n_ops, fastest from invoke_probes where device = 'local'").fetchall()
     assert all(s["partners"] == len(cx.partner_models(arch)) and "network context" in s["method"]
                and s["runs"] == 4 and s["min_time_s"] == 0 for s in settings)
+    assert len(checks) == 1 and checks[0]["partners"] == 0 and checks[0]["runs"] == 4  # as a report times networks
     # the probes were timed in rounds spread among the cells, not in one burst after them
     with sqlite3.connect(network_table) as db:
         rounds = db.execute("select pass_index, min(measured_at), count(*) from invoke_probes group by pass_index"

@@ -67,7 +67,9 @@ def test_a_type_an_older_version_left_without_cells_is_repaired(tmp_path: Path) 
     assert _rows(out, "select status from runs") == [("running",)]  # the killed build's run
     _build(out)
     _assert_whole(out)
-    assert [r[0] for r in _rows(out, "select status from runs order by id")] == ["interrupted", "finished"]
+    # the killed build's run and the one that finished the cells (then its check networks' run)
+    assert [r[0] for r in _rows(out, "select status from runs order by id")] == ["interrupted", "finished", "finished"]
+    assert _rows(out, "select count(distinct run_id) from build_networks") == [(1,)]
 
 
 def test_a_rederive_killed_midway_keeps_the_previous_aggregates(tmp_path: Path) -> None:
