@@ -560,7 +560,7 @@ def type_seed(interpreter: Any) -> int:
 
 def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmup: int = 2,
                     evict_bytes: int = 0, seed: Optional[int] = None,
-                    n_partners: int = 3) -> Tuple[float, int, float]:
+                    n_partners: int = 3, gap_s: float = 0.0) -> Tuple[float, int, float]:
     """(mean seconds per invocation, invocations timed, seconds of the fastest) of a layer timed
     as it runs inside a network rather than back to back.
 
@@ -572,7 +572,9 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
     interpolation between neighbouring cells sees no change of context (docs/measuring.md §7). With `evict_bytes`
     (twice the L2 cache, for a network whose weights exceed it) that many bytes are written
     first and the output buffer touched after them: the layer's weights come from beyond L2, as
-    when the rest of such a network ran in between, while its activations stay warm."""
+    when the rest of such a network ran in between, while its activations stay warm. With
+    `idle_s`, that long is spent spinning (touching no memory) before each of them: how long a
+    layer's data waits between two uses inside a network (`tools.idle_cost`)."""
     _check_counts(runs, warmup)
     if not partners and n_partners > 0:
         raise ValueError("time_in_context needs partner models (other layers) to run in between")
@@ -588,6 +590,10 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
     gc.disable()
     try:
         for i in range(warmup + runs):
+            if gap_s > 0:
+                until = clock() + gap_s
+                while clock() < until:
+                    pass
             if buf is not None:
                 np.add(buf, 1.0, out=buf)
             for partner in chosen:
