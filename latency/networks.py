@@ -18,7 +18,7 @@ import numpy as np
 
 from models.arch import Arch, WidthError
 from models.thesis_names import load_widths_any
-from .smoothing import ESTIMATOR_COLUMNS, estimate
+from .smoothing import ESTIMATOR_COLUMNS, SMALLEST_ESTIMATORS, estimate
 
 
 class ValidationError(ValueError):
@@ -121,14 +121,26 @@ class Measured:
     seconds: tuple[float, ...]  # per pass, in pass order: the mean invocation
     run_ids: tuple[int, ...]
     fastest: tuple[float | None, ...] = ()  # per pass: the fastest invocation (None: not recorded)
+    slow: tuple[bool | None, ...] = ()  # per pass: kept although the machine read slow (None: not read)
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.seconds))
 
+    @property
+    def full_speed(self) -> list[int]:
+        """The passes not kept slow (a pass whose speed was not read counts as at full speed, as
+        a cell's does), or every pass where each was kept slow."""
+        fast = [i for i in range(len(self.seconds)) if not (i < len(self.slow) and self.slow[i])]
+        return fast or list(range(len(self.seconds)))
+
     def value(self, estimator: str = "mean") -> float:
-        """The passes combined by `estimator` (`smoothing.ESTIMATORS`)."""
+        """The passes combined by `estimator` (`smoothing.ESTIMATORS`): those at full speed (as
+        a table's cells count theirs, `TableStore.raw_by_cell`), unless the estimator takes the
+        smallest, which a slow pass cannot win anyway."""
         values = self.fastest if ESTIMATOR_COLUMNS[estimator] == "fastest" else self.seconds
+        if values and estimator not in SMALLEST_ESTIMATORS:
+            values = tuple(values[i] for i in self.full_speed)
         return estimate(estimator, values or (None,), "a measured network")
 
     @property

@@ -147,6 +147,16 @@ def _build_networks(db: sqlite_utils.Database) -> None:
         db.execute("create unique index build_networks_pass on build_networks (arch, widths, device, pass_index)")
 
 
+@migrations(name="0009_network_speed")
+def _network_speed(db: sqlite_utils.Database) -> None:
+    # slow: the network's pass was kept although the machine never read fast around it (1), or
+    # not (0), or the speed was not read (NULL); a report counts a network's passes at full speed
+    # as a table counts its cells'. An older version counts every pass, so the version stays.
+    for table in ("whole_networks", "build_networks"):
+        if table in db.table_names():
+            _add_columns(db, table, {"slow": int})
+
+
 def first_run_settings(db: sqlite_utils.Database) -> dict:
     """The first measuring run's kind and settings (what a table before recipes recorded of its
     timing), or {} for a table with no run."""

@@ -97,7 +97,7 @@ def add_network_passes(store: TableStore, arch: Arch, device: str, run_id: int, 
         "pass_index": pass_index, "seconds": t.seconds, "fastest": t.fastest_s, "measured_at": t.measured_at,
         "temperature_c": t.temperature_c, "throttled": None if t.throttled is None else int(t.throttled),
         "model_sha256": model_sha256(model), "runs": settings.get("runs"), "warmup": settings.get("warmup"),
-        "ops": json.dumps(dict(sorted(ops.items()))),
+        "ops": json.dumps(dict(sorted(ops.items()))), "slow": None if t.slow is None else int(t.slow),
     } for net, model, ops, t in timed])
 
 
@@ -107,13 +107,14 @@ def measured_networks(store: TableStore, arch: Arch, device: str,
     if not _has(store, _network_table(table)):
         return {}
     fastest = "fastest" if _has(store, table, "fastest") else "null"
-    rows: dict[str, list[tuple[int, float, int, float | None]]] = {}
-    for widths, p, s, run, f in store.db.execute(
-            f"select widths, pass_index, seconds, run_id, {fastest} from {table} where arch = ? and device = ?",
+    slow = "slow" if _has(store, table, "slow") else "null"
+    rows: dict[str, list[tuple[int, float, int, float | None, int | None]]] = {}
+    for widths, p, s, run, f, was_slow in store.db.execute(
+            f"select widths, pass_index, seconds, run_id, {fastest}, {slow} from {table} where arch = ? and device = ?",
             [arch.name, device]):
-        rows.setdefault(widths, []).append((p, s, run, f))
+        rows.setdefault(widths, []).append((p, s, run, f, was_slow))
     return {k: Measured(tuple(r[1] for r in sorted(v)), tuple(sorted({r[2] for r in v})),
-                        tuple(r[3] for r in sorted(v)))
+                        tuple(r[3] for r in sorted(v)), tuple(None if r[4] is None else bool(r[4]) for r in sorted(v)))
             for k, v in rows.items()}
 
 

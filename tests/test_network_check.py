@@ -63,8 +63,10 @@ def _rows(path: Path, sql: str) -> list[tuple]:
 
 
 def _median_fastest(path: Path, table: str, key: str) -> float:
-    fastest = [r[0] for r in _rows(path, f"select fastest from {table} where widths = '{key}' and device = 'local'")]
-    return float(np.median(fastest))
+    """The median of the fastest invocations of the passes at full speed (all, where none was)."""
+    rows = _rows(path, f"select fastest, slow from {table} where widths = '{key}' and device = 'local'")
+    fast = [f for f, slow in rows if not slow] or [f for f, _ in rows]
+    return float(np.median(fast))
 
 
 def test_build_tables_times_them_and_a_report_times_them_again(tmp_path, capsys) -> None:
@@ -114,3 +116,36 @@ def test_a_bad_count_is_refused_before_any_device_time(tmp_path, capsys) -> None
         cli_build.main([*BUILD, "--out", str(tmp_path / "t.sqlite"), "--check-networks", "3"])
     assert exc.value.code == 2 and "--check-networks must be between 0 and 2, got 3" in capsys.readouterr().err
     assert not (tmp_path / "t.sqlite").exists()
+
+
+def test_a_network_counts_its_passes_at_full_speed_as_a_cell_does(small_table, tmp_path) -> None:
+    from collections import Counter
+
+    from latency.devices.base import Timing
+    from latency.store import TableStore
+    from latency.store_networks import add_network_passes, measured_networks
+
+    arch = get_arch(ARCH)
+    full, half = check_networks(arch)
+    path = tmp_path / "t.sqlite"
+    with sqlite3.connect(small_table(ARCH)) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    store = TableStore.open(path, write=True)
+    try:
+        # full: two passes at full speed and one kept slow; half: every pass kept slow
+        for p, (f_fast, f_slow, h) in enumerate([(1.0, False, 3.0), (1.2, False, 3.2), (2.0, True, 3.4)]):
+            add_network_passes(store, arch, "local", 1, p, [
+                (full, b"m", Counter(), Timing(0, f_fast * 1.1, 0.0, fastest_s=f_fast, slow=f_slow)),
+                (half, b"m", Counter(), Timing(0, h * 1.1, 0.0, fastest_s=h, slow=True))], {})
+        stored = measured_networks(store, arch, "local")
+    finally:
+        store.close()
+    assert stored[full.key].slow == (False, False, True) and stored[full.key].full_speed == [0, 1]
+    assert stored[full.key].value("median-fastest") == pytest.approx(1.1)  # the slow 2.0 left out
+    assert stored[full.key].value("mean") == pytest.approx(1.1 * 1.1)
+    assert stored[full.key].value("fastest") == pytest.approx(1.0)
+    assert stored[half.key].value("median-fastest") == pytest.approx(3.2)  # none at full speed: every pass
+    # passes stored before the speed was recorded count alike
+    from latency.networks import Measured
+
+    assert Measured((1.0, 2.0, 9.0), (1,), (1.0, 2.0, 9.0)).value("median-fastest") == pytest.approx(2.0)
