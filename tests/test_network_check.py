@@ -108,6 +108,9 @@ def test_build_tables_times_them_and_a_report_times_them_again(tmp_path, capsys)
     assert "- network check:" in (out / "report.md").read_text()
     # the build printed the prediction the report makes of the same network
     row = next(r for r in metrics["networks"] if widths_key(r["widths"]) == full.key)  # the sample holds it
+    slow = [bool(s) for s, in _rows(table, f"select slow from whole_networks where widths = '{full.key}' "
+                                           "order by pass_index")]
+    assert row["full_speed_passes"] == ([i for i, s in enumerate(slow) if not s] or list(range(len(slow))))
     assert f"predicted {row['predicted_s'] * 1e3:.3f} ms" in lines[0]
 
 
