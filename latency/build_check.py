@@ -56,4 +56,5 @@ def predicted_checks(path: Path, arch: Arch, networks: list, measured: dict) -> 
     # as latency-report's default: the overhead counted once for a network-context table
     rows = compare(table, arch, networks, measured, overhead, recipe.in_network and overhead is not None,
                    estimator=recipe.estimator)
-    return [BuildCheck(r.network.label, r.predicted_s, r.measured_s) for r in rows]
+    return [BuildCheck(r.network.label, r.predicted_s, r.measured_s,
+                       bool(r.measured.slow) and all(r.measured.slow)) for r in rows]

@@ -40,6 +40,10 @@ def test_the_build_says_how_the_table_predicts_them_and_warns_beyond_the_worst_t
     assert len(lines) == 3 and "uniform-0.50: -20.0 %" in lines[2] and lines[2].startswith("warning")
     assert f"more than {TARGETS['max_ape']:g} %" in lines[2]
     assert build_check_lines([]) == []
+    # timed only while the machine ran slow: said so, and no warning about the table
+    slow = BuildCheck("full", 0.0003, 0.00045, all_slow=True)
+    assert build_check_lines([close, slow]) == [close.line(), slow.line()]
+    assert "(-33.3 %; every pass timed while this machine ran slow" in slow.line()
 
 
 def test_the_network_move_is_the_median_and_the_full_network_comes_first() -> None:
