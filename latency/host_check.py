@@ -48,23 +48,23 @@ def choose_check_cells(networks: Iterable[Sequence[Cell]], table: Mapping[Cell, 
     return [max(cells, key=lambda c: (weight[c], c)) for _, cells in ranked[:k]]
 
 
-@dataclass(frozen=True)
-class HostCheck:
-    """The check cells' values in the table (then) and timed with the networks (now)."""
+class Moves:
+    """Timings at the build (`then_s`) and again with a report (`now_s`), one pair per checked
+    item: how far they moved. Shared by the check cells and the check networks
+    (`latency.network_check`)."""
 
-    cells: tuple[Cell, ...]
     then_s: tuple[float, ...]
     now_s: tuple[float, ...]
 
-    def __post_init__(self) -> None:
-        if not self.cells or not len(self.cells) == len(self.then_s) == len(self.now_s):
-            raise ValueError("a host check needs one value then and one now for each of at least one cell")
+    def _validate(self, items: Sequence, what: str) -> None:
+        if not items or not len(items) == len(self.then_s) == len(self.now_s):
+            raise ValueError(f"a {what} check needs one value then and one now for each of at least one {what}")
         if not all(v > 0 for v in (*self.then_s, *self.now_s)):
-            raise ValueError("a host check needs positive timings")
+            raise ValueError(f"a {what} check needs positive timings")
 
     @property
     def moves_pct(self) -> list[float]:
-        """Per cell: now against then, in per cent."""
+        """Per item: now against then, in per cent."""
         return [100.0 * (n / t - 1.0) for t, n in zip(self.then_s, self.now_s)]
 
     @property
@@ -75,6 +75,18 @@ class HostCheck:
     @property
     def moved(self) -> bool:
         return abs(self.drift_pct) > MOVED_PCT
+
+
+@dataclass(frozen=True)
+class HostCheck(Moves):
+    """The check cells' values in the table (then) and timed with the networks (now)."""
+
+    cells: tuple[Cell, ...]
+    then_s: tuple[float, ...]
+    now_s: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        self._validate(self.cells, "cell")
 
     def sentence(self) -> str:
         moves = self.moves_pct

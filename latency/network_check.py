@@ -15,10 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 from models.arch import Arch
-from .host_check import MOVED_PCT
+from .host_check import MOVED_PCT, Moves
 from .metrics import TARGETS
 from .networks import Network
 
@@ -74,7 +72,7 @@ def build_check_lines(checks: Sequence[BuildCheck]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class NetworkCheck:
+class NetworkCheck(Moves):
     """The check networks' values at the build (then) and timed with a report's networks (now)."""
 
     labels: tuple[str, ...]
@@ -82,23 +80,7 @@ class NetworkCheck:
     now_s: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not self.labels or not len(self.labels) == len(self.then_s) == len(self.now_s):
-            raise ValueError("a network check needs one value then and one now for each of at least one network")
-        if not all(v > 0 for v in (*self.then_s, *self.now_s)):
-            raise ValueError("a network check needs positive timings")
-
-    @property
-    def moves_pct(self) -> list[float]:
-        return [100.0 * (n / t - 1.0) for t, n in zip(self.then_s, self.now_s)]
-
-    @property
-    def drift_pct(self) -> float:
-        """The median move: + whole networks run slower now than during the build."""
-        return float(np.median(self.moves_pct))
-
-    @property
-    def moved(self) -> bool:
-        return abs(self.drift_pct) > MOVED_PCT
+        self._validate(self.labels, "network")
 
     def sentence(self) -> str:
         moves = ", ".join(f"{label} {m:+.1f} %" for label, m in zip(self.labels, self.moves_pct))
