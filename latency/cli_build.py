@@ -7,7 +7,6 @@ import signal
 import sys
 from pathlib import Path
 
-from latency.network_check import CHECK_FACTORS, CHECK_NETWORKS
 from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS
 
@@ -18,6 +17,7 @@ RECIPE_FLAGS = {"grid": "grid_step", "block": "grid_block", "context": "context"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from latency.network_check import CHECK_NETWORKS
     from latency.smoothing import EDGE_MODES, ESTIMATORS
 
     p = argparse.ArgumentParser(
@@ -147,6 +147,7 @@ def _main(argv: list[str] | None) -> int:
     from latency.recipe import RecipeError
     from latency.retime import MAX_EXTRA_PASSES
     from latency.smoothing import EstimatorError
+    from latency.network_check import CHECK_FACTORS
     from latency.store import TableFileError
     from models.families import get_arch
 

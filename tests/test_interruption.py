@@ -239,6 +239,16 @@ def test_workers_of_a_device_run_from_another_thread_end_with_their_parent(tmp_p
     assert not left, f"still running {GONE_S:.0f} s after their parent was killed: {_describe(left)}"
 
 
+def test_the_build_imports_no_numerical_library_before_it_handles_ctrl_c() -> None:
+    """`python -m latency.cli_build` runs the module's top level before `main` catches Ctrl-C: a
+    heavy import there (scipy takes about a second) is a window in which Ctrl-C prints a traceback."""
+    probe = ("import sys, latency.cli_build; "
+             "print(sorted(m for m in ('numpy', 'scipy', 'tensorflow', 'torch', 'ai_edge_litert') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_ctrl_c_while_the_build_starts_is_clean(tmp_path: Path) -> None:
     """Before the build handles Ctrl-C itself (importing its modules): no traceback either."""
     out, log = tmp_path / "t.sqlite", tmp_path / "stderr.txt"
