@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from latency.host_check import CHECK_CELLS
 from latency.quiet import add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS
 
@@ -24,6 +23,8 @@ PROG = "latency-report"
 
 
 def report_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    from latency.host_check import CHECK_CELLS  # numpy: imported where main handles Ctrl-C
+
     p = argparse.ArgumentParser(
         prog=prog,
         description="Measure whole networks on a device, timed as the table's recipe says (its runs, warm-up and "
@@ -81,7 +82,12 @@ class Diagnostics:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(report_parser().parse_args(argv))
+    try:
+        return run(report_parser().parse_args(argv))
+    except KeyboardInterrupt:  # outside the measurement's own handling (imports, conversion, plots)
+        print("\ninterrupted: every finished device call is saved in the table; run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
 
 
 def _error(message: str) -> int:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 from models.arch import Arch
 from .devices.base import Device, DeviceInfo, ModelJob, Timing, TimingSettings
@@ -24,12 +25,14 @@ from .networks import Network, network_cells, network_model
 from .op_coverage import model_op_counts
 from .passes import DeviceRun, pass_offsets, plan_passes, run_recorded
 from .recipe import TableRecipe
+from .retime import plan_retimes
 from .smoothing import estimate
 from .store import TableStore
 from .store_networks import (Cell, add_exact_cell_passes, add_network_passes, exact_cell_passes, exact_cell_values,
-                             forget_exact_cells, forget_networks, stored_passes)
+                             forget_exact_cells, forget_networks, slow_check_cells, slow_networks, stored_passes)
 
 Report = Callable[[str], None] | None
+K = TypeVar("K")
 
 
 def whole_network_timing(recipe: TableRecipe, local: bool = True) -> TimingSettings:
@@ -81,19 +84,19 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
         forget_networks(store, arch, by_key, device.name, table)
     done = stored_passes(store, arch, device.name, table)
     plan = plan_passes(by_key, done, passes, models_per_call, seed)
-    result = MeasureResult(already=sum(1 for k, p in done if k in by_key and p < passes))
-    if not plan:
-        result.wall_s = time.time() - started
-        return result
+    result = MeasureResult(already=sum(1 for k, p in done if k in by_key and p < passes), info=info)
     convert = convert or network_model
-    needed = sorted({k for _, keys in plan for k in keys})
+    ids = {k: i for i, k in enumerate(sorted(by_key))}  # opaque ids for the device
     models: dict[str, bytes] = {}
-    for i, k in enumerate(needed):
-        if report:
-            report(f"converting network {i + 1}/{len(needed)}: {by_key[k].label}")
-        models[k] = convert(arch, by_key[k].widths)
-    ids = {k: i for i, k in enumerate(needed)}  # opaque ids for the device
-    ops = {k: model_op_counts(m) for k, m in models.items()}
+    ops: dict[str, Counter] = {}
+
+    def prepare(keys: Iterable[str]) -> None:  # converted before the device times, never while
+        needed = sorted(set(keys) - models.keys())
+        for i, k in enumerate(needed):
+            if report:
+                report(f"converting network {i + 1}/{len(needed)}: {by_key[k].label}")
+            models[k] = convert(arch, by_key[k].widths)
+            ops[k] = model_op_counts(models[k])
 
     def render(keys: list[str]) -> list[ModelJob]:
         return [ModelJob(ids[k], models[k]) for k in keys]
@@ -103,17 +106,46 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
                                   [(by_key[k], models[k], ops[k], t) for k, t in zip(keys, timings)], info.settings,
                                   table)
 
-    result.info = info
-    offsets = pass_offsets((p for p, _ in plan), passes, span_s)
-    if report and offsets:
-        report(f"timing {len(offsets)} passes spread over {span_s * len(offsets) / passes:.0f} s, one every "
-               f"{span_s / passes:.0f} s (--span)")
     what = "network" if table == "whole_networks" else "check network"
-    result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, what,
-                                                passes * len(by_key), result.already, cooldown_s, report, offsets)
-    result.measured_now = outcome.stored
+    if plan:
+        prepare(k for _, keys in plan for k in keys)
+        offsets = pass_offsets((p for p, _ in plan), passes, span_s)
+        if report and offsets:
+            report(f"timing {len(offsets)} passes spread over {span_s * len(offsets) / passes:.0f} s, one every "
+                   f"{span_s / passes:.0f} s (--span)")
+        result.run_id, outcome = await run_recorded(store, device, info, plan, render, commit, what,
+                                                    passes * len(by_key), result.already, cooldown_s, report, offsets)
+        result.measured_now = outcome.stored
+
+    def slow() -> dict[str, int]:
+        return {k: p for k, p in slow_networks(store, arch, device.name, table).items() if k in by_key}
+
+    result.measured_now += await retime_slow(store, device, info, slow, passes, models_per_call, seed, prepare,
+                                             render, commit, what, cooldown_s, report)
     result.wall_s = time.time() - started
     return result
+
+
+async def retime_slow(store: TableStore, device: Device, info: DeviceInfo, slow: Callable[[], Mapping[K, int]],
+                      passes: int, per_call: int, seed: int, prepare: Callable[[Iterable[K]], None],
+                      render: Callable[[list[K]], list[ModelJob]],
+                      commit: Callable[[DeviceRun, int, list[K], list[Timing]], int], what: str,
+                      cooldown_s: float = 0.0, report: Report = None) -> int:
+    """Times again, one more pass at a time, the models whose every pass was kept slow (`slow`
+    reads them from the store: key -> last pass), as a build does its cells (`latency.retime`):
+    up to `MAX_EXTRA_PASSES` passes beyond the `passes` planned. Returns the passes stored."""
+    stored = 0
+    while True:
+        batches, _ = plan_retimes(slow(), passes, per_call, seed)
+        if not batches:
+            return stored
+        keys = [k for _, ks in batches for k in ks]
+        if report:
+            report(f"timing {len(keys)} {what}s again: every pass of them ran while the machine read slow")
+        prepare(keys)
+        _, outcome = await run_recorded(store, device, info, batches, render, commit, what, len(keys), 0,
+                                        cooldown_s, report)
+        stored += outcome.stored
 
 
 async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[Network], device: Device,
@@ -143,16 +175,17 @@ async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], de
     keys = {json.dumps(list(c)): c for c in cells}
     done = {(json.dumps(list(c)), p) for c, p in exact_cell_passes(store, device.name, table)}
     plan = plan_passes(keys, done, passes, models_per_call, seed)
-    if not plan:
-        return 0
     renderer = CellModels(network_layer_types([arch]))
-    needed = sorted({k for _, ks in plan for k in ks})
     what = "exact single-layer" if table == "exact_cells" else "check cell"
-    if report:
-        report(f"rendering {len(needed)} single-layer models"
-               + (" at the networks' exact widths" if table == "exact_cells" else " of the table's cells to check"))
-    models = {k: renderer.render(*keys[k]) for k in needed}
-    ids = {k: i for i, k in enumerate(needed)}
+    ids = {k: i for i, k in enumerate(sorted(keys))}
+    models: dict[str, bytes] = {}
+
+    def prepare(ks: Iterable[str]) -> None:
+        needed = sorted(set(ks) - models.keys())
+        if report and needed:
+            report(f"rendering {len(needed)} single-layer models"
+                   + (" at the networks' exact widths" if table == "exact_cells" else " of the table's cells to check"))
+        models.update((k, renderer.render(*keys[k])) for k in needed)
 
     def render(ks: list[str]) -> list[ModelJob]:
         return [ModelJob(ids[k], models[k]) for k in ks]
@@ -162,9 +195,21 @@ async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], de
                                      table)
 
     already = sum(1 for k, p in done if k in keys and p < passes)
-    _, outcome = await run_recorded(store, device, info, plan, render, commit, what,
-                                    passes * len(keys), already, cooldown_s, report)
-    return outcome.stored
+    stored = 0
+    if plan:
+        prepare(k for _, ks in plan for k in ks)
+        _, outcome = await run_recorded(store, device, info, plan, render, commit, what,
+                                        passes * len(keys), already, cooldown_s, report)
+        stored = outcome.stored
+    if table != "check_cells":  # exact cells keep every pass (a diagnosis of the sum)
+        return stored
+
+    def slow() -> dict[str, int]:
+        return {k: p for k, p in ((json.dumps(list(c)), p) for c, p in slow_check_cells(store, device.name).items())
+                if k in keys}
+
+    return stored + await retime_slow(store, device, info, slow, passes, models_per_call, seed, prepare, render,
+                                      commit, what, cooldown_s, report)
 
 
 def exact_sums(store: TableStore, arch: Arch, networks: Sequence[Network], device: str,

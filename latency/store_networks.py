@@ -118,6 +118,15 @@ def measured_networks(store: TableStore, arch: Arch, device: str,
             for k, v in rows.items()}
 
 
+def slow_networks(store: TableStore, arch: Arch, device: str, table: str = "whole_networks") -> dict[str, int]:
+    """network key -> its last pass index, of the networks on `device` in `table` whose every
+    stored pass was kept slow (`retime.plan_retimes` times them again)."""
+    if not _has(store, _network_table(table), "slow"):
+        return {}
+    return dict(store.db.execute(f"select widths, max(pass_index) from {table} where arch = ? and device = ? "
+                                 "group by widths having count(*) = sum(slow = 1)", [arch.name, device]))
+
+
 def networks_span_s(store: TableStore, arch: Arch, device: str, keys: Iterable[str]) -> float:
     """Seconds from the first stored pass of the networks `keys` on `device` to the last."""
     if not _has(store, "whole_networks"):
@@ -216,6 +225,16 @@ def add_exact_cell_passes(store: TableStore, device: str, run_id: int, pass_inde
         for row, (_, t) in zip(rows, timed):
             row["slow"] = None if t.slow is None else int(t.slow)
     return _add_rows(store, _cell_table(table), rows)
+
+
+def slow_check_cells(store: TableStore, device: str) -> dict[Cell, int]:
+    """cell -> its last pass index, of the check cells on `device` whose every stored pass was
+    kept slow (`retime.plan_retimes` times them again)."""
+    if not _has(store, "check_cells", "slow"):
+        return {}
+    return {(k, i, o): p for k, i, o, p in store.db.execute(
+        "select type_key, c_in, c_out, max(pass_index) from check_cells where device = ? "
+        "group by type_key, c_in, c_out having count(*) = sum(slow = 1)", [device])}
 
 
 def exact_cell_values(store: TableStore, device: str, estimator: str, table: str = "exact_cells",

@@ -239,10 +239,11 @@ def test_workers_of_a_device_run_from_another_thread_end_with_their_parent(tmp_p
     assert not left, f"still running {GONE_S:.0f} s after their parent was killed: {_describe(left)}"
 
 
-def test_the_build_imports_no_numerical_library_before_it_handles_ctrl_c() -> None:
+@pytest.mark.parametrize("module", ["latency.cli_build", "latency.cli_report"])
+def test_a_command_imports_no_numerical_library_before_it_handles_ctrl_c(module: str) -> None:
     """`python -m latency.cli_build` runs the module's top level before `main` catches Ctrl-C: a
     heavy import there (scipy takes about a second) is a window in which Ctrl-C prints a traceback."""
-    probe = ("import sys, latency.cli_build; "
+    probe = (f"import sys, {module}; "
              "print(sorted(m for m in ('numpy', 'scipy', 'tensorflow', 'torch', 'ai_edge_litert') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, check=True)
