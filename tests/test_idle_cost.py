@@ -9,11 +9,12 @@ from tools import idle_cost
 
 
 def test_runs_on_a_tiny_network(capsys: pytest.CaptureFixture[str]) -> None:
-    assert idle_cost.main(["--arch", "wrn-10-1", "--scale", "0.5", "--rounds", "1", "--gap-ms", "0.2"]) == 0
+    assert idle_cost.main(["--arch", "wrn-10-1", "--scale", "0.5", "--rounds", "1", "--gap-ms", "0.2",
+                           "--write-mb", "1", "--read-mb", "2"]) == 0
     out = capsys.readouterr().out
     network = float(re.search(r"network (\d+) us \(median of rounds\)", out).group(1))
-    rows = re.findall(r"cells, gap +([\d.]+) ms, less \(n - 1\) o: +(-?\d+) us +\(([+-][\d.]+) % of the network\)", out)
-    assert [g for g, _, _ in rows] == ["0", "0.2"], out
+    rows = re.findall(r"cells, (.+?) *, less \(n - 1\) o: +(-?\d+) us +\(([+-][\d.]+) % of the network\)", out)
+    assert [c for c, _, _ in rows] == ["recipe", "gap 0.2 ms", "write 1 MB", "read 2 MB"], out
     for _, cells, pct in rows:  # each sum set against the network as printed
         assert float(pct) == pytest.approx(100 * (float(cells) / network - 1), abs=0.6)
         assert 0 < float(cells)
@@ -24,3 +25,6 @@ def test_bad_gap_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         idle_cost.main(["--gap-ms", "0"])
     assert exc.value.code == 2 and "--gap-ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        idle_cost.main(["--read-mb", "-1"])
+    assert exc.value.code == 2 and "--read-mb" in capsys.readouterr().err

@@ -545,8 +545,20 @@ def _evict_buffer(nbytes: int) -> np.ndarray:
     """A buffer written before every timed invocation; kept, so its pages fault in only once."""
     buf = _EVICT_BUFFERS.get(nbytes)
     if buf is None:
-        _EVICT_BUFFERS.clear()
+        for k in [k for k in _EVICT_BUFFERS if k >= 0]:
+            del _EVICT_BUFFERS[k]
         buf = _EVICT_BUFFERS[nbytes] = np.ones(max(1, nbytes // 8))
+    return buf
+
+
+def _read_buffer(nbytes: int) -> np.ndarray:
+    """A buffer read (never written) before every timed invocation: its lines stay clean."""
+    key = -nbytes  # beside the evict buffer, which is written
+    buf = _EVICT_BUFFERS.get(key)
+    if buf is None:
+        for k in [k for k in _EVICT_BUFFERS if k < 0]:
+            del _EVICT_BUFFERS[k]
+        buf = _EVICT_BUFFERS[key] = np.ones(max(1, nbytes // 8))
     return buf
 
 
@@ -560,7 +572,7 @@ def type_seed(interpreter: Any) -> int:
 
 def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmup: int = 2,
                     evict_bytes: int = 0, seed: Optional[int] = None,
-                    n_partners: int = 3, gap_s: float = 0.0) -> Tuple[float, int, float]:
+                    n_partners: int = 3, gap_s: float = 0.0, read_bytes: int = 0) -> Tuple[float, int, float]:
     """(mean seconds per invocation, invocations timed, seconds of the fastest) of a layer timed
     as it runs inside a network rather than back to back.
 
@@ -573,8 +585,10 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
     (twice the L2 cache, for a network whose weights exceed it) that many bytes are written
     first and the output buffer touched after them: the layer's weights come from beyond L2, as
     when the rest of such a network ran in between, while its activations stay warm. With
-    `idle_s`, that long is spent spinning (touching no memory) before each of them: how long a
-    layer's data waits between two uses inside a network (`tools.idle_cost`)."""
+    `gap_s`, that long is spent spinning (touching no memory) before each of them: how long a
+    layer's data waits between two uses inside a network (`tools.idle_cost`). With `read_bytes`,
+    that many bytes are read first and never written: clean lines, as a network's read-only
+    weights leave the caches (`tools.idle_cost --read-mb`)."""
     _check_counts(runs, warmup)
     if not partners and n_partners > 0:
         raise ValueError("time_in_context needs partner models (other layers) to run in between")
@@ -584,6 +598,7 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
               for d in interpreter.get_input_details()]
     output = interpreter.tensor(interpreter.get_output_details()[0]["index"]) if evict_bytes else None
     buf = _evict_buffer(evict_bytes) if evict_bytes else None
+    read = _read_buffer(read_bytes).sum if read_bytes else None
     invoke, set_tensor, clock = interpreter.invoke, interpreter.set_tensor, time.perf_counter
     total, fastest = 0.0, math.inf
     gc_was_enabled = gc.isenabled()
@@ -596,6 +611,8 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
                     pass
             if buf is not None:
                 np.add(buf, 1.0, out=buf)
+            if read is not None:
+                read()
             for partner in chosen:
                 partner()
             for index, value in inputs:
