@@ -17,11 +17,13 @@ async def time_check_networks(path: Path, arch: Arch, device: Device, k: int, pa
                               report: Callable[[str], None] | None = None) -> list[BuildCheck]:
     """Times the first `k` check networks of `arch` on `device` (made with the table's
     whole-network timing, not started) for each of `passes` passes the table file at `path`
-    lacks, stores them, and returns the table's prediction of each next to its timing. A
-    rerun over a table that holds them measures nothing."""
+    lacks (and again, as `network_timing.retime_slow` says, one whose every pass was kept slow),
+    stores them, and returns the table's prediction of each next to its timing. A rerun over a
+    table that holds them measures nothing."""
     from .network_timing import measure_networks
     from .store import TableStore
-    from .store_networks import measured_networks, stored_passes
+    from .retime import plan_retimes
+    from .store_networks import measured_networks, slow_networks, stored_passes
 
     networks = check_networks(arch, k)
     if not networks:
@@ -30,7 +32,11 @@ async def time_check_networks(path: Path, arch: Arch, device: Device, k: int, pa
     try:
         recipe = store.recipe()
         have = stored_passes(store, arch, device.name, TABLE)
-        if any((n.key, p) not in have for n in networks for p in range(passes)):  # else the device stays idle
+        keys = {n.key for n in networks}
+        slow = {k: p for k, p in slow_networks(store, arch, device.name, TABLE).items() if k in keys}
+        # else the device stays idle: every pass is there, and none left to time again
+        if any((n.key, p) not in have for n in networks for p in range(passes)) or plan_retimes(slow, passes, 1,
+                                                                                                 seed)[0]:
             info = await device.start()
             try:
                 await measure_networks(store, arch, networks, device, info, passes, seed,
