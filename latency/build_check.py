@@ -34,9 +34,9 @@ async def time_check_networks(path: Path, arch: Arch, device: Device, k: int, pa
         have = stored_passes(store, arch, device.name, TABLE)
         keys = {n.key for n in networks}
         slow = {k: p for k, p in slow_networks(store, arch, device.name, TABLE).items() if k in keys}
-        # else the device stays idle: every pass is there, and none left to time again
-        if any((n.key, p) not in have for n in networks for p in range(passes)) or plan_retimes(slow, passes, 1,
-                                                                                                 seed)[0]:
+        lacking = any((n.key, p) not in have for n in networks for p in range(passes))
+        again, _ = plan_retimes(slow, passes, 1, seed)
+        if lacking or again:  # else the device stays idle
             info = await device.start()
             try:
                 await measure_networks(store, arch, networks, device, info, passes, seed,

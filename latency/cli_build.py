@@ -144,10 +144,10 @@ def _main(argv: list[str] | None) -> int:
     from latency.build import BuildError, BuildInterrupted, BuildOptions, build_table
     from latency.devices.base import DeviceError
     from latency.devices.registry import make_devices
+    from latency.network_check import CHECK_FACTORS
     from latency.recipe import RecipeError
     from latency.retime import MAX_EXTRA_PASSES
     from latency.smoothing import EstimatorError
-    from latency.network_check import CHECK_FACTORS
     from latency.store import TableFileError
     from models.families import get_arch
 
