@@ -29,7 +29,7 @@ from .retime import plan_retimes
 from .smoothing import estimate
 from .store import TableStore
 from .store_networks import (Cell, add_exact_cell_passes, add_network_passes, exact_cell_passes, exact_cell_values,
-                             forget_exact_cells, forget_networks, slow_check_cells, slow_networks, stored_passes)
+                             forget_exact_cells, forget_networks, slow_cells, slow_networks, stored_passes)
 
 Report = Callable[[str], None] | None
 K = TypeVar("K")
@@ -201,11 +201,9 @@ async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], de
         _, outcome = await run_recorded(store, device, info, plan, render, commit, what,
                                         passes * len(keys), already, cooldown_s, report)
         stored = outcome.stored
-    if table != "check_cells":  # exact cells keep every pass (a diagnosis of the sum)
-        return stored
 
     def slow() -> dict[str, int]:
-        return {k: p for k, p in ((json.dumps(list(c)), p) for c, p in slow_check_cells(store, device.name).items())
+        return {k: p for k, p in ((json.dumps(list(c)), p) for c, p in slow_cells(store, device.name, table).items())
                 if k in keys}
 
     return stored + await retime_slow(store, device, info, slow, passes, models_per_call, seed, prepare, render,

@@ -227,13 +227,14 @@ def add_exact_cell_passes(store: TableStore, device: str, run_id: int, pass_inde
     return _add_rows(store, _cell_table(table), rows)
 
 
-def slow_check_cells(store: TableStore, device: str) -> dict[Cell, int]:
-    """cell -> its last pass index, of the check cells on `device` whose every stored pass was
-    kept slow (`retime.plan_retimes` times them again)."""
-    if not _has(store, "check_cells", "slow"):
+def slow_cells(store: TableStore, device: str, table: str = "check_cells") -> dict[Cell, int]:
+    """cell -> its last pass index, of the cells on `device` in `table` whose every stored pass
+    was kept slow (`retime.plan_retimes` times them again); none in a table that keeps no flag
+    (exact cells keep every pass as timed)."""
+    if not _has(store, _cell_table(table), "slow"):
         return {}
     return {(k, i, o): p for k, i, o, p in store.db.execute(
-        "select type_key, c_in, c_out, max(pass_index) from check_cells where device = ? "
+        f"select type_key, c_in, c_out, max(pass_index) from {table} where device = ? "
         "group by type_key, c_in, c_out having count(*) = sum(slow = 1)", [device])}
 
 

@@ -66,6 +66,13 @@ def _rows(path: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+def _copy_small_table(small_table, path: Path) -> Path:
+    """A copy of the session's small real table (the SQLite backup API copies a WAL file whole)."""
+    with sqlite3.connect(small_table(ARCH)) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    return path
+
+
 def _median_fastest(path: Path, table: str, key: str) -> float:
     """The median of the fastest invocations of the passes at full speed (all, where none was)."""
     rows = _rows(path, f"select fastest, slow from {table} where widths = '{key}' and device = 'local'")
@@ -152,9 +159,7 @@ def test_a_network_counts_its_passes_at_full_speed_as_a_cell_does(small_table, t
 
     arch = get_arch(ARCH)
     full, half = check_networks(arch)
-    path = tmp_path / "t.sqlite"
-    with sqlite3.connect(small_table(ARCH)) as src, sqlite3.connect(path) as dst:
-        src.backup(dst)
+    path = _copy_small_table(small_table, tmp_path / "t.sqlite")
     store = TableStore.open(path, write=True)
     try:
         # full: two passes at full speed and one kept slow; half: every pass kept slow
@@ -191,13 +196,11 @@ def test_check_networks_and_check_cells_whose_every_pass_ran_slow_are_timed_agai
     from latency.network_timing import measure_cells, measure_networks, table_cells
     from latency.retime import MAX_EXTRA_PASSES
     from latency.store import TableStore
-    from latency.store_networks import add_exact_cell_passes, add_network_passes, slow_check_cells, slow_networks
+    from latency.store_networks import add_exact_cell_passes, add_network_passes, slow_cells, slow_networks
 
     arch = get_arch(ARCH)
     full, half = check_networks(arch)
-    path = tmp_path / "t.sqlite"
-    with sqlite3.connect(small_table(ARCH)) as src, sqlite3.connect(path) as dst:
-        src.backup(dst)
+    path = _copy_small_table(small_table, tmp_path / "t.sqlite")
     cell = sorted(table_cells(str(path)))[0]
     passes, kept = 2, Timing(0, 1.0, 0.0, fastest_s=1.0, slow=True)
     store = TableStore.open(path, write=True)
@@ -209,7 +212,7 @@ def test_check_networks_and_check_cells_whose_every_pass_ran_slow_are_timed_agai
                 (half, b"m", Counter(), Timing(0, 1.0, 0.0, fastest_s=1.0, slow=p == 0))], {}, "build_networks")
             add_exact_cell_passes(store, "local", 1, p, [(cell, kept)], "check_cells")
         assert slow_networks(store, arch, "local", "build_networks") == {full.key: passes - 1}
-        assert slow_check_cells(store, "local") == {cell: passes - 1}
+        assert slow_cells(store, "local") == {cell: passes - 1}
         device = LocalDevice(settings=TimingSettings(runs=5, warmup=1))
 
         async def time_again() -> tuple[int, int]:
