@@ -25,7 +25,7 @@ import gc
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +43,15 @@ class Round:
     networks: list[float]
     probes: dict[int, float]
     sentinel_s: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The models of a run, loaded once: per job key (kind, what) its interpreter and whether it
+    is timed in the network context; the partners that context runs before each invocation."""
+
+    jobs: dict[tuple[str, Any], tuple[Any, bool]]
+    partners: list[Any]
 
 
 def kind_of(type_key: str) -> str:
@@ -78,20 +87,20 @@ def combine(passes: Sequence[tuple[float, bool]]) -> float:
     return estimate("median-fastest", fast or [s for s, _ in passes])
 
 
-def _time_round(models: Mapping[str, Any], gate: Any, passes: int, runs: int, warmup: int,
+def _time_round(models: Loaded, gate: Any, passes: int, runs: int, warmup: int,
                 seed: int) -> dict[Any, list[tuple[float, bool]]]:
     """Every model once per pass, in a new shuffled order each pass: (fastest, kept slow) rows."""
     from latency.devices.runner import time_in_context, time_loaded_stats
 
-    rows: dict[Any, list[tuple[float, bool]]] = {key: [] for key in models["jobs"]}
-    partners = models["partners"]
-    order = list(models["jobs"])
+    rows: dict[Any, list[tuple[float, bool]]] = {key: [] for key in models.jobs}
+    partners = models.partners
+    order = list(models.jobs)
     gc.disable()  # a collection inside a timing would be charged to the model
     try:
         for p in range(passes):
             random.Random(seed * 1000 + p).shuffle(order)
             for key in order:
-                interpreter, in_context = models["jobs"][key]
+                interpreter, in_context = models.jobs[key]
                 if in_context:
                     def measure() -> tuple[float, int, float]:
                         return time_in_context(interpreter, partners, runs, warmup)
@@ -105,7 +114,7 @@ def _time_round(models: Mapping[str, Any], gate: Any, passes: int, runs: int, wa
     return rows
 
 
-def _models(arch_name: str, sample: int, seed: int) -> tuple[dict[str, Any], list[list[Cell]]]:
+def _models(arch_name: str, sample: int, seed: int) -> tuple[Loaded, list[list[Cell]]]:
     from latency.context import partner_models
     from latency.devices.runner import load_model
     from latency.generate import CellModels
@@ -117,7 +126,7 @@ def _models(arch_name: str, sample: int, seed: int) -> tuple[dict[str, Any], lis
     networks = sample_networks(arch, sample, seed)
     cells_of = [network_cells(arch, n.widths) for n in networks]
     renderer = CellModels(network_layer_types([arch]))
-    jobs: dict[Any, tuple[Any, bool]] = {}
+    jobs: dict[tuple[str, Any], tuple[Any, bool]] = {}
     for cell in sorted({c for cells in cells_of for c in cells}):
         jobs[("cell", cell)] = (load_model(renderer.render(*cell)), True)
     for i, n in enumerate(networks):
@@ -127,7 +136,7 @@ def _models(arch_name: str, sample: int, seed: int) -> tuple[dict[str, Any], lis
     partners = [load_model(m) for m in partner_models(arch)]
     for p in partners:
         p.invoke()  # first invocations allocate and pack
-    return {"jobs": jobs, "partners": partners}, cells_of
+    return Loaded(jobs, partners), cells_of
 
 
 def run_rounds(arch_name: str, sample: int, rounds: int, passes: int, runs: int = 20, warmup: int = 2,

@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
               ", ".join(f"{c} {sums[c][-1] * 1e6:.0f} us" for c in columns), flush=True)
     o = statistics.median(overheads)
     whole = statistics.median(net)
-    print(f"invoke overhead o = {o * 1e6:.2f} us; network {whole * 1e6:.0f} us (median of rounds)")
+    print(f"invoke overhead o = {o * 1e6:.2f} us; network {whole * 1e6:.1f} us (median of rounds)")
     width = max(len(c) for c in columns)
     for c in columns:
         total = statistics.median(sums[c]) - (len(cells) - 1) * o
-        print(f"  cells, {c:<{width}}, less (n - 1) o: {total * 1e6:8.0f} us  ({100 * (total / whole - 1):+.1f} % "
+        # a tenth of a microsecond: a narrow network is tens of them, and the percentage follows from both
+        print(f"  cells, {c:<{width}}, less (n - 1) o: {total * 1e6:8.1f} us  ({100 * (total / whole - 1):+.1f} % "
               "of the network)")
     last = list(columns)[-1]
     ratio = [statistics.median(per[last][i]) / statistics.median(per["recipe"][i]) for i in range(len(cells))]
