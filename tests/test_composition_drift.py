@@ -31,8 +31,9 @@ def test_moves_are_against_the_first_round_per_layer_kind() -> None:
 
 
 def test_a_value_counts_the_passes_at_full_speed_when_there_are_any() -> None:
-    assert cd.combine([(3.0, False), (1.0, True), (5.0, False)]) == 4.0
-    assert cd.combine([(3.0, True), (1.0, True), (2.0, True)]) == 2.0
+    # (mean, fastest, kept slow) per pass: the median of the fastest at full speed
+    assert cd.combine([(3.5, 3.0, False), (1.5, 1.0, True), (5.5, 5.0, False)]) == 4.0
+    assert cd.combine([(3.5, 3.0, True), (1.5, 1.0, True), (2.5, 2.0, True)]) == 2.0
 
 
 def test_runs_on_a_small_network(capsys: pytest.CaptureFixture[str]) -> None:

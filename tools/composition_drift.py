@@ -79,20 +79,22 @@ def moves_against(first: Round, now: Round) -> tuple[float, dict[str, float]]:
     return nets, {k: float(np.median(v)) for k, v in sorted(by_kind.items())}
 
 
-def combine(passes: Sequence[tuple[float, bool]]) -> float:
-    """The median of the passes' fastest invocations, those at full speed where there are any."""
-    from latency.smoothing import estimate
+def combine(passes: Sequence[tuple[float, float, bool]]) -> float:
+    """(mean, fastest, kept slow) per pass combined as a report combines a network's passes
+    (`Measured.value`): the median of the fastest invocations of those at full speed."""
+    from latency.networks import Measured
 
-    fast = [s for s, slow in passes if not slow]
-    return estimate("median-fastest", fast or [s for s, _ in passes])
+    means, fastest, slow = zip(*passes)
+    return Measured(seconds=means, run_ids=(), fastest=fastest, slow=slow).value("median-fastest")
 
 
 def _time_round(models: Loaded, gate: Any, passes: int, runs: int, warmup: int,
-                seed: int) -> dict[Any, list[tuple[float, bool]]]:
-    """Every model once per pass, in a new shuffled order each pass: (fastest, kept slow) rows."""
+                seed: int) -> dict[Any, list[tuple[float, float, bool]]]:
+    """Every model once per pass, in a new shuffled order each pass: (mean, fastest, kept slow)
+    rows."""
     from latency.devices.runner import time_in_context, time_loaded_stats
 
-    rows: dict[Any, list[tuple[float, bool]]] = {key: [] for key in models.jobs}
+    rows: dict[Any, list[tuple[float, float, bool]]] = {key: [] for key in models.jobs}
     partners = models.partners
     order = list(models.jobs)
     gc.disable()  # a collection inside a timing would be charged to the model
@@ -107,8 +109,8 @@ def _time_round(models: Loaded, gate: Any, passes: int, runs: int, warmup: int,
                 else:
                     def measure() -> tuple[float, int, float]:
                         return time_loaded_stats(interpreter, runs, warmup)
-                _, _, fastest = gate.timed(measure)
-                rows[key].append((fastest, gate.last_slow))
+                mean, _, fastest = gate.timed(measure)
+                rows[key].append((mean, fastest, gate.last_slow))
     finally:
         gc.enable()
     return rows
