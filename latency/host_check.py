@@ -15,6 +15,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .layer_types import layer_kind
+
 #: cells a report times again by default
 CHECK_CELLS = 12
 #: a move beyond this (the MAPE target) is reported as one
@@ -25,10 +27,12 @@ Cell = tuple[str, int, int]  # (layer type key, c_in, c_out; 0 for a one-axis ty
 
 def choose_check_cells(networks: Iterable[Sequence[Cell]], table: Mapping[Cell, float],
                        k: int = CHECK_CELLS) -> list[Cell]:
-    """The measured cells the networks lean on most, one per layer type, for the `k` types that
-    weigh most. Every layer of every network counts for the measured cell of its type nearest
+    """The measured cells the networks lean on most, one per layer type, for `k` types: first the
+    type that weighs most of every layer kind (`layer_kind`), heaviest kind first, then the other
+    types by weight. Every layer of every network counts for the measured cell of its type nearest
     to it (channels apart, summed over both axes), with that cell's value; a type's cell is the
-    one counted most, the type's weight the sum over its cells."""
+    one counted most, the type's weight the sum over its cells. The light kinds (additions,
+    batch-norms) are those that move most with the host's caches, so each has a cell."""
     if k < 0:
         raise ValueError(f"the number of check cells must be >= 0, got {k}")
     grid: dict[str, list[Cell]] = {}
@@ -45,7 +49,11 @@ def choose_check_cells(networks: Iterable[Sequence[Cell]], table: Mapping[Cell, 
     for cell in weight:
         by_type.setdefault(cell[0], []).append(cell)
     ranked = sorted(by_type.items(), key=lambda kv: (-sum(weight[c] for c in kv[1]), kv[0]))
-    return [max(cells, key=lambda c: (weight[c], c)) for _, cells in ranked[:k]]
+    first: dict[str, str] = {}  # kind -> its heaviest type, heaviest kind first
+    for key, _ in ranked:
+        first.setdefault(layer_kind(key), key)
+    order = list(first.values()) + [key for key, _ in ranked if key not in first.values()]
+    return [max(by_type[key], key=lambda c: (weight[c], c)) for key in order[:k]]
 
 
 class Moves:
@@ -77,6 +85,14 @@ class Moves:
         return abs(self.drift_pct) > MOVED_PCT
 
 
+def kind_moves(cells: Sequence[Cell], moves_pct: Sequence[float]) -> dict[str, float]:
+    """Per layer kind of the cells, the median of their moves (per cent), kinds in name order."""
+    by_kind: dict[str, list[float]] = {}
+    for cell, move in zip(cells, moves_pct):
+        by_kind.setdefault(layer_kind(cell[0]), []).append(move)
+    return {k: float(np.median(v)) for k, v in sorted(by_kind.items())}
+
+
 @dataclass(frozen=True)
 class HostCheck(Moves):
     """The check cells' values in the table (then) and timed with the networks (now)."""
@@ -91,7 +107,11 @@ class HostCheck(Moves):
     def sentence(self) -> str:
         moves = self.moves_pct
         line = (f"host check: {len(self.cells)} of the table's cells timed again with the networks ran "
-                f"{self.drift_pct:+.1f} % against the build (median; {min(moves):+.1f} to {max(moves):+.1f} %)")
+                f"{self.drift_pct:+.1f} % against the build (median; {min(moves):+.1f} to {max(moves):+.1f} %")
+        kinds = kind_moves(self.cells, moves)
+        if len(kinds) > 1:
+            line += "; by layer kind " + ", ".join(f"{k} {v:+.1f} %" for k, v in kinds.items())
+        line += ")"
         if self.moved:
             line += (f"; the device has moved by more than {MOVED_PCT:g} % since the table was built, and the "
                      "errors below carry that move")
@@ -99,6 +119,7 @@ class HostCheck(Moves):
 
     def to_json(self) -> dict:
         return {"drift_pct": self.drift_pct, "moved": self.moved, "limit_pct": MOVED_PCT,
+                "kinds": kind_moves(self.cells, self.moves_pct),
                 "cells": [{"type_key": c[0], "c_in": c[1], "c_out": c[2], "then_s": t, "now_s": n, "move_pct": m}
                           for c, t, n, m in zip(self.cells, self.then_s, self.now_s, self.moves_pct)]}
 

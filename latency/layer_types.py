@@ -60,6 +60,13 @@ def type_key(layer: Layer) -> str:
     return "-".join(parts)  # a head's dropout does not run at inference: not part of the key
 
 
+def layer_kind(key: str) -> str:
+    """The op of a layer type's key: 'dwconv' of 'dwconv-k3-s1-m16-bn-relu6'. Kinds differ in what
+    bounds them (arithmetic for convs, memory for additions and depthwise convs), so they move
+    differently when the host's other work changes (docs/measuring.md §1)."""
+    return key.split("-", 1)[0]
+
+
 def layer_axes(arch: Arch, layer: Layer) -> tuple[tuple[int, int], tuple[int, int] | None]:
     """Channel range (lo, hi) of each axis of this layer in `arch`: a fixed group (the image,
     the classes) is a single value; a prunable one runs from 1 (or 0, never tabulated) to full."""

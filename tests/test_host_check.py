@@ -34,6 +34,26 @@ def test_the_cells_the_networks_lean_on_most_one_per_type() -> None:
         choose_check_cells(networks, table, k=-1)
 
 
+def test_every_layer_kind_has_a_check_cell_before_a_second_type_of_a_kind() -> None:
+    table = {("conv-k3-s1-m8", 8, 8): 10.0, ("conv-k3-s1-m16", 8, 8): 6.0, ("conv-k1-s2-m8", 8, 8): 3.0,
+             ("add-m8", 8, 0): 0.5, ("bn_act-m8-relu", 8, 0): 0.4}
+    networks = [[(key, c_in, c_out) for key, c_in, c_out in table]]
+    # by weight alone the three convs would come first; every kind gets its heaviest type first
+    assert choose_check_cells(networks, table, k=3) == [("conv-k3-s1-m8", 8, 8), ("add-m8", 8, 0),
+                                                        ("bn_act-m8-relu", 8, 0)]
+    assert choose_check_cells(networks, table, k=4)[3] == ("conv-k3-s1-m16", 8, 8)
+    assert len(choose_check_cells(networks, table, k=12)) == 5
+
+
+def test_the_moves_are_given_per_layer_kind() -> None:
+    cells = (("conv-k3-s1-m8", 8, 8), ("conv-k1-s2-m8", 8, 8), ("add-m8", 8, 0), ("add-m16", 4, 0))
+    check = HostCheck(cells, (1.0, 1.0, 1.0, 1.0), (1.002, 0.998, 1.06, 1.08))
+    assert check.to_json()["kinds"] == pytest.approx({"add": 7.0, "conv": 0.0})
+    assert "by layer kind add +7.0 %, conv +0.0 %" in check.sentence()
+    one_kind = HostCheck(cells[:2], (1.0, 1.0), (1.0, 1.0))
+    assert "by layer kind" not in one_kind.sentence()
+
+
 def test_the_drift_is_the_median_move_and_says_when_the_device_moved() -> None:
     cells = (("a", 1, 1), ("b", 2, 0), ("c", 3, 3))
     steady = HostCheck(cells, (1.0, 2.0, 4.0), (1.01, 1.98, 4.0))

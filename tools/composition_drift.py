@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from latency.layer_types import layer_kind
 from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS, get_arch
 
@@ -54,11 +55,6 @@ class Loaded:
     partners: list[Any]
 
 
-def kind_of(type_key: str) -> str:
-    """A layer type's kind: 'dwconv' of 'dwconv-k3-s1-m16-bn-relu6'."""
-    return type_key.split("-", 1)[0]
-
-
 def sum_errors_pct(rnd: Round, network_cells: Sequence[Sequence[Cell]]) -> list[float]:
     """Per network, the sum of its exact cells less one overhead per extra layer, against the
     network, in percent (the overhead: the intercept of the round's probes)."""
@@ -75,7 +71,7 @@ def moves_against(first: Round, now: Round) -> tuple[float, dict[str, float]]:
     nets = float(np.median(np.array(now.networks) / np.array(first.networks)))
     by_kind: dict[str, list[float]] = {}
     for cell, value in now.cells.items():
-        by_kind.setdefault(kind_of(cell[0]), []).append(value / first.cells[cell])
+        by_kind.setdefault(layer_kind(cell[0]), []).append(value / first.cells[cell])
     return nets, {k: float(np.median(v)) for k, v in sorted(by_kind.items())}
 
 
