@@ -562,6 +562,21 @@ def _read_buffer(nbytes: int) -> np.ndarray:
     return buf
 
 
+_VECTOR_OPERANDS = []  # type: List[np.ndarray]
+
+
+def _vector_work(seconds: float, clock: Callable[[], float]) -> None:
+    """`seconds` of 64x64 float32 matrix products: dense work on the widest vector units, on
+    operands that stay in L1 (32 KB), so the caches keep what the timed layer left there."""
+    if not _VECTOR_OPERANDS:
+        rng = np.random.default_rng(0)
+        _VECTOR_OPERANDS.extend(rng.random((64, 64), dtype=np.float32) for _ in range(3))
+    a, b, out = _VECTOR_OPERANDS
+    until = clock() + seconds
+    while clock() < until:
+        np.dot(a, b, out=out)
+
+
 def type_seed(interpreter: Any) -> int:
     """A seed that is the same for every model of one layer type whatever its channel counts:
     from the spatial sizes of its input and output and the number of its tensors."""
@@ -572,7 +587,8 @@ def type_seed(interpreter: Any) -> int:
 
 def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmup: int = 2,
                     evict_bytes: int = 0, seed: Optional[int] = None,
-                    n_partners: int = 3, gap_s: float = 0.0, read_bytes: int = 0) -> Tuple[float, int, float]:
+                    n_partners: int = 3, gap_s: float = 0.0, read_bytes: int = 0,
+                    vector_s: float = 0.0) -> Tuple[float, int, float]:
     """(mean seconds per invocation, invocations timed, seconds of the fastest) of a layer timed
     as it runs inside a network rather than back to back.
 
@@ -588,7 +604,10 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
     `gap_s`, that long is spent spinning (touching no memory) before each of them: how long a
     layer's data waits between two uses inside a network (`tools.idle_cost`). With `read_bytes`,
     that many bytes are read first and never written: clean lines, as a network's read-only
-    weights leave the caches (`tools.idle_cost --read-mb`)."""
+    weights leave the caches (`tools.idle_cost --read-mb`). With `vector_s`, that long is spent
+    on small float32 matrix products (the CPU's widest vector units, in cache) before each
+    invocation, as the heavy layers before it in a network leave the core
+    (`tools.vector_warmth`)."""
     _check_counts(runs, warmup)
     if not partners and n_partners > 0:
         raise ValueError("time_in_context needs partner models (other layers) to run in between")
@@ -609,6 +628,8 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
                 until = clock() + gap_s
                 while clock() < until:
                     pass
+            if vector_s > 0:
+                _vector_work(vector_s, clock)
             if buf is not None:
                 np.add(buf, 1.0, out=buf)
             if read is not None:
