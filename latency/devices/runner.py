@@ -567,7 +567,7 @@ _VECTOR_OPERANDS = []  # type: List[np.ndarray]
 
 def _vector_work(seconds: float, clock: Callable[[], float]) -> None:
     """`seconds` of 64x64 float32 matrix products: dense work on the widest vector units, on
-    operands that stay in L1 (32 KB), so the caches keep what the timed layer left there."""
+    operands that stay in L1 (3 x 16 KB), so the caches keep what the timed layer left there."""
     if not _VECTOR_OPERANDS:
         rng = np.random.default_rng(0)
         _VECTOR_OPERANDS.extend(rng.random((64, 64), dtype=np.float32) for _ in range(3))
