@@ -52,9 +52,10 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
     from latency.metrics import corrected_prediction, fit_line
     from latency.networks import network_cells, network_model
     from latency.overhead import PROBE_CHAIN, probe_models
+    from search.channels import scaled_widths
 
     arch = get_arch(arch_name)
-    widths = {g: max(1, round(c * scale)) for g, c in arch.full_widths().items()}
+    widths = scaled_widths(arch, arch.full_widths(), scale)
     cells = network_cells(arch, widths)
     renderer = CellModels(network_layer_types([arch]))
     loaded: dict[Any, Any] = {("cell", c): load_model(renderer.render(*c)) for c in sorted(set(cells))}
@@ -97,8 +98,8 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
         by_kind = ", ".join(f"{k} {np.median(r):.3f}" for k, r in sorted(kinds.items()))
         report(f"  cells, {col:14s} less {overhead * 1e6:.2f} us per extra layer: {total * 1e6:8.1f} us "
                f"({errors[col]:+.1f} % of the network); against the recipe by kind: {by_kind}")
+    counts = {c: cells.count(c) for c in set(cells)}
     for col in list(cols)[1:]:
-        counts = {c: cells.count(c) for c in set(cells)}
         moved = sorted(counts, key=lambda c: -abs(values[col][c] - values["recipe"][c]) * counts[c])[:top]
         report(f"  {col}: the layers it moves most: " + ", ".join(
             f"{c[0]} {c[1]}->{c[2]} x{counts[c]} {values['recipe'][c] * 1e6:.1f} -> {values[col][c] * 1e6:.1f} us"
