@@ -74,7 +74,7 @@ def check_devices(devices: list[Device], recipe: TableRecipe) -> None:
         s = getattr(d, "settings", None)
         if s is None:
             continue
-        fields = ("runs", "placements", "warmup", "threads", "min_time_s", "cooldown_s", "evict_bytes")
+        fields = ("runs", "placements", "warmup", "threads", "min_time_s", "cooldown_s", "evict_bytes", "vector_s")
         diff = [f for f in fields if getattr(s, f) != getattr(want, f)]
         if bool(s.partners) != recipe.in_network:
             diff.append("partners")

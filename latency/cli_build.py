@@ -13,7 +13,7 @@ from models.families import KNOWN_ARCHS
 #: the recipe fields a flag sets (flag dest -> recipe field); None = not given
 RECIPE_FLAGS = {"grid": "grid_step", "block": "grid_block", "context": "context", "passes": "passes", "runs": "runs",
                 "placements": "placements", "warmup": "warmup", "threads": "threads", "min_time_ms": "min_time_s",
-                "estimator": "estimator", "sigma": "sigma", "edges": "edges"}
+                "vector_us": "vector_s", "estimator": "estimator", "sigma": "sigma", "edges": "edges"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                              "runtime's channel blocks step; local default: XNNPACK's block on this CPU, SSH: 0")
     recipe.add_argument("--context", choices=("network", "alone"),
                         help="time each cell as inside a network (local default) or back to back (SSH devices)")
+    recipe.add_argument("--vector-us", type=float, metavar="US",
+                        help="network context: US microseconds of float32 matrix products before each invocation, "
+                             "as the heavy layers before it leave the core (local default 30, SSH 0)")
     recipe.add_argument("--passes", type=int,
                         help="passes over all cells, each in a new shuffled order (local 6, SSH 3)")
     recipe.add_argument("--runs", type=int, help="timed invocations per model and pass (local 20, SSH 50)")
@@ -87,6 +90,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         given["grid_step"] = parse_grid(given["grid_step"])
     if given["min_time_s"] is not None:
         given["min_time_s"] = given["min_time_s"] / 1000.0
+    if given["vector_s"] is not None:
+        given["vector_s"] = given["vector_s"] / 1e6
     return given
 
 

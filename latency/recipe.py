@@ -36,6 +36,7 @@ class TableRecipe:
     grid_block: int = 0  # also N - 1, N, N + 1 around every multiple N (runtime channel blocks)
     context: str = "alone"  # cells timed back to back, or as inside a network
     evict_bytes: int = 0  # network context: bytes written over the caches before each invocation
+    vector_s: float = 0.0  # network context: dense vector arithmetic before each invocation, seconds
     passes: int = 3  # passes over all cells, each in a freshly shuffled order
     runs: int = 50  # timed invocations per model and pass
     placements: int = 1  # loads of each model per pass, each elsewhere in memory; the fastest counts
@@ -80,7 +81,8 @@ class TableRecipe:
             raise RecipeError("a network context needs the architecture's partner models")
         return TimingSettings(runs=self.runs, warmup=self.warmup, threads=self.threads, cooldown_s=self.cooldown_s,
                               min_time_s=self.min_time_s, partners=partners if self.in_network else (),
-                              evict_bytes=self.evict_bytes, placements=self.placements)
+                              evict_bytes=self.evict_bytes, placements=self.placements,
+                              vector_s=self.vector_s if self.in_network else 0.0)
 
 
 def _finite(name: str, value: Any, low: float, what: str) -> None:
@@ -100,6 +102,7 @@ def check(r: TableRecipe) -> None:
     _finite("--sigma", r.sigma, 0, "Gaussian smoothing in channels; 0 = off")
     _finite("--min-time-ms", r.min_time_s, 0, "minimum timed duration per model")
     _finite("cooldown_s", r.cooldown_s, 0, "seconds between two timed models")
+    _finite("--vector-us", r.vector_s, 0, "dense vector arithmetic before each invocation")
     if r.context not in CONTEXTS:
         raise RecipeError(f"--context must be one of {CONTEXTS}, got {r.context!r}")
     if r.estimator not in ESTIMATORS:
@@ -111,6 +114,9 @@ def check(r: TableRecipe) -> None:
                           "exactly --runs times")
     if r.context == "alone" and r.evict_bytes:
         raise RecipeError("evict_bytes applies to the network context only")
+    if r.context == "alone" and r.vector_s:
+        raise RecipeError("--vector-us applies to --context network only (back to back, a cell's own "
+                          "invocations come before each other)")
 
 
 # field -> (the flag that sets it, how its value is spelled on the command line); no flag:
@@ -121,6 +127,7 @@ FLAGS: dict[str, tuple[str | None, Any]] = {
     "grid_block": ("--block", str),
     "context": ("--context", str),
     "evict_bytes": (None, None),
+    "vector_s": ("--vector-us", lambda v: f"{v * 1e6:g}"),
     "passes": ("--passes", str),
     "runs": ("--runs", str),
     "placements": ("--placements", str),
@@ -133,8 +140,8 @@ FLAGS: dict[str, tuple[str | None, Any]] = {
     "edges": ("--edges", str),
 }
 #: fields that decide how a cell is measured: a table continues only with the same values
-MEASURED_FIELDS = ("device_kind", "grid_step", "grid_block", "context", "evict_bytes", "runs", "placements",
-                   "warmup", "threads", "min_time_s")
+MEASURED_FIELDS = ("device_kind", "grid_step", "grid_block", "context", "evict_bytes", "vector_s", "runs",
+                   "placements", "warmup", "threads", "min_time_s")
 
 
 def flag_for(field: str, value: Any) -> str:
@@ -187,6 +194,7 @@ def resolve(profile: TableRecipe, stored: TableRecipe | None, overrides: Mapping
         given["min_time_s"] = alone_min_time_s if given["context"] == "alone" else 0.0
         if given["context"] == "alone":
             given.setdefault("evict_bytes", 0)
+            given.setdefault("vector_s", 0.0)
     if "estimator" in given and "sigma" not in given and (
             ESTIMATOR_COLUMNS[given["estimator"]] != ESTIMATOR_COLUMNS[base.estimator]):
         given["sigma"] = default_sigma(given["estimator"])  # smoothing belongs to the estimator's kind

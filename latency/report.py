@@ -126,8 +126,9 @@ def scatter_png(rows: Sequence[Comparison], path: Path, title: str) -> None:
 def _context_words(recipe: TableRecipe) -> str:
     if not recipe.in_network:
         return "back to back"
+    vector = f", after {recipe.vector_s * 1e6:g} us of vector arithmetic" if recipe.vector_s else ""
     evicted = f", after {recipe.evict_bytes // 1024} KiB written over the caches" if recipe.evict_bytes else ""
-    return f"in a network context: other layer types run before each invocation{evicted}"
+    return f"in a network context: other layer types run before each invocation{vector}{evicted}"
 
 
 def _table_words(recipe: TableRecipe) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from latency import context as cx
+from latency.devices.defaults import LOCAL_VECTOR_S, local_defaults
 from latency.overhead import PROBE_LABELS, PROBE_ROUNDS_PER_PASS, is_probe_batch, with_probe_rounds
 from latency.recipe import RecipeError, TableRecipe, check_resume, recipe_from_meta
 from latency.smoothing import ESTIMATOR_COLUMNS, ESTIMATORS
@@ -89,6 +90,31 @@ def test_a_table_keeps_its_recipe() -> None:
     assert recipe_from_meta({"cell_context": {"context": "network", "evict_bytes": 8}}, {"kind": "local"}).in_network
 
 
+def test_vector_work_is_a_measured_field_of_the_network_context() -> None:
+    from latency.recipe import resolve
+
+    local = local_defaults()
+    assert local.recipe.in_network and local.recipe.vector_s == LOCAL_VECTOR_S > 0
+    assert local.recipe.timing((b"m",)).vector_s == LOCAL_VECTOR_S
+    # a table measured without it continues only without it, and the message names the flag
+    older = local.recipe.replace(vector_s=0.0)
+    with pytest.raises(RecipeError, match=r"vector_s: 0.0 in the table, 3e-05 asked \(pass --vector-us 0 to"):
+        check_resume(older, local.recipe, "t")
+    with pytest.raises(RecipeError, match=r"vector_s: 3e-05 in the table, 0.0 asked \(pass --vector-us 30 to"):
+        check_resume(local.recipe, older, "t")
+    # a stored recipe written before the field existed was timed without it
+    stored = {k: v for k, v in local.recipe.to_json().items() if k != "vector_s"}
+    assert TableRecipe.from_json(stored).vector_s == 0.0
+    # back to back there is no layer before: the field is refused there, and a switch drops it
+    with pytest.raises(RecipeError, match="--vector-us applies to --context network only"):
+        local.recipe.replace(context="alone", vector_s=1e-6)
+    alone = resolve(local.recipe, None, {"context": "alone"}, local.alone_min_time_s)
+    assert alone.vector_s == 0.0 and alone.timing().vector_s == 0.0
+    assert resolve(local.recipe, None, {"vector_s": 0.0}).vector_s == 0.0
+    with pytest.raises(RecipeError, match="--vector-us must be a finite number >= 0"):
+        local.recipe.replace(vector_s=-1e-6)
+
+
 @pytest.fixture(scope="module")
 def network_table(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ctx") / "t.sqlite"
@@ -108,6 +134,7 @@ def test_build_times_cells_and_overhead_in_the_network_context(network_table: Pa
     recipe = TableRecipe.from_json(meta["recipe"])
     assert recipe.in_network and recipe.evict_bytes == cx.evict_bytes_for(arch, cx.local_l2_bytes())
     assert recipe.runs == 4 and recipe.warmup == 1 and recipe.min_time_s == 0
+    assert recipe.vector_s == local_defaults().recipe.vector_s > 0  # the local default
     with sqlite3.connect(network_table) as db:
         # exactly --runs each (a count is stored only where it differs from the run's)
         assert {r for (r,) in db.execute("select distinct runs from measurements")} == {None}
@@ -119,7 +146,7 @@ def test_build_times_cells_and_overhead_in_the_network_context(network_table: Pa
             "select settings from runs where id in (select run_id from build_networks)")]
         probes = db.execute("select n_ops, fastest from invoke_probes where device = 'local'").fetchall()
     assert all(s["partners"] == len(cx.partner_models(arch)) and "network context" in s["method"]
-               and s["runs"] == 4 and s["min_time_s"] == 0 for s in settings)
+               and s["runs"] == 4 and s["min_time_s"] == 0 and s["vector_s"] == recipe.vector_s for s in settings)
     assert len(checks) == 1 and checks[0]["partners"] == 0 and checks[0]["runs"] == 4  # as a report times networks
     # the probes were timed in rounds spread among the cells, not in one burst after them
     with sqlite3.connect(network_table) as db:

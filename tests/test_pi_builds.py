@@ -197,6 +197,9 @@ def test_benchmark_model_device_refuses_a_network_context(tmp_path: Path) -> Non
     pi = load_profiles(runner_file)["pi"]
     assert "--placements=3" in SshDevice(pi, alone.timing())._runner_command()
     assert "--placements" not in SshDevice(pi, TableRecipe(device_kind="ssh").timing())._runner_command()
+    in_network = TableRecipe(device_kind="ssh", context="network", vector_s=20e-6).timing((b"m",))
+    assert "--vector-us=20" in SshDevice(pi, in_network)._runner_command()
+    assert "--vector-us" not in SshDevice(pi, TableRecipe(device_kind="ssh").timing())._runner_command()
 
 
 def test_network_context_on_the_runner(emulated_pi: EmulatedPi, tmp_path: Path) -> None:
@@ -206,14 +209,17 @@ def test_network_context_on_the_runner(emulated_pi: EmulatedPi, tmp_path: Path) 
 
     l2 = 2048  # below the net's 3.5 KB of weights, so that the eviction is on
     devices_file = profiles_file(tmp_path, {"pi": (emulated_pi, {"l2_bytes": l2})})
-    args = _parser().parse_args(["--device", "pi", "--devices-file", str(devices_file), "--context", "network"])
+    args = _parser().parse_args(["--device", "pi", "--devices-file", str(devices_file), "--context", "network",
+                                 "--vector-us", "20"])
     out = tmp_path / "net.sqlite"
     recipe = resolve_recipe(args, PI_TINY, out)
     assert recipe.in_network and recipe.evict_bytes == 2 * l2 == cx.evict_bytes_for(PI_TINY, l2)
+    assert recipe.vector_s == pytest.approx(20e-6)
     result, _ = build(devices_file, "pi", out, recipe, per_call=8)
     assert_one_row_per_cell_and_pass(out)
     settings = [json.loads(s) for (s,) in rows(out, "select settings from runs")]
-    assert {(s["partners"], s["evict_bytes"], s["l2_bytes"]) for s in settings} == {(2, 2 * l2, l2)}
+    assert {(s["partners"], s["evict_bytes"], s["l2_bytes"], s["vector_s"]) for s in settings} == {
+        (2, 2 * l2, l2, recipe.vector_s)}  # the armhf runner did the matrix products before each invocation
     assert all("network context" in s["method"] for s in settings)
     meta = dict(rows(out, "select key, value from meta"))
     assert json.loads(meta["invoke_overhead"])["device"] == "pi"  # the overhead in that context

@@ -385,6 +385,19 @@ def test_batch_placements(models: dict[str, bytes]) -> None:
     assert bad.returncode == EXIT_USAGE and b"placements>=1" in bad.stderr
 
 
+def test_batch_network_context_with_vector_work(models: dict[str, bytes], tmp_path: Path) -> None:
+    partner = tmp_path / "partner.tflite"
+    partner.write_bytes(models["dense"])
+    stream = encode_batch_stream([(1, models["conv_small"])])
+    proc = run_runner("--batch", "-", "--num_runs=5", f"--partner={partner}", "--vector-us=20", stdin=stream)
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    [line] = json_lines(proc.stdout)
+    assert line["cell_id"] == 1 and 0 < line["fastest"] <= line["seconds"]
+    for bad in ("--vector-us=-1", "--vector-us=inf"):
+        proc = run_runner("--batch", "-", f"--partner={partner}", bad, stdin=stream)
+        assert proc.returncode == EXIT_USAGE and b"vector-us>=0" in proc.stderr
+
+
 def test_placed_timing_counts_the_loads_at_full_speed() -> None:
     from latency.devices.runner import placed_timing_flagged
 

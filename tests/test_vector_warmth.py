@@ -13,10 +13,10 @@ from tools import vector_warmth as vw
 
 def test_each_column_is_a_context_of_time_in_context() -> None:
     cols = vw.columns([30, 300], [300])
-    assert list(cols) == ["recipe", "vector 30 us", "vector 300 us", "spin 300 us"]
-    assert cols["recipe"] == {} and cols["spin 300 us"] == {"gap_s": pytest.approx(300e-6)}
+    assert list(cols) == ["partners only", "vector 30 us", "vector 300 us", "spin 300 us"]
+    assert cols["partners only"] == {} and cols["spin 300 us"] == {"gap_s": pytest.approx(300e-6)}
     assert cols["vector 30 us"] == {"vector_s": pytest.approx(30e-6)}
-    assert vw.columns([5], []) == {"recipe": {}, "vector 5 us": {"vector_s": pytest.approx(5e-6)}}
+    assert vw.columns([5], []) == {"partners only": {}, "vector 5 us": {"vector_s": pytest.approx(5e-6)}}
 
 
 def test_a_cell_times_after_vector_work() -> None:
@@ -32,14 +32,14 @@ def test_a_cell_times_after_vector_work() -> None:
 def test_runs_on_a_small_network() -> None:
     lines: list[str] = []
     errors = vw.measure_scale("wrn-10-1", 0.25, vw.columns([20], [20]), passes=1, report=lines.append)
-    assert list(errors) == ["recipe", "vector 20 us", "spin 20 us"]
+    assert list(errors) == ["partners only", "vector 20 us", "spin 20 us"]
     assert all(math.isfinite(e) and -100 < e for e in errors.values())
     assert lines[0].startswith("wrn-10-1 at 0.25 of every width: ") and "network " in lines[0]
     rows = [line for line in lines if line.startswith("  cells, ")]
     assert len(rows) == 3
     for row, (col, error) in zip(rows, errors.items()):
         assert row.startswith(f"  cells, {col}") and f"({error:+.1f} % of the network)" in row
-    # the recipe against itself: every kind at 1.000
+    # partners only against itself: every kind at 1.000
     kinds = re.findall(r"(\w+) (\d\.\d{3})", rows[0].split("by kind: ")[1])
     assert kinds and all(ratio == "1.000" for _, ratio in kinds)
     assert sum(line.startswith("  vector 20 us: the layers it moves most: ") for line in lines) == 1

@@ -46,7 +46,7 @@ def cell_timing(arch: Arch, context: str) -> TimingSettings:
     `build-tables --device local [--context alone]` sets it up."""
     defaults = local_defaults()
     if context == "alone":
-        recipe = defaults.recipe.replace(context="alone", min_time_s=defaults.alone_min_time_s)
+        recipe = defaults.recipe.replace(context="alone", min_time_s=defaults.alone_min_time_s, vector_s=0.0)
     else:
         recipe = defaults.recipe.replace(evict_bytes=evict_bytes_for(arch, read_l2_bytes()))
     return exact_cell_timing(recipe, arch)

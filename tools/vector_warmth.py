@@ -1,19 +1,20 @@
-"""Whether a layer runs slower after heavy vector work, as inside a network, than after the recipe's partners.
+"""Whether a layer runs slower after heavy vector work, as inside a network, than after partner models alone.
 
     python -m tools.vector_warmth [--arch wrn-16-1] [--scale 1.0 0.5] [--vector-us 30 300]
                                   [--gap-us 300] [--passes 4]
 
-Inside a network every layer runs right after other layers' dense vector arithmetic; the recipe's
-network context (`latency.context`) runs the smallest model of each other layer type before a
+Inside a network every layer runs right after other layers' dense vector arithmetic; the network
+context's partners (`latency.context`) run the smallest model of each other layer type before a
 cell: other code, almost no arithmetic. On a CPU whose clock drops under sustained wide-vector
 work (AVX-512 on Intel server cores), a layer of a few microseconds can finish before the drop
 when timed as a cell, and not inside a network. For each `--scale` this tool times, in one
 process, in shuffled passes, each through the speed gate: the whole network (as a report does),
-every one of its layers' cells in the recipe's context, the same after `--vector-us` of small
-float32 matrix products before every invocation (`runner.time_in_context(vector_s=...)`), and
-after `--gap-us` of spinning that touches no vector unit (the control: the same wait without the
-work). It prints each column's sum less one invoke overhead per extra layer against the network,
-and each column against the recipe's per layer kind. Nothing is stored.
+every one of its layers' cells after the partners alone ("partners only"), the same after
+`--vector-us` of small float32 matrix products before every invocation
+(`runner.time_in_context(vector_s=...)`), and after `--gap-us` of spinning that touches no vector
+unit (the control: the same wait without the work). It prints each column's sum less one invoke overhead per extra layer against the network,
+and each column against "partners only" per layer kind. Nothing is stored. The local recipe does
+what this found: 30 us of the same work before each invocation (`latency.devices.defaults`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from tools.composition_drift import combine
 
 def columns(vector_us: list[float], gap_us: list[float]) -> dict[str, dict[str, float]]:
     """Column name -> the keyword arguments of `time_in_context` it times cells with."""
-    cols: dict[str, dict[str, float]] = {"recipe": {}}
+    cols: dict[str, dict[str, float]] = {"partners only": {}}
     cols.update({f"vector {v:g} us": {"vector_s": v * 1e-6} for v in vector_us})
     cols.update({f"spin {g:g} us": {"gap_s": g * 1e-6} for g in gap_us})
     return cols
@@ -94,15 +95,15 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
         errors[col] = 100.0 * (total / net - 1.0)
         kinds: dict[str, list[float]] = {}
         for cell, v in values[col].items():
-            kinds.setdefault(layer_kind(cell[0]), []).append(v / values["recipe"][cell])
+            kinds.setdefault(layer_kind(cell[0]), []).append(v / values["partners only"][cell])
         by_kind = ", ".join(f"{k} {np.median(r):.3f}" for k, r in sorted(kinds.items()))
         report(f"  cells, {col:14s} less {overhead * 1e6:.2f} us per extra layer: {total * 1e6:8.1f} us "
-               f"({errors[col]:+.1f} % of the network); against the recipe by kind: {by_kind}")
+               f"({errors[col]:+.1f} % of the network); against partners only by kind: {by_kind}")
     counts = {c: cells.count(c) for c in set(cells)}
     for col in list(cols)[1:]:
-        moved = sorted(counts, key=lambda c: -abs(values[col][c] - values["recipe"][c]) * counts[c])[:top]
+        moved = sorted(counts, key=lambda c: -abs(values[col][c] - values["partners only"][c]) * counts[c])[:top]
         report(f"  {col}: the layers it moves most: " + ", ".join(
-            f"{c[0]} {c[1]}->{c[2]} x{counts[c]} {values['recipe'][c] * 1e6:.1f} -> {values[col][c] * 1e6:.1f} us"
+            f"{c[0]} {c[1]}->{c[2]} x{counts[c]} {values['partners only'][c] * 1e6:.1f} -> {values[col][c] * 1e6:.1f} us"
             for c in moved))
     return errors
 

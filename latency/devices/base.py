@@ -27,6 +27,9 @@ class TimingSettings:
     # over first; empty = back to back (the thesis). The local device and the SSH runner
     partners: tuple[bytes, ...] = ()
     evict_bytes: int = 0
+    # and with vector_s, that long of dense vector arithmetic first, as the heavy layers before
+    # it leave the core (runner._vector_work; docs/measuring.md §1)
+    vector_s: float = 0.0
     # loads of each model, each elsewhere in memory (runner.placed_timing): where a small layer's
     # buffers lie moves it; a network runs it at about the luckiest place
     placements: int = 1

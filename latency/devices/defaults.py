@@ -19,6 +19,9 @@ SSH_RECIPE = TableRecipe(device_kind="ssh")
 #: the local CPU back to back (`--context alone`): tiny layers timed until 5 ms are timed, like
 #: benchmark_model --min_secs (docs/measuring.md)
 LOCAL_ALONE_MIN_TIME_S = 0.005
+#: the local CPU in a network context: dense vector work before each timed invocation (30 us did
+#: what 300 us did, docs/measuring.md §1)
+LOCAL_VECTOR_S = 30e-6
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,13 @@ def local_defaults() -> DeviceDefaults:
     # Each pass is one load of the model, wherever it lands in memory, and a cell is the median of
     # its passes' fastest invocations: a network runs each layer where it happens to lie, not at
     # its luckiest place; the fastest of 18 placements under-predicted narrow networks by 6 % on
-    # one host (docs/measuring.md §7, "The typical place, not the luckiest")
+    # one host (docs/measuring.md §7, "The typical place, not the luckiest").
+    # Before each invocation, 30 us of dense vector arithmetic: inside a network the layer before
+    # ran on the widest vector units, and a server core clocks down under them; a cell timed
+    # after light partners only ran one layer type 14 % faster than the network did (docs/measuring.md §1)
     recipe = TableRecipe(device_kind="local", grid_step=4, grid_block=local_channel_block(), context="network",
-                         passes=6, runs=20, placements=1, estimator="median-fastest", sigma=0.0)
+                         vector_s=LOCAL_VECTOR_S, passes=6, runs=20, placements=1, estimator="median-fastest",
+                         sigma=0.0)
     # a whole network is quick to time: 10 passes (10 loads), combined like the cells
     return DeviceDefaults(recipe, alone_min_time_s=LOCAL_ALONE_MIN_TIME_S, report_passes=10)
 

@@ -83,6 +83,7 @@ def _worker_info() -> dict:
 def _worker_time_batch(
     jobs: list[tuple[int, bytes]], runs: int, warmup: int, threads: int, cooldown_s: float, min_time_s: float = 0.0,
     partners: tuple[bytes, ...] = (), evict_bytes: int = 0, sentinel: bytes = b"", placements: int = 1,
+    vector_s: float = 0.0,
 ) -> tuple[list[_Row], tuple[int, str] | None, GateStats | None]:
     """Time jobs in order; stops at the first failing model and returns (rows so far, (cell, why),
     what the speed gate did). With `partners`, every model is timed in a network context
@@ -103,7 +104,7 @@ def _worker_time_batch(
             partner_interpreters[-1].invoke()
     if partner_interpreters:
         def timing(interpreter) -> tuple[float, int, float]:
-            return time_in_context(interpreter, partner_interpreters, runs, warmup, evict_bytes)
+            return time_in_context(interpreter, partner_interpreters, runs, warmup, evict_bytes, vector_s=vector_s)
     else:
         def timing(interpreter) -> tuple[float, int, float]:
             return time_loaded_stats(interpreter, runs, warmup, min_time_s)
@@ -272,7 +273,8 @@ class LocalDevice(Device):
         settings = dataclasses.asdict(self.settings)
         settings["partners"] = len(self.settings.partners)  # the models themselves are not provenance
         in_network = ("in a network context: before each timed invocation, partners other layers' models "
-                      "invoked (evict_bytes written over the caches first, when > 0) and the input set again; "
+                      "invoked (vector_s of dense float32 matrix products and evict_bytes written over the caches "
+                      "first, when > 0) and the input set again; "
                       "exactly runs invocations" if self.settings.partners else
                       "random input set once; warm-up; perf_counter around runs invocations (more until "
                       "min_time_s is timed) / invocations")
@@ -317,6 +319,7 @@ class LocalDevice(Device):
             s.evict_bytes,
             self._sentinel,
             s.placements,
+            s.vector_s,
         )
         try:
             rows, failure, gated = await self._submit(call)

@@ -55,7 +55,8 @@ waits, then ``{"event": "resumed", ..}``: a hot Pi cools down instead of timing 
 
 ``--partner FILE`` (repeatable) times every model in a network context (`time_in_context`): all
 the partner models are invoked before each invocation, and with
-``--evict-bytes N`` N bytes are written over the caches first. ``--placements K`` loads and times
+``--evict-bytes N`` N bytes are written over the caches first, and with ``--vector-us U`` U
+microseconds spent on small float32 matrix products before that. ``--placements K`` loads and times
 each model K times, each elsewhere in memory: the fastest invocation over all K, the mean over all
 their invocations (`placed_timing`).
 
@@ -833,7 +834,8 @@ def _run_batch_mode(source: str, args: argparse.Namespace) -> int:
         try:
             if partners:
                 def measure(interpreter):
-                    return time_in_context(interpreter, partners, runs, warmup, args.evict_bytes)
+                    return time_in_context(interpreter, partners, runs, warmup, args.evict_bytes,
+                                           vector_s=args.vector_us / 1e6)
             else:
                 def measure(interpreter):
                     return time_loaded_stats(interpreter, runs, warmup)
@@ -879,6 +881,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume-below", type=float, help="a pause ends below this (default: pause-above - 10)")
     parser.add_argument("--partner", action="append", default=[], help="network context: a partner model (batch)")
     parser.add_argument("--evict-bytes", type=int, default=0, help="network context: bytes written over the caches")
+    parser.add_argument("--vector-us", type=float, default=0.0,
+                        help="network context: microseconds of float32 matrix products before each invocation")
     parser.add_argument("--placements", type=int, default=1,
                         help="loads of each model, each elsewhere in memory; the fastest kept (1)")
     return parser
@@ -888,9 +892,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI; returns the exit status (see module docstring)."""
     args = _parser().parse_args(argv)
     if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1 or args.cooldown < 0 or \
-            args.evict_bytes < 0 or args.placements < 1:
+            args.evict_bytes < 0 or args.placements < 1 or not 0 <= args.vector_us < math.inf:
         sys.stderr.write("tflite_runner: need num_runs>=1, warmup_runs>=0, num_threads>=1, cooldown>=0, "
-                         "evict_bytes>=0, placements>=1\n")
+                         "evict_bytes>=0, placements>=1, vector-us>=0\n")
         return EXIT_USAGE
     try:
         interpreter_class()

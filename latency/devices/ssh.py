@@ -84,7 +84,7 @@ class SshDevice(Device):
         if s.min_time_s:
             raise ValueError(f"{self.name}: a minimum timed duration (min_time_s) is a local-device setting; "
                              "SSH devices time exactly `runs` invocations")
-        if (s.partners or s.evict_bytes or s.placements > 1) and profile.timer == "benchmark_model":
+        if (s.partners or s.evict_bytes or s.vector_s or s.placements > 1) and profile.timer == "benchmark_model":
             raise ValueError(f"{self.name}: benchmark_model times models back to back only, one load each; a network "
                              f"timing context or --placements above 1 needs timer = \"runner\" (profile {profile.name} "
                              f"in {profile.source}), or build the table with --context alone --placements 1")
@@ -188,7 +188,8 @@ class SshDevice(Device):
                             method="benchmark_model per model; its 'Inference (avg)' (or last avg) in us")
         elif s.partners:
             settings["method"] = ("in a network context: before each timed invocation, the partners (other layers' "
-                                  "models) invoked, evict_bytes written over the caches first when > 0, and the input "
+                                  "models) invoked, vector_s of float32 matrix products and evict_bytes written over the "
+                                  "caches first when > 0, and the input "
                                   "set again; exactly runs invocations")
         else:
             settings["method"] = "random input set once; warm-up; perf_counter around runs invocations / runs"
@@ -263,6 +264,8 @@ class SshDevice(Device):
         parts += [f"--partner={name}" for name in self._partners]
         if s.evict_bytes:
             parts.append(f"--evict-bytes={s.evict_bytes}")
+        if s.vector_s:
+            parts.append(f"--vector-us={s.vector_s * 1e6:g}")
         if s.placements > 1:
             parts.append(f"--placements={s.placements}")
         return " ".join(parts)
