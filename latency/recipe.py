@@ -189,10 +189,11 @@ def resolve(profile: TableRecipe, stored: TableRecipe | None, overrides: Mapping
         raise RecipeError(f"no recipe fields {sorted(unknown)}")
     base = stored or profile
     given["device_kind"] = profile.device_kind  # where it is measured now (a mismatch is refused)
-    if "context" in given and given["context"] != base.context and "min_time_s" not in given:
-        # the minimum timed duration belongs to the back-to-back context
-        given["min_time_s"] = alone_min_time_s if given["context"] == "alone" else 0.0
-        if given["context"] == "alone":
+    if "context" in given and given["context"] != base.context:
+        if "min_time_s" not in given:
+            # the minimum timed duration belongs to the back-to-back context
+            given["min_time_s"] = alone_min_time_s if given["context"] == "alone" else 0.0
+        if given["context"] == "alone":  # what runs before an invocation belongs to the network context
             given.setdefault("evict_bytes", 0)
             given.setdefault("vector_s", 0.0)
     if "estimator" in given and "sigma" not in given and (

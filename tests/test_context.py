@@ -110,6 +110,7 @@ def test_vector_work_is_a_measured_field_of_the_network_context() -> None:
         local.recipe.replace(context="alone", vector_s=1e-6)
     alone = resolve(local.recipe, None, {"context": "alone"}, local.alone_min_time_s)
     assert alone.vector_s == 0.0 and alone.timing().vector_s == 0.0
+    assert resolve(local.recipe, None, {"context": "alone", "min_time_s": 0.0}).vector_s == 0.0
     assert resolve(local.recipe, None, {"vector_s": 0.0}).vector_s == 0.0
     with pytest.raises(RecipeError, match="--vector-us must be a finite number >= 0"):
         local.recipe.replace(vector_s=-1e-6)
