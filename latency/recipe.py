@@ -102,7 +102,10 @@ def check(r: TableRecipe) -> None:
     _finite("--sigma", r.sigma, 0, "Gaussian smoothing in channels; 0 = off")
     _finite("--min-time-ms", r.min_time_s, 0, "minimum timed duration per model")
     _finite("cooldown_s", r.cooldown_s, 0, "seconds between two timed models")
-    _finite("--vector-us", r.vector_s, 0, "dense vector arithmetic before each invocation")
+    v = r.vector_s
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        shown = f"{v * 1e6:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+        raise RecipeError(f"--vector-us must be a finite number of microseconds >= 0, got {shown}")
     if r.context not in CONTEXTS:
         raise RecipeError(f"--context must be one of {CONTEXTS}, got {r.context!r}")
     if r.estimator not in ESTIMATORS:

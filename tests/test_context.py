@@ -112,8 +112,10 @@ def test_vector_work_is_a_measured_field_of_the_network_context() -> None:
     assert alone.vector_s == 0.0 and alone.timing().vector_s == 0.0
     assert resolve(local.recipe, None, {"context": "alone", "min_time_s": 0.0}).vector_s == 0.0
     assert resolve(local.recipe, None, {"vector_s": 0.0}).vector_s == 0.0
-    with pytest.raises(RecipeError, match="--vector-us must be a finite number >= 0"):
+    with pytest.raises(RecipeError, match="--vector-us must be a finite number of microseconds >= 0, got -1$"):
         local.recipe.replace(vector_s=-1e-6)
+    with pytest.raises(RecipeError, match="--vector-us must be a finite number of microseconds >= 0, got nan"):
+        local.recipe.replace(vector_s=float("nan"))
 
 
 @pytest.fixture(scope="module")
