@@ -2,8 +2,10 @@
 network through LiteRT, and bad arguments refused."""
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,9 +47,31 @@ def test_runs_on_a_small_network() -> None:
     assert sum(line.startswith("  vector 20 us: the layers it moves most: ") for line in lines) == 1
 
 
-def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_network_given_by_its_widths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from latency.networks import network_cells
+    from models.families import get_arch
+
+    widths = {"s1": 3, "s1b0": 3, "s2": 6, "s2b0": 6, "s3": 13, "s3b0": 13}
+    f = tmp_path / "widths.json"
+    f.write_text(json.dumps(widths))
+    assert vw.main(["--arch", "wrn-10-1", "--scale", "--widths", str(f), "--vector-us", "20", "--gap-us",
+                    "--passes", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    layers = len(network_cells(get_arch("wrn-10-1"), widths))
+    assert lines[0].startswith(f"wrn-10-1 at widths {f}: {layers} layers, network ")
+    assert sum(line.startswith("  cells, ") for line in lines) == 2
+
+
+def test_bad_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--passes", "0"], ["--scale", "1.5"], ["--vector-us", "0"]):
         with pytest.raises(SystemExit) as exc:
             vw.main(argv)
         assert exc.value.code == 2
     assert "--vector-us" in capsys.readouterr().err
+    bad = tmp_path / "w.json"
+    bad.write_text(json.dumps({"s9": 4}))
+    for argv, says in ((["--scale"], "nothing to time"), (["--widths", str(bad)], str(bad)),
+                       (["--widths", str(tmp_path / "absent.json")], "cannot read widths file")):
+        with pytest.raises(SystemExit) as exc:
+            vw.main(["--arch", "wrn-10-1", *argv])
+        assert exc.value.code == 2 and says in capsys.readouterr().err

@@ -1,13 +1,14 @@
 """Whether a layer runs slower after heavy vector work, as inside a network, than after partner models alone.
 
-    python -m tools.vector_warmth [--arch wrn-16-1] [--scale 1.0 0.5] [--vector-us 30 300]
-                                  [--gap-us 300] [--passes 4]
+    python -m tools.vector_warmth [--arch wrn-16-1] [--scale 1.0 0.5] [--widths FILE ...]
+                                  [--vector-us 30 300] [--gap-us 300] [--passes 4]
 
 Inside a network every layer runs right after other layers' dense vector arithmetic; the network
 context's partners (`latency.context`) run the smallest model of each other layer type before a
 cell: other code, almost no arithmetic. On a CPU whose clock drops under sustained wide-vector
 work (AVX-512 on Intel server cores), a layer of a few microseconds can finish before the drop
-when timed as a cell, and not inside a network. For each `--scale` this tool times, in one
+when timed as a cell, and not inside a network. For each `--scale` (and each `--widths` file, a
+widths JSON as `search` writes it, e.g. a report's network) this tool times, in one
 process, in shuffled passes, each through the speed gate: the whole network (as a report does),
 every one of its layers' cells after the partners alone ("partners only"), the same after
 `--vector-us` of small float32 matrix products before every invocation
@@ -28,6 +29,7 @@ import numpy as np
 
 from latency.layer_types import layer_kind
 from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
+from models.arch import WidthError, load_widths
 from models.families import KNOWN_ARCHS, get_arch
 from tools.composition_drift import combine
 
@@ -42,7 +44,7 @@ def columns(vector_us: list[float], gap_us: list[float]) -> dict[str, dict[str, 
 
 def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]], passes: int,
                   report: Callable[[str], None] = print, runs: int = 20, warmup: int = 2,
-                  top: int = 3) -> dict[str, float]:
+                  top: int = 3, widths: dict[str, int] | None = None, label: str = "") -> dict[str, float]:
     """Times one scaling of the architecture; reports its lines and returns, per column, the sum of
     the cells less the overhead against the network, in per cent."""
     from latency.context import partner_models
@@ -56,7 +58,8 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
     from search.channels import scaled_widths
 
     arch = get_arch(arch_name)
-    widths = scaled_widths(arch, arch.full_widths(), scale)
+    if widths is None:
+        widths = scaled_widths(arch, arch.full_widths(), scale)
     cells = network_cells(arch, widths)
     renderer = CellModels(network_layer_types([arch]))
     loaded: dict[Any, Any] = {("cell", c): load_model(renderer.render(*c)) for c in sorted(set(cells))}
@@ -84,7 +87,8 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
     finally:
         gc.enable()
     net = combine(rows[("network", "")])
-    report(f"{arch_name} at {scale:g} of every width: {len(cells)} layers, network {net * 1e6:.1f} us; "
+    where = f"widths {label}" if label else f"{scale:g} of every width"
+    report(f"{arch_name} at {where}: {len(cells)} layers, network {net * 1e6:.1f} us; "
            f"{gate.take_stats().summary() or 'the host read fast throughout'}")
     errors: dict[str, float] = {}
     values = {col: {key[1]: combine(rows[(key, col)]) for key in loaded if key[0] == "cell"} for col in cols}
@@ -111,7 +115,9 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn-16-1", help=f"architecture ({KNOWN_ARCHS}); default wrn-16-1")
-    p.add_argument("--scale", type=float, nargs="+", default=[1.0, 0.5], help="fractions of every width (1.0 0.5)")
+    p.add_argument("--scale", type=float, nargs="*", default=[1.0, 0.5], help="fractions of every width (1.0 0.5)")
+    p.add_argument("--widths", nargs="+", default=[], metavar="FILE",
+                   help="also these networks: widths JSON files (group -> channels), as search writes them")
     p.add_argument("--vector-us", type=float, nargs="+", default=[30.0, 300.0], metavar="US",
                    help="vector work before every cell invocation; one column each (default 30 300)")
     p.add_argument("--gap-us", type=float, nargs="*", default=[300.0], metavar="US",
@@ -126,8 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     absorb_runtime_banner()
     start = time.monotonic()
     cols = columns(args.vector_us, args.gap_us)
+    try:
+        chosen = [(name, load_widths(get_arch(args.arch), name)) for name in args.widths]
+    except WidthError as exc:
+        p.error(str(exc))
+    if not args.scale and not chosen:
+        p.error("nothing to time: give --scale or --widths")
     for scale in args.scale:
         measure_scale(args.arch, scale, cols, args.passes, report=lambda line: print(line, flush=True))
+    for name, widths in chosen:
+        measure_scale(args.arch, 1.0, cols, args.passes, report=lambda line: print(line, flush=True),
+                      widths=widths, label=name)
     print(f"{time.monotonic() - start:.0f} s")
     return 0
 
