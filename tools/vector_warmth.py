@@ -13,8 +13,9 @@ process, in shuffled passes, each through the speed gate: the whole network (as 
 every one of its layers' cells after the partners alone ("partners only"), the same after
 `--vector-us` of small float32 matrix products before every invocation
 (`runner.time_in_context(vector_s=...)`), and after `--gap-us` of spinning that touches no vector
-unit (the control: the same wait without the work). It prints each column's sum less one invoke overhead per extra layer against the network,
-and each column against "partners only" per layer kind. Nothing is stored. The local recipe does
+unit (the control: the same wait without the work). It prints each column's sum less one invoke
+overhead per extra layer against the network, and each column against "partners only" per layer
+kind. Nothing is stored. The local recipe does
 what this found: 30 us of the same work before each invocation (`latency.devices.defaults`).
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ import numpy as np
 
 from latency.layer_types import layer_kind
 from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
-from models.arch import WidthError, load_widths
+from models.arch import WidthError
 from models.families import KNOWN_ARCHS, get_arch
+from models.thesis_names import load_widths_any
 from tools.composition_drift import combine
 
 
@@ -104,11 +106,11 @@ def measure_scale(arch_name: str, scale: float, cols: dict[str, dict[str, float]
         report(f"  cells, {col:14s} less {overhead * 1e6:.2f} us per extra layer: {total * 1e6:8.1f} us "
                f"({errors[col]:+.1f} % of the network); against partners only by kind: {by_kind}")
     counts = {c: cells.count(c) for c in set(cells)}
+    base = values["partners only"]
     for col in list(cols)[1:]:
-        moved = sorted(counts, key=lambda c: -abs(values[col][c] - values["partners only"][c]) * counts[c])[:top]
+        moved = sorted(counts, key=lambda c: -abs(values[col][c] - base[c]) * counts[c])[:top]
         report(f"  {col}: the layers it moves most: " + ", ".join(
-            f"{c[0]} {c[1]}->{c[2]} x{counts[c]} {values['partners only'][c] * 1e6:.1f} -> {values[col][c] * 1e6:.1f} us"
-            for c in moved))
+            f"{c[0]} {c[1]}->{c[2]} x{counts[c]} {base[c] * 1e6:.1f} -> {values[col][c] * 1e6:.1f} us" for c in moved))
     return errors
 
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="wrn-16-1", help=f"architecture ({KNOWN_ARCHS}); default wrn-16-1")
     p.add_argument("--scale", type=float, nargs="*", default=[1.0, 0.5], help="fractions of every width (1.0 0.5)")
     p.add_argument("--widths", nargs="+", default=[], metavar="FILE",
-                   help="also these networks: widths JSON files (group -> channels), as search writes them")
+                   help="also these networks: widths JSON files, as `predict-latency --widths` reads them")
     p.add_argument("--vector-us", type=float, nargs="+", default=[30.0, 300.0], metavar="US",
                    help="vector work before every cell invocation; one column each (default 30 300)")
     p.add_argument("--gap-us", type=float, nargs="*", default=[300.0], metavar="US",
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     cols = columns(args.vector_us, args.gap_us)
     try:
-        chosen = [(name, load_widths(get_arch(args.arch), name)) for name in args.widths]
+        chosen = [(name, load_widths_any(get_arch(args.arch), name)) for name in args.widths]
     except WidthError as exc:
         p.error(str(exc))
     if not args.scale and not chosen:
