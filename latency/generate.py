@@ -2,7 +2,10 @@
 
 The Keras snippet of a cell is built by the same `keras_layer` that builds whole networks, so
 the timed op is the op the network runs. The converter is run once per type (at marker
-channel counts) and its output is rewritten for every other cell (`tflite_rewrite`).
+channel counts) and its output is rewritten for every other cell (`tflite_rewrite`). A type's
+template is converted once per process, whichever `CellModels` asks for it: a conversion costs
+about 0.4 s of TensorFlow, and a build or a report asks for every type two or three times (the
+context's partners, the cells, the op check).
 """
 from __future__ import annotations
 
@@ -15,6 +18,12 @@ from .layer_types import LayerType
 from .tflite_rewrite import ModelTemplate
 
 MARKERS = (37, 41, 43, 47, 53, 59, 61, 67)
+
+# templates (and directly converted models) of this process, by layer type: shared by every
+# CellModels, under one lock, since the converter is not thread-safe whoever calls it
+_TEMPLATES: dict[LayerType, ModelTemplate] = {}
+_DIRECT: dict[tuple[LayerType, int, int], bytes] = {}
+_CONVERTER_LOCK = threading.Lock()
 
 
 def _markers(t: LayerType) -> dict[str, int]:
@@ -63,23 +72,16 @@ class CellModels:
 
     def __init__(self, types: dict[str, LayerType]):
         self.types = types
-        self._templates: dict[str, ModelTemplate] = {}
-        self._direct: dict[tuple[str, int, int], bytes] = {}
-        self._lock = threading.Lock()  # the converter is not thread-safe
-
 
     def template(self, key: str) -> ModelTemplate:
-        with self._lock:
-            return self._template(key)
-
-    def _template(self, key: str) -> ModelTemplate:
-        if key not in self._templates:
-            t = self.types[key]
-            marks = _markers(t)
-            c_in = marks.get("c_in", t.in_lo)
-            c_out = marks.get("c_out", t.out_lo if t.two_axes else c_in)
-            self._templates[key] = ModelTemplate(convert_cell(t, c_in, c_out), marks)
-        return self._templates[key]
+        t = self.types[key]
+        with _CONVERTER_LOCK:
+            if t not in _TEMPLATES:
+                marks = _markers(t)
+                c_in = marks.get("c_in", t.in_lo)
+                c_out = marks.get("c_out", t.out_lo if t.two_axes else c_in)
+                _TEMPLATES[t] = ModelTemplate(convert_cell(t, c_in, c_out), marks)
+            return _TEMPLATES[t]
 
     def render(self, key: str, c_in: int, c_out: int, seed: int = 0) -> bytes:
         t = self.types[key]
@@ -87,11 +89,11 @@ class CellModels:
             raise ValueError(f"cell ({c_in}, {c_out}) is outside layer type {key}")
         if t.op == "se" and c_in == 1:
             # the converter emits an extra RESHAPE for a single-channel excite: convert it
-            cache = (key, c_in, c_out)
-            with self._lock:
-                if cache not in self._direct:
-                    self._direct[cache] = convert_cell(t, c_in, c_out, seed)
-                return self._direct[cache]
+            cache = (t, c_in, c_out)
+            with _CONVERTER_LOCK:
+                if cache not in _DIRECT:
+                    _DIRECT[cache] = convert_cell(t, c_in, c_out, seed)
+                return _DIRECT[cache]
         marks = self.template(key).markers
         channels = {}
         if "c_in" in marks:
