@@ -18,7 +18,7 @@ from models.arch import Arch
 from .devices.base import Device, ModelJob, Timing
 from .context import OVERHEAD_META_KEY
 from .finalize import finalize
-from .generate import CellModels
+from .generate import CellModels, adopt_templates, converter_version
 from .layer_types import grid_cells, network_layer_types
 from .op_map import check_network_ops
 from .overhead import (PROBE_LABELS, is_probe_batch, probe_jobs, probe_models, probe_rounds_todo, store_probe_batch,
@@ -101,6 +101,7 @@ async def build_table(arch: Arch, out: str | Path, devices: list[Device], recipe
     store = TableStore.create_or_open(out, arch.name, recipe)
     try:
         check_resume(store.recipe(), recipe, str(out))
+        adopt_templates(store.layer_types(), store.templates())  # a resumed build renders what it timed
         store.set_recipe(recipe)  # before any measurement: a resumed build reads it back
         for t in types.values():
             store.add_layer_type(t, recipe.grid_step, grid_cells(t, recipe.grid_step, recipe.grid_block))
@@ -179,6 +180,7 @@ async def _measure_all(arch: Arch, store: TableStore, cells: dict, types: dict, 
             if report:
                 report(f"converting template {i + 1}/{len(todo_types)}: {key}")
             await loop.run_in_executor(None, generator.template, key)
+        store.add_templates(generator.stored_form(todo_types), converter_version())
         if settings.verify_ops and not stop.is_set():
             if report:
                 report(f"checking that the layer types cover every op of the converted {arch.name}")

@@ -165,6 +165,7 @@ def _main(argv: list[str] | None) -> int:
             raise ValueError(f"--check-networks must be between 0 and {len(CHECK_FACTORS)}, got {args.check_networks}")
         out = Path(args.out or f"tables/{args.device.replace(',', '+')}-{arch.name}.sqlite")
         from latency.build_plan import calibrate, imported_table, print_plan  # time before work (latency.eta)
+        from latency.generate import adopt_table_templates
 
         if not args.out and imported_table(out, arch):  # the shipped thesis table is never measured into
             out = out.with_name(f"{out.stem}-measured.sqlite")
@@ -173,6 +174,7 @@ def _main(argv: list[str] | None) -> int:
             args, arch, recipe, out, print if args.dry_run else (lambda s: print(s, file=sys.stderr, flush=True)))
         if args.dry_run:
             return 0
+        adopt_table_templates(out)  # a table being continued renders its partners and cells as it did
         partners = cx.partner_models(arch) if recipe.in_network else ()
         devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file)
         checker = None

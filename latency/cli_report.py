@@ -137,6 +137,7 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     """Checks the request and makes the devices; raises ValueError (and kin) on bad input."""
     from latency.devices.defaults import defaults_for, device_names
     from latency.devices.registry import make_devices
+    from latency.generate import adopt_table_templates
     from latency.host_check import choose_check_cells
     from latency.network_timing import exact_cell_timing, table_cells, whole_network_timing
     from latency.networks import load_networks, network_cells, sample_networks
@@ -163,6 +164,7 @@ def _prepare(args: argparse.Namespace, diag: Diagnostics) -> _Plan:
     defaults = defaults_for(args.device, args.devices_file)
     passes = args.passes or defaults.report_passes
     table = LatencyTable.open(args.table, smoothed=not diag.raw)
+    adopt_table_templates(args.table)  # check cells, partners and the op check as the table rendered them
     span_s = args.span if args.span is not None else default_span_s(cells_span_s(args.table), defaults.report_span_s)
     recipe = table.recipe
     correction = args.correction or ("overhead" if recipe.in_network else "none")

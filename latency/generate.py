@@ -10,7 +10,8 @@ context's partners, the cells, the op check).
 from __future__ import annotations
 
 import threading
-
+from pathlib import Path
+from typing import Mapping
 
 from models.arch import INPUT, ActiveLayer, Layer
 from .keras_snippets import randomise_weights
@@ -67,6 +68,44 @@ def convert_cell(t: LayerType, c_in: int, c_out: int, seed: int = 0) -> bytes:
     return convert_keras(single_layer_keras(t, c_in, c_out, seed))
 
 
+def adopt_templates(types: Mapping[str, LayerType], stored: Mapping[str, tuple[Mapping[str, int], bytes]]) -> int:
+    """Makes the templates a table stored (`TableStore.templates`, keyed like `types`, the table's
+    layer types) the ones this process renders those types' cells from: a resumed build, a
+    report's check cells and its op check then render the models the table timed, whatever
+    converter this process has, and convert nothing. Returns how many were adopted."""
+    adopted = 0
+    with _CONVERTER_LOCK:
+        for key, (markers, model) in stored.items():
+            if key in types:
+                _TEMPLATES[types[key]] = ModelTemplate(model, markers)
+                adopted += 1
+    return adopted
+
+
+def adopt_table_templates(path: str | Path) -> int:
+    """`adopt_templates` of the table file at `path` (read-only); 0 where there is no file yet
+    or it stores no templates."""
+    from .store import TableStore
+
+    if not Path(path).is_file():
+        return 0
+    store = TableStore.open(path)
+    try:
+        return adopt_templates(store.layer_types(), store.templates())
+    finally:
+        store.close()
+
+
+def converter_version() -> str:
+    """The TensorFlow converter's version, as a stored template records it."""
+    from importlib import metadata
+
+    try:
+        return "tensorflow " + metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        return "tensorflow (version unknown)"
+
+
 class CellModels:
     """Renders the model of any cell of the given layer types; templates on first use."""
 
@@ -82,6 +121,11 @@ class CellModels:
                 c_out = marks.get("c_out", t.out_lo if t.two_axes else c_in)
                 _TEMPLATES[t] = ModelTemplate(convert_cell(t, c_in, c_out), marks)
             return _TEMPLATES[t]
+
+    def stored_form(self, keys: list[str]) -> dict[str, tuple[dict[str, int], bytes]]:
+        """Type key -> (markers, converted model) of each of `keys`' templates, as a table stores
+        them (`TableStore.add_templates`)."""
+        return {k: (dict(self.template(k).markers), self.template(k).template_bytes) for k in keys}
 
     def render(self, key: str, c_in: int, c_out: int, seed: int = 0) -> bytes:
         t = self.types[key]

@@ -157,6 +157,15 @@ def _network_speed(db: sqlite_utils.Database) -> None:
             _add_columns(db, table, {"slow": int})
 
 
+@migrations(name="0010_templates")
+def _templates(db: sqlite_utils.Database) -> None:
+    # each layer type's converted template, which the table's cells were rendered from
+    # (`latency.generate`): a resumed build and a report's check cells render the models the table
+    # timed, whatever converter they run with; an older version ignores the table, so the version stays
+    if "templates" not in db.table_names():
+        db["templates"].create({"type_key": str, "markers": str, "model": bytes, "converter": str}, pk="type_key")
+
+
 def first_run_settings(db: sqlite_utils.Database) -> dict:
     """The first measuring run's kind and settings (what a table before recipes recorded of its
     timing), or {} for a table with no run."""

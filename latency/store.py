@@ -17,6 +17,8 @@ Tables:
   type's full range (interpolated cells are marked); derived, recomputable.
 - `layer_map`: optional layer name -> type key overrides (imported tables keyed by layer).
 - `whole_networks`: whole networks measured on the device (validation reports).
+- `templates`: each layer type's converted single-layer model (its marker channel counts and
+  the converter's version), which the cells were rendered from (`latency.generate`).
 """
 from __future__ import annotations
 
@@ -243,6 +245,21 @@ class TableStore:
             self.db["layer_types"].insert(rec)
             kill_point("after-type-row")
             self.db["cells"].insert_all(({"type_key": t.key, "c_in": i, "c_out": o} for i, o in cells), batch_size=5000)
+
+    def templates(self) -> dict[str, tuple[dict[str, int], bytes]]:
+        """Type key -> (marker channel counts, converted model) of each stored template; {} for a
+        file from before templates were stored."""
+        if "templates" not in self.db.table_names():
+            return {}
+        return {r["type_key"]: (json.loads(r["markers"]), bytes(r["model"])) for r in self.db["templates"].rows}
+
+    def add_templates(self, templates: dict[str, tuple[dict[str, int], bytes]], converter: str) -> None:
+        """Stores the templates of types that have none yet; a stored one is never replaced (the
+        cells already timed were rendered from it)."""
+        with self._write():
+            self.db["templates"].insert_all(
+                ({"type_key": k, "markers": json.dumps(m), "model": model, "converter": converter}
+                 for k, (m, model) in templates.items()), pk="type_key", ignore=True)
 
     def cells(self) -> dict[int, tuple[str, int, int]]:
         return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute("select id, type_key, c_in, c_out from cells")}

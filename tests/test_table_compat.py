@@ -73,8 +73,8 @@ def test_an_older_table_continues_building(tmp_path: Path) -> None:
     rows = store.db.execute("select cell_id, pass_index from measurements where pass_index < 2").fetchall()
     assert len(rows) == len(set(rows)) == 2 * (n_cells + new)
     applied = [r[0] for r in store.db.execute("select name from _sqlite_migrations order by id")]
-    assert applied[0] == "0001_tables" and applied[-1] == "0009_network_speed"
-    assert {"check_cells", "build_networks"} <= set(store.db.table_names())  # the newest migrations ran too
+    assert applied[0] == "0001_tables" and applied[-1] == "0010_templates"
+    assert {"check_cells", "build_networks", "templates"} <= set(store.db.table_names())  # the newest migrations ran too
     store.close()
     assert LatencyTable.open(table).predictor(arch).pair_adds
     # the table's estimator keeps each cell's fastest pass: a second pass can only lower a cell

@@ -76,6 +76,46 @@ def test_small_table_content(small_table, arch_name):
     assert [p.layer for p in parts] == steps
     # every layer appears, alone or with the batch-norm that alone reads it
     assert {n for s in steps for n in s.split("+")} == {a.layer.name for a in arch.active_layers()}
+    # the template each type's cells were rendered from is stored with them
+    store = TableStore.open(path)
+    try:
+        templates = store.templates()
+    finally:
+        store.close()
+    assert set(templates) == set(types)
+    from latency.generate import _markers
+
+    assert all(model[4:8] == b"TFL3" and markers == _markers(types[k]) for k, (markers, model) in templates.items())
+    assert db.execute("select count(distinct converter) from templates where converter like 'tensorflow %'"
+                      ).fetchone()[0] == 1
+
+
+def test_a_table_renders_its_cells_from_its_stored_templates(small_table, tmp_path, monkeypatch):
+    # a report's check cells, partners and op check, and a resumed build, convert nothing: they
+    # render from the templates the table stored, even where this process would convert others
+    import shutil
+
+    from latency import generate
+
+    path = tmp_path / "table.sqlite"
+    shutil.copy(small_table("wrn-10-1"), path)
+    types = network_layer_types([get_arch("wrn-10-1")])
+    key = "conv-k3-s1-m16"
+    marks = generate._markers(types[key])
+    other = generate.convert_cell(types[key], marks["c_in"], marks["c_out"], seed=7)  # other weights
+    db = sqlite3.connect(path)
+    assert db.execute("update templates set model = ? where type_key = ?", [other, key]).rowcount == 1
+    db.commit()
+    db.close()
+    monkeypatch.setattr(generate, "_TEMPLATES", {})  # this process has converted nothing
+    converted = []
+    monkeypatch.setattr(generate, "convert_cell", lambda *a, **k: converted.append(a) or b"")
+    assert generate.adopt_table_templates(path) == len(types)
+    renderer = generate.CellModels(types)
+    assert renderer.template(key).template_bytes == other
+    assert all(renderer.render(k, t.in_lo, t.out_lo)[4:8] == b"TFL3" for k, t in types.items())
+    assert converted == []
+    assert generate.adopt_table_templates(tmp_path / "none.sqlite") == 0
 
 
 def test_prediction_matches_cells(small_table):

@@ -1,11 +1,14 @@
 """Benchmark: single-layer .tflite generation by template rewriting vs the TFLite converter.
 
-    python -m tools.bench_generation [--jobs 2] [--skip-timing]
+    python -m tools.bench_generation [--jobs 2] [--skip-timing] [--table T]
 
 1. models/s for ~20 cells of a 3x3 conv at 32x32: Keras build + converter vs render;
 2. seconds to render every cell of a WideResNet-40-2-sized grid (optionally in processes);
 3. on-device-style latency (ai_edge_litert, 1 thread, 5 warm-up + 50 runs) of rendered vs
-   directly converted models for a few sampled cells: weights are random, the cost must not be.
+   directly converted models for a few sampled cells: weights are random, the cost must not be;
+4. with --table (a table built since tables store their templates): the templates of its layer
+   types converted, as a process without them does, against adopted from the table, as a
+   report or a resumed build does.
 """
 from __future__ import annotations
 
@@ -203,6 +206,35 @@ def bench_timing(rounds: int = 5) -> None:
           f"min-based {statistics.mean(min_ratios):.3f}")
 
 
+def bench_stored_templates(table: str) -> None:
+    print(f"== 4. the templates of {Path(table).name}'s layer types: converted vs adopted from the table ==")
+    from latency import generate
+    from latency.store import TableStore
+
+    store = TableStore.open(table)
+    try:
+        types, stored = store.layer_types(), store.templates()
+    finally:
+        store.close()
+    if not stored:
+        raise SystemExit(f"{table} stores no templates: build a table with this version first")
+    keys = sorted(k for k in stored if k in types)
+    generate.CellModels(types).template(keys[0])  # the TensorFlow import, not counted
+    generate._TEMPLATES.clear()
+    t0 = time.perf_counter()
+    for k in keys:
+        generate.CellModels(types).template(k)
+    t_convert = time.perf_counter() - t0
+    generate._TEMPLATES.clear()
+    t0 = time.perf_counter()
+    generate.adopt_table_templates(table)
+    for k in keys:
+        generate.CellModels(types).template(k)
+    t_adopt = time.perf_counter() - t0
+    print(f"{len(keys)} templates: converted in {t_convert:.2f} s, adopted from the table in {t_adopt * 1e3:.1f} ms "
+          f"({t_convert / t_adopt:.0f}x)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=1, help="worker processes for the grid render")
@@ -210,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-convert", action="store_true", help="skip part 1")
     ap.add_argument("--skip-grid", action="store_true", help="skip part 2")
     ap.add_argument("--skip-timing", action="store_true", help="skip part 3")
+    ap.add_argument("--table", help="part 4: a table file that stores its templates")
     args = ap.parse_args(argv)
     if not args.skip_convert:
         bench_converter_vs_render(args.cells)
@@ -217,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_grid(args.jobs)
     if not args.skip_timing:
         bench_timing()
+    if args.table:
+        bench_stored_templates(args.table)
 
 
 if __name__ == "__main__":
