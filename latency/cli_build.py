@@ -174,7 +174,7 @@ def _main(argv: list[str] | None) -> int:
             args, arch, recipe, out, print if args.dry_run else (lambda s: print(s, file=sys.stderr, flush=True)))
         if args.dry_run:
             return 0
-        adopt_table_templates(out)  # a table being continued renders its partners and cells as it did
+        adopt_table_templates(out, arch.name)  # a table being continued renders its partners and cells as it did
         partners = cx.partner_models(arch) if recipe.in_network else ()
         devices = make_devices(args.device, recipe.timing(partners), args.workers, args.devices_file)
         checker = None

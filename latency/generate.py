@@ -82,15 +82,17 @@ def adopt_templates(types: Mapping[str, LayerType], stored: Mapping[str, tuple[M
     return adopted
 
 
-def adopt_table_templates(path: str | Path) -> int:
-    """`adopt_templates` of the table file at `path` (read-only); 0 where there is no file yet
-    or it stores no templates."""
+def adopt_table_templates(path: str | Path, arch_name: str | None = None) -> int:
+    """`adopt_templates` of the table file at `path` (read-only); 0 where there is no file yet,
+    it stores no templates, or it is a table of another architecture than `arch_name`."""
     from .store import TableStore
 
     if not Path(path).is_file():
         return 0
     store = TableStore.open(path)
     try:
+        if arch_name is not None and store.meta().get("arch") != arch_name:
+            return 0  # the build refuses the file; nothing of it is used
         return adopt_templates(store.layer_types(), store.templates())
     finally:
         store.close()

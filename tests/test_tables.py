@@ -116,6 +116,7 @@ def test_a_table_renders_its_cells_from_its_stored_templates(small_table, tmp_pa
     assert all(renderer.render(k, t.in_lo, t.out_lo)[4:8] == b"TFL3" for k, t in types.items())
     assert converted == []
     assert generate.adopt_table_templates(tmp_path / "none.sqlite") == 0
+    assert generate.adopt_table_templates(path, "wrn-16-1") == 0  # another architecture's table
 
 
 def test_prediction_matches_cells(small_table):
