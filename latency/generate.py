@@ -5,7 +5,8 @@ the timed op is the op the network runs. The converter is run once per type (at 
 channel counts) and its output is rewritten for every other cell (`tflite_rewrite`). A type's
 template is converted once per process, whichever `CellModels` asks for it: a conversion costs
 about 0.4 s of TensorFlow, and a build or a report asks for every type two or three times (the
-context's partners, the cells, the op check).
+context's partners, the cells, the op check). A table stores the templates its cells were
+rendered from; a process that continues or checks it adopts them (`adopt_templates`).
 """
 from __future__ import annotations
 
