@@ -77,9 +77,13 @@ def adopt_templates(types: Mapping[str, LayerType], stored: Mapping[str, tuple[M
     adopted = 0
     with _CONVERTER_LOCK:
         for key, (markers, model) in stored.items():
-            if key in types:
+            if key not in types:
+                continue
+            held = _TEMPLATES.get(types[key])
+            # `build-tables` adopts before its partners and `build_table` again: parse a template once
+            if held is None or held.template_bytes != model or held.markers != dict(markers):
                 _TEMPLATES[types[key]] = ModelTemplate(model, markers)
-                adopted += 1
+            adopted += 1
     return adopted
 
 
@@ -128,7 +132,8 @@ class CellModels:
     def stored_form(self, keys: list[str]) -> dict[str, tuple[dict[str, int], bytes]]:
         """Type key -> (markers, converted model) of each of `keys`' templates, as a table stores
         them (`TableStore.add_templates`)."""
-        return {k: (dict(self.template(k).markers), self.template(k).template_bytes) for k in keys}
+        held = {k: self.template(k) for k in keys}
+        return {k: (dict(t.markers), t.template_bytes) for k, t in held.items()}
 
     def render(self, key: str, c_in: int, c_out: int, seed: int = 0) -> bytes:
         t = self.types[key]
