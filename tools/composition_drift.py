@@ -158,7 +158,7 @@ def run_rounds(arch_name: str, sample: int, rounds: int, passes: int, runs: int 
         errors = sum_errors_pct(rnd, cells_of)
         nets, kinds = moves_against(done[0], rnd)
         report(f"round {r + 1}: sentinel {sentinel_s * 1e6:.2f} us; exact sums vs networks mean {np.mean(errors):+.2f} % "
-               f"({min(errors):+.1f} .. {max(errors):+.1f}); against round 1: networks {nets:.3f}, cells "
+               f"({min(errors):+.2f} .. {max(errors):+.2f}); against round 1: networks {nets:.3f}, cells "
                + ", ".join(f"{k} {v:.3f}" for k, v in kinds.items())
                + f"; {gate.take_stats().summary() or 'the host read fast throughout'}")
     return done
