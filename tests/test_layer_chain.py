@@ -1,0 +1,67 @@
+"""tools.layer_chain: one real run on a tiny network, in one process through LiteRT."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from models.families import get_arch
+from tools import layer_chain
+
+
+def test_runs_on_a_tiny_network_and_a_reports_networks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arch = get_arch("wrn-10-1")
+    widths = {g.name: max(1, g.full // 4) for g in arch.prunable_groups}
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"arch": "wrn-10-1", "networks": [{"label": "quarter", "widths": widths}]}))
+    assert layer_chain.main(["--arch", "wrn-10-1", "--scale", "0.5", "--networks", str(metrics), "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^ +(\S+) +([\d.]+)MB +(\d+)us +([+-][\d.]+)% +([+-][\d.]+)% +([+-][\d.]+)%$", out, re.M)
+    assert [r[0] for r in rows] == ["uniform-0.5", "quarter"], out
+    for _, mb, us, *pcts in rows:
+        assert float(mb) > 0 and int(us) > 0
+        assert all(-90 < float(p) < 500 for p in pcts)  # sums of real timings, not a stray unit
+    types = re.findall(r"^  (\S+) +([\d.]+) us +([\d.]+) us  x([\d.]+)$", out, re.M)
+    assert {t[0].split("-")[0] for t in types} >= {"conv", "add", "head"}, out
+    for _, recipe, chain, ratio in types:  # the ratio is the two sums', printed to 0.1 us
+        r, c = float(recipe), float(chain)
+        assert (c - 0.05) / (r + 0.05) - 0.0005 <= float(ratio) <= (c + 0.05) / (r - 0.05) + 0.0005
+
+
+def test_chain_times_every_model_in_order() -> None:
+    calls: list[int] = []
+
+    class Model:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def invoke(self) -> None:
+            calls.append(self.i)
+
+    best = layer_chain.chain_fastest([Model(0), Model(1), Model(2)], 3)
+    assert calls == [0, 1, 2] * 3
+    assert len(best) == 3 and all(0 < b < 1 for b in best)
+
+
+def test_another_architectures_report_is_refused(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"arch": "wrn-40-2", "networks": []}))
+    with pytest.raises(SystemExit, match="a report of wrn-40-2, not wrn-10-1"):
+        layer_chain.main(["--arch", "wrn-10-1", "--networks", str(metrics)])
+
+
+def test_bad_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        layer_chain.main(["--rounds", "0"])
+    assert exc.value.code == 2 and "--rounds" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_report_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "widths.json"
+    other.write_text(json.dumps({"s1": 4}))
+    with pytest.raises(SystemExit, match="not a report's metrics.json"):
+        layer_chain.main(["--arch", "wrn-10-1", "--networks", str(other)])
+    with pytest.raises(SystemExit, match="not a report's metrics.json"):
+        layer_chain.main(["--arch", "wrn-10-1", "--networks", str(tmp_path / "absent.json")])

@@ -1,0 +1,172 @@
+"""Which layers carry the gap between a network and the sum of its cells: the cells as a chain.
+
+    python -m tools.layer_chain [--arch wrn-40-2] [--scale 0.3 0.55 1.0] [--networks R/metrics.json]
+                                [--rounds 3]
+
+A table times each layer as a single-layer model in the network context of its recipe (other
+layer types first, the L2 written over, dense vector work: `latency.context`). Inside the
+network, a layer runs after the network's own other layers, whose weights and activations have
+passed through the caches since its last use. This tool times, in one process and alternating
+rounds, for every network:
+
+- the whole network (fastest of 40 invocations, as a report times it);
+- every layer's single-layer model in the local recipe's context (fastest of 20, as a table
+  times it), summed less one invoke overhead per extra layer: the table's prediction made from
+  exact cells;
+- the same single-layer models as a **chain**: all of them invoked in the network's order, 40
+  times round, each timed on its own (its fastest counts), so that every layer runs after the
+  network's other layers as it does inside the network. Each model keeps its own input and
+  output buffers, which the network shares: a chain's weightless layers (additions, batch-norms)
+  find their input cold where the network's find it just written;
+- the **mix**: the chain's convolutions with the recipe's other layers.
+
+Every timing waits for the speed gate (`latency.devices.speed_gate`). Prints one line per
+network (each column's sum against the network, %), then the kinds of the last network's
+layers. Nothing is stored; run it twice for its spread.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from latency.context import evict_bytes_for, local_l2_bytes, partner_models, weight_bytes
+from latency.devices import runner
+from latency.devices.defaults import LOCAL_VECTOR_S, local_defaults
+from latency.devices.speed_gate import SpeedGate, sentinel_model, sentinel_reader
+from latency.generate import CellModels
+from latency.layer_types import layer_kind, network_layer_types
+from latency.networks import network_cells
+from latency.overhead import estimate_overhead, probe_models
+from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
+from models.families import KNOWN_ARCHS, get_arch
+
+#: the kinds whose chain timings the mix takes: the layers whose weights the network's others evict
+WEIGHTED_KINDS = ("conv",)
+
+
+def fastest_invocation(invoke: Callable[[], None], n: int) -> float:
+    best = math.inf
+    for _ in range(n):
+        t = time.perf_counter()
+        invoke()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def chain_fastest(models: list, rounds: int) -> list[float]:
+    """Each model's fastest invocation when all of them run in order, `rounds` times round."""
+    best = [math.inf] * len(models)
+    invokes = [m.invoke for m in models]
+    clock = time.perf_counter
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for i, invoke in enumerate(invokes):
+                t = clock()
+                invoke()
+                seconds = clock() - t
+                if seconds < best[i]:
+                    best[i] = seconds
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return best
+
+
+def networks_to_time(arch, scales: list[float], metrics: str | None) -> list[tuple[str, dict[str, int]]]:
+    out = [(f"uniform-{s:g}", {g.name: max(1, round(g.full * s)) for g in arch.prunable_groups}) for s in scales]
+    if metrics:
+        try:
+            data = json.loads(Path(metrics).read_text())
+            networks = [(n["label"], n["widths"]) for n in data["networks"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--networks {metrics}: not a report's metrics.json ({exc!r}); give R/metrics.json "
+                             "of a latency-report") from None
+        if data.get("arch") not in (None, arch.name):
+            raise SystemExit(f"--networks {metrics}: a report of {data.get('arch')}, not {arch.name}; pass --arch")
+        out += networks
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS}); default wrn-40-2")
+    p.add_argument("--scale", type=float, nargs="*", default=[0.3, 0.55, 1.0],
+                   help="uniform networks at these fractions of every width (default 0.3 0.55 1.0)")
+    p.add_argument("--networks", metavar="METRICS",
+                   help="also the networks of a report (its metrics.json), after the uniform ones")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over every network and its cells (3)")
+    add_verbose_flag(p)
+    args = p.parse_args(argv)
+    if args.rounds < 1 or any(not 0 < s <= 1 for s in args.scale):
+        p.error("--rounds must be >= 1 and every --scale in (0, 1]")
+    quiet_runtime(args.verbose)
+    absorb_runtime_banner()
+    from models.keras_builder import to_tflite
+
+    arch = get_arch(args.arch)
+    nets = networks_to_time(arch, args.scale, args.networks)
+    if not nets:
+        p.error("nothing to time: give --scale values or --networks")
+    renderer = CellModels(network_layer_types([arch]))
+    partners = [runner.load_model(m) for m in partner_models(arch)]
+    probes = [(label, n, runner.load_model(m)) for label, n, m in probe_models()]
+    evict = evict_bytes_for(arch, local_l2_bytes())
+    runs = local_defaults().recipe.runs
+    gate = SpeedGate(sentinel_reader(runner.load_model(sentinel_model(), 1)))
+
+    def recipe(model) -> float:
+        return runner.time_in_context(model, partners, runs, 2, evict, vector_s=LOCAL_VECTOR_S)[2]
+
+    print(f"{arch.name}: {len(nets)} networks, {args.rounds} rounds; cells in the local recipe's context "
+          f"({evict / 2**20:.1f} MiB written, {LOCAL_VECTOR_S * 1e6:g} us of vector work before each invocation)")
+    print(f"{'network':>14} {'weights':>8} {'network':>9} {'recipe':>8} {'chain':>8} {'mix':>8}")
+    last = None
+    for label, widths in nets:
+        cells = network_cells(arch, widths)
+        models = [runner.load_model(renderer.render(*c)) for c in cells]
+        for m in models:  # each input set once: a chain leaves it as the network's other layers leave it
+            for d in m.get_input_details():
+                m.set_tensor(d["index"], runner._random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
+        network = runner.load_model(to_tflite(arch, widths))
+        whole, overheads = [], []
+        per = {c: [[] for _ in cells] for c in ("recipe", "chain")}
+        for _ in range(args.rounds):
+            whole.append(gate.timed(lambda: fastest_invocation(network.invoke, 40)))
+            for i, value in enumerate(gate.timed(lambda: chain_fastest(models, 40))):
+                per["chain"][i].append(value)
+            overheads.append(estimate_overhead("local", [(lb, n, recipe(m)) for lb, n, m in probes],
+                                               combined="fastest").seconds)
+            for i, m in enumerate(models):
+                per["recipe"][i].append(gate.timed(lambda: recipe(m)))
+        med = {c: [statistics.median(v) for v in values] for c, values in per.items()}
+        weighted = [layer_kind(c[0]) in WEIGHTED_KINDS for c in cells]
+        med["mix"] = [a if w else b for a, b, w in zip(med["chain"], med["recipe"], weighted)]
+        net = statistics.median(whole)
+        extra = (len(cells) - 1) * statistics.median(overheads)
+        row = "".join(f" {100 * ((sum(med[c]) - extra) / net - 1):+7.1f}%" for c in ("recipe", "chain", "mix"))
+        print(f"{label:>14} {weight_bytes(arch, widths) / 2**20:6.2f}MB {net * 1e6:7.0f}us{row}", flush=True)
+        last = (label, cells, med)
+    stats = gate.take_stats().summary()
+    if stats:
+        print(stats)
+    label, cells, med = last
+    kinds: dict[str, list[int]] = {}
+    for i, c in enumerate(cells):
+        kinds.setdefault(c[0], []).append(i)
+    print(f"{label}, by layer type (sum of the layers' medians): recipe, chain, chain / recipe")
+    for key, idx in sorted(kinds.items(), key=lambda kv: -sum(med["recipe"][i] for i in kv[1])):
+        a, b = (sum(med[c][i] for i in idx) for c in ("recipe", "chain"))
+        print(f"  {key:28} {a * 1e6:8.1f} us {b * 1e6:8.1f} us  x{b / a:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
