@@ -16,13 +16,17 @@ def test_runs_on_a_tiny_network_and_a_reports_networks(tmp_path: Path, capsys: p
     widths = {g.name: max(1, g.full // 4) for g in arch.prunable_groups}
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"arch": "wrn-10-1", "networks": [{"label": "quarter", "widths": widths}]}))
-    assert layer_chain.main(["--arch", "wrn-10-1", "--scale", "0.5", "--networks", str(metrics), "--rounds", "1"]) == 0
+    assert layer_chain.main(["--arch", "wrn-10-1", "--scale", "0.5", "--networks", str(metrics), "--rounds", "1",
+                             "--carry-over"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^ +(\S+) +([\d.]+)MB +(\d+)us +([+-][\d.]+)% +([+-][\d.]+)% +([+-][\d.]+)%$", out, re.M)
     assert [r[0] for r in rows] == ["uniform-0.5", "quarter"], out
     for _, mb, us, *pcts in rows:
         assert float(mb) > 0 and int(us) > 0
         assert all(-90 < float(p) < 500 for p in pcts)  # sums of real timings, not a stray unit
+    carried = re.search(r"^ +quarter +[\d.]+MB +([+-][\d.]+)%  \(outside the uniform range: nearest ratio\)$", out, re.M)
+    assert carried and -90 < float(carried.group(1)) < 500, out  # a quarter lies below the one uniform network
+    assert re.search(r"^carried over: MAPE [\d.]+ %, worst [\d.]+ %, mean [+-][\d.]+ % over 1 networks$", out, re.M)
     types = re.findall(r"^  (\S+) +([\d.]+) us +([\d.]+) us  x([\d.]+)$", out, re.M)
     assert {t[0].split("-")[0] for t in types} >= {"conv", "add", "head"}, out
     for _, recipe, chain, ratio in types:  # the ratio is the two sums', printed to 0.1 us
@@ -65,3 +69,26 @@ def test_a_file_that_is_not_a_report_is_refused(tmp_path: Path) -> None:
         layer_chain.main(["--arch", "wrn-10-1", "--networks", str(other)])
     with pytest.raises(SystemExit, match="not a report's metrics.json"):
         layer_chain.main(["--arch", "wrn-10-1", "--networks", str(tmp_path / "absent.json")])
+
+
+def test_carried_over_scales_each_convolution_by_its_types_ratio_at_the_networks_weights() -> None:
+    cells = [("conv-k3-s1-m8", 4, 4), ("add-m8", 4, 0), ("conv-k1-s1-m8", 4, 4)]
+    uniform = [  # (label, cells, medians, network, extra, weights)
+        ("u1", cells, {"recipe": [1.0, 1.0, 2.0], "chain": [1.1, 5.0, 2.0]}, 0, 0, 1e6),
+        ("u2", cells, {"recipe": [2.0, 1.0, 2.0], "chain": [2.6, 5.0, 2.2]}, 0, 0, 3e6),
+    ]
+    ratios = layer_chain.type_ratios(uniform)
+    assert ratios == {"conv-k3-s1-m8": [(1e6, pytest.approx(1.1)), (3e6, pytest.approx(1.3))],
+                      "conv-k1-s1-m8": [(1e6, 1.0), (3e6, pytest.approx(1.1))]}
+    recipe = [10.0, 3.0, 20.0]
+    # halfway: x1.2 and x1.05; the addition as the recipe timed it
+    assert layer_chain.carried_over(cells, recipe, 2e6, ratios) == pytest.approx(12.0 + 3.0 + 21.0)
+    # outside the measured weights: the nearest ratio, never a line drawn beyond it
+    assert layer_chain.carried_over(cells, recipe, 9e6, ratios) == pytest.approx(13.0 + 3.0 + 22.0)
+    assert layer_chain.carried_over(cells, recipe, 0.0, ratios) == pytest.approx(11.0 + 3.0 + 20.0)
+
+
+def test_carry_over_needs_networks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        layer_chain.main(["--carry-over"])
+    assert exc.value.code == 2 and "--carry-over needs" in capsys.readouterr().err

@@ -20,6 +20,13 @@ rounds, for every network:
   find their input cold where the network's find it just written;
 - the **mix**: the chain's convolutions with the recipe's other layers.
 
+With `--carry-over`, every network of `--networks` is also predicted without its chain: each
+convolution's recipe cell times its type's chain / recipe ratio on the uniform networks,
+interpolated linearly by the networks' weights (the nearest ratio outside their range), the
+other layers as the recipe times them. That is the model a table could carry (ratios measured
+on a few uniform networks at build time); the column says whether it holds for networks the
+ratios were not measured on.
+
 Every timing waits for the speed gate (`latency.devices.speed_gate`). Prints one line per
 network (each column's sum against the network, %), then the kinds of the last network's
 layers. Nothing is stored; run it twice for its spread.
@@ -34,6 +41,8 @@ import statistics
 import time
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from latency.context import evict_bytes_for, local_l2_bytes, partner_models, weight_bytes
 from latency.devices import runner
@@ -95,6 +104,48 @@ def networks_to_time(arch, scales: list[float], metrics: str | None) -> list[tup
     return out
 
 
+def type_ratios(results: list) -> dict[str, list[tuple[float, float]]]:
+    """Each convolution type's chain / recipe ratio: (weight bytes of the network, ratio) per network."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for _, cells, med, _, _, weights in results:
+        sums: dict[str, list[float]] = {}
+        for i, c in enumerate(cells):
+            if layer_kind(c[0]) in WEIGHTED_KINDS:
+                pair = sums.setdefault(c[0], [0.0, 0.0])
+                pair[0] += med["recipe"][i]
+                pair[1] += med["chain"][i]
+        for key, (recipe, chain) in sums.items():
+            out.setdefault(key, []).append((weights, chain / recipe))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def carried_over(cells: list, recipe: list[float], weights: float, ratios: dict) -> float:
+    """A network's sum of cells with every convolution scaled by its type's ratio at these weights."""
+    total = 0.0
+    for c, value in zip(cells, recipe):
+        points = ratios.get(c[0]) if layer_kind(c[0]) in WEIGHTED_KINDS else None
+        if points:
+            total += value * float(np.interp(weights, [w for w, _ in points], [r for _, r in points]))
+        else:
+            total += value
+    return total
+
+
+def print_carry_over(uniform: list, others: list) -> None:
+    ratios = type_ratios(uniform)
+    span = (min(r[5] for r in uniform), max(r[5] for r in uniform))
+    print(f"carried over: the recipe's cells, every convolution times its type's chain / recipe ratio on the "
+          f"{len(uniform)} uniform networks ({span[0] / 2**20:.2f}-{span[1] / 2**20:.2f} MB), by weights")
+    errors = []
+    for label, cells, med, net, extra, weights in others:
+        errors.append(100 * ((carried_over(cells, med["recipe"], weights, ratios) - extra) / net - 1))
+        outside = "" if span[0] <= weights <= span[1] else "  (outside the uniform range: nearest ratio)"
+        print(f"{label:>14} {weights / 2**20:6.2f}MB {errors[-1]:+7.1f}%{outside}")
+    if errors:
+        print(f"carried over: MAPE {sum(map(abs, errors)) / len(errors):.2f} %, worst {max(map(abs, errors)):.2f} %, "
+              f"mean {sum(errors) / len(errors):+.2f} % over {len(errors)} networks")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="wrn-40-2", help=f"architecture ({KNOWN_ARCHS}); default wrn-40-2")
@@ -103,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--networks", metavar="METRICS",
                    help="also the networks of a report (its metrics.json), after the uniform ones")
     p.add_argument("--rounds", type=int, default=3, help="rounds over every network and its cells (3)")
+    p.add_argument("--carry-over", action="store_true",
+                   help="also predict the --networks from the uniform networks' chain / recipe ratios")
     add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.rounds < 1 or any(not 0 < s <= 1 for s in args.scale):
@@ -115,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     nets = networks_to_time(arch, args.scale, args.networks)
     if not nets:
         p.error("nothing to time: give --scale values or --networks")
+    if args.carry_over and (len(args.scale) < 1 or not args.networks):
+        p.error("--carry-over needs --scale values (where the ratios are measured) and --networks")
     renderer = CellModels(network_layer_types([arch]))
     partners = [runner.load_model(m) for m in partner_models(arch)]
     probes = [(label, n, runner.load_model(m)) for label, n, m in probe_models()]
@@ -128,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{arch.name}: {len(nets)} networks, {args.rounds} rounds; cells in the local recipe's context "
           f"({evict / 2**20:.1f} MiB written, {LOCAL_VECTOR_S * 1e6:g} us of vector work before each invocation)")
     print(f"{'network':>14} {'weights':>8} {'network':>9} {'recipe':>8} {'chain':>8} {'mix':>8}")
-    last = None
+    results = []
     for label, widths in nets:
         cells = network_cells(arch, widths)
         models = [runner.load_model(renderer.render(*c)) for c in cells]
@@ -153,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = (len(cells) - 1) * statistics.median(overheads)
         row = "".join(f" {100 * ((sum(med[c]) - extra) / net - 1):+7.1f}%" for c in ("recipe", "chain", "mix"))
         print(f"{label:>14} {weight_bytes(arch, widths) / 2**20:6.2f}MB {net * 1e6:7.0f}us{row}", flush=True)
-        last = (label, cells, med)
+        results.append((label, cells, med, net, extra, weight_bytes(arch, widths)))
     stats = gate.take_stats().summary()
     if stats:
         print(stats)
-    label, cells, med = last
+    if args.carry_over:
+        print_carry_over(results[:len(args.scale)], results[len(args.scale):])
+    label, cells, med = results[-1][:3]
     kinds: dict[str, list[int]] = {}
     for i, c in enumerate(cells):
         kinds.setdefault(c[0], []).append(i)
