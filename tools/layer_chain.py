@@ -25,7 +25,10 @@ convolution's recipe cell times its type's chain / recipe ratio on the uniform n
 interpolated linearly by the networks' weights (the nearest ratio outside their range), the
 other layers as the recipe times them. That is the model a table could carry (ratios measured
 on a few uniform networks at build time); the column says whether it holds for networks the
-ratios were not measured on.
+ratios were not measured on. In a chain a convolution's input comes cold from its own buffer,
+where the network's was just written: the chain charges it for that as well as for its weights,
+which overshoots networks with wide activations and small weights (MobileNetV2,
+`docs/measuring.md` §1).
 
 Every timing waits for the speed gate (`latency.devices.speed_gate`). Prints one line per
 network (each column's sum against the network, %), then the kinds of the last network's
