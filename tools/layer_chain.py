@@ -43,7 +43,6 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -57,18 +56,10 @@ from latency.networks import network_cells
 from latency.overhead import estimate_overhead, probe_models
 from latency.quiet import absorb_runtime_banner, add_verbose_flag, quiet_runtime
 from models.families import KNOWN_ARCHS, get_arch
+from tools.idle_cost import fastest_invocation
 
 #: the kinds whose chain timings the mix takes: the layers whose weights the network's others evict
 WEIGHTED_KINDS = ("conv",)
-
-
-def fastest_invocation(invoke: Callable[[], None], n: int) -> float:
-    best = math.inf
-    for _ in range(n):
-        t = time.perf_counter()
-        invoke()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def chain_fastest(models: list, rounds: int) -> list[float]:
