@@ -162,7 +162,7 @@ def convert(net: ArchNet) -> bytes:
 
     # the converter prints its progress on stdout; keep the command's output readable
     with contextlib.redirect_stdout(io.StringIO()):
-        return to_tflite(net.arch, net.widths, net)
+        return to_tflite(net.arch, net.widths, net, signature=True)  # a deployable model
 
 
 def measure(model: bytes, passes: int = 3, runs: int = 50, warmup: int = 5,

@@ -245,6 +245,30 @@ def test_tflite_of_untrained_network_keeps_bn_add() -> None:
     assert np.isfinite(it.get_tensor(it.get_output_details()[0]["index"])).all()
 
 
+@pytest.mark.parametrize("name", ["wrn-10-1", "mbv2-se-tiny"])
+def test_timed_conversion_is_the_deployed_one_without_its_signature(name: str) -> None:
+    """Timed models are converted from a frozen graph, deployed ones through Keras's SavedModel:
+    the same operators, tensors and outputs; only the deployed one has a serving signature."""
+    from models.keras_builder import to_tflite
+
+    arch = get_arch(name)
+    net = randomise(build_torch(arch), seed=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        timed, deployed = to_tflite(arch, None, net), to_tflite(arch, None, net, signature=True)
+    assert emitted_ops(timed) == emitted_ops(deployed) == expected_ops(arch, arch.full_widths())
+    x = images(arch, 1).transpose(0, 2, 3, 1).copy()
+    outputs, shapes = [], []
+    for flatbuffer in (timed, deployed):
+        it = interpreter(flatbuffer)
+        shapes.append(sorted(tuple(d["shape"]) for d in it.get_tensor_details()))
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    assert shapes[0] == shapes[1]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    assert interpreter(deployed).get_signature_list() and not interpreter(timed).get_signature_list()
+
+
 def test_tflite_prefixes_cut_the_network_after_each_named_layer() -> None:
     """Prefixes (tools.in_network_cost) hold the whole network's ops up to their last layer: the
     last prefix is the whole network, op for op."""
