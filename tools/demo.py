@@ -9,14 +9,15 @@
 5. the winning widths retrained from scratch, exported to .tflite (checked against PyTorch)
    and measured on the CPU.
 
-Every stage is one of the project's commands, run as a user would run it; the outputs stay
-in --out (default demo-out/). Re-running reuses what is there (tables and runs resume).
+Every stage is one of the project's commands, with the arguments a user would type (each is
+printed); they run in this one process, so TensorFlow and PyTorch are imported once. The outputs
+stay in --out (default demo-out/). Re-running reuses what is there (tables and runs resume).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,12 +29,22 @@ ARCH = "wrn-10-1"
 SAMPLE = 10
 
 
-def run(stage: str, module: str, *args: str) -> None:
-    print(f"\n== {stage} ==\n$ {module.split('.')[-1]} {' '.join(args)}", flush=True)
+#: the command each stage runs: its name as installed, and the module whose main() it is
+COMMANDS = {"build-tables": "latency.cli_build", "latency-report": "latency.cli_report", "retrain": "search.cli_retrain",
+            "prune-search": "search.cli", "export-tflite": "models.export"}
+
+
+def run(stage: str, command: str, *args: str) -> None:
+    """Runs `command` as its installed script would, in this process."""
+    print(f"\n== {stage} ==\n$ {command} {' '.join(args)}", flush=True)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", module, *args])
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: stage '{stage}' failed (exit {proc.returncode}); its output is above")
+    try:
+        code = importlib.import_module(COMMANDS[command]).main(list(args))
+    except SystemExit as exc:  # argparse and the commands' own refusals
+        code = exc.code if isinstance(exc.code, int) else 1
+    sys.stdout.flush()
+    if code:
+        raise SystemExit(f"demo: stage '{stage}' failed (exit {code}); its output is above")
     print(f"[{stage}: {time.time() - t0:.0f} s]", flush=True)
 
 
@@ -51,28 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     data = out / "synthetic-cifar10"
 
     # the table and its validation run on the product's defaults; --quick (the tests') cuts them down
-    run("latency table", "latency.cli_build", "--device", "local", "--arch", ARCH, "--out", str(table),
+    run("latency table", "build-tables", "--device", "local", "--arch", ARCH, "--out", str(table),
         *(["--grid", "step:8", "--passes", "1", "--runs", "5"] if quick else []))
-    run("validation report", "latency.cli_report", "--table", str(table), "--device", "local", "--arch", ARCH,
+    run("validation report", "latency-report", "--table", str(table), "--device", "local", "--arch", ARCH,
         "--sample", "3" if quick else str(SAMPLE), *(["--passes", "1"] if quick else []), "--out", str(out / "report"))
     from models.synthetic_data import write_synthetic_cifar10
 
     if not (data / "cifar-10-batches-py").exists():
         write_synthetic_cifar10(data, n_train=600 if quick else 2500, n_test=200 if quick else 500, seed=0)
     train = ["--data", "synthetic", "--data-dir", str(data), "--torch-threads", "2"]
-    run("base network (synthetic data)", "search.cli_retrain", "--arch", ARCH, *train,
-        "--epochs", "1" if quick else "3", "--batch-size", "64", "--out", str(out / "runs" / "base"),
+    run("base network (synthetic data)", "retrain", "--arch", ARCH, *train,
+        "--epochs", "1" if quick else "2", "--batch-size", "64", "--out", str(out / "runs" / "base"),
         *(["--resume"] if (out / "runs" / "base" / "checkpoint.pt").exists() else []))
     search_dir = out / "runs" / "netadapt"
-    run("NetAdapt search", "search.cli", "--algorithm", "netadapt", "--checkpoint", str(out / "runs" / "base" / "model.pt"),
+    run("NetAdapt search", "prune-search", "--algorithm", "netadapt", "--checkpoint", str(out / "runs" / "base" / "model.pt"),
         "--table", str(table), "--target", "0.7", "--init-red-fact", "4" if quick else "6",
-        "--finetune-batches", "2" if quick else "10", "--batch-size", "64", "--data", "synthetic",
+        "--finetune-batches", "2" if quick else "5", "--batch-size", "64", "--data", "synthetic",
         "--data-dir", str(data), "--out", str(search_dir), *(["--resume"] if (search_dir / "state.pt").exists() else []))
     winner = out / "runs" / "winner"
-    run("retrain the winner from scratch", "search.cli_retrain", "--arch", ARCH, "--widths",
-        str(search_dir / "widths.json"), *train, "--epochs", "1" if quick else "3", "--batch-size", "64",
+    run("retrain the winner from scratch", "retrain", "--arch", ARCH, "--widths",
+        str(search_dir / "widths.json"), *train, "--epochs", "1" if quick else "2", "--batch-size", "64",
         "--out", str(winner), *(["--resume"] if (winner / "checkpoint.pt").exists() else []))
-    run("export and measure", "models.export", "--run", str(winner), "--out", str(out / "winner.tflite"), "--measure")
+    run("export and measure", "export-tflite", "--run", str(winner), "--out", str(out / "winner.tflite"), "--measure")
 
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     widths = json.loads((search_dir / "widths.json").read_text())
