@@ -5,7 +5,7 @@ through Keras's SavedModel export (what a deployed model uses, for its serving s
 
 1. seconds per conversion of the architecture's single-layer models (one per layer type, as a
    table's templates are made) and of its full network, each path in turn, `--rounds` times;
-2. that both paths emit the same operators and tensor shapes for every model;
+2. that both paths emit the same operators, in order, with the same input and output shapes;
 3. with `--time-loads N`: the full network from each path timed in N alternating loads
    (20 invocations each, the fastest kept; the median over loads), as their ratio.
 """
@@ -17,14 +17,6 @@ import sys
 import time
 
 from latency.quiet import absorb_runtime_banner
-
-
-def _ops_and_shapes(flatbuffer: bytes) -> tuple[list[str], list[tuple[int, ...]]]:
-    from latency.devices.runner import load_model
-
-    it = load_model(flatbuffer)
-    ops = [d["op_name"] for d in it._get_ops_details()]
-    return ops, sorted(tuple(int(x) for x in d["shape"]) for d in it.get_tensor_details())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     absorb_runtime_banner()
     from latency.generate import single_layer_keras
     from latency.layer_types import network_layer_types
+    from latency.tflite_schema import describe_model
     from models.families import get_arch
     from models.keras_builder import _trained_like, build_keras, convert_keras
 
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {s * 1e3:7.1f} ms per conversion")
     print(f"  SavedModel / frozen graph: x{per['SavedModel'] / per['frozen graph']:.2f}")
     frozen, saved = outputs["frozen graph"], outputs["SavedModel"]
-    same = sum(_ops_and_shapes(a) == _ops_and_shapes(b) for a, b in zip(frozen, saved))
+    same = sum(describe_model(a) == describe_model(b) for a, b in zip(frozen, saved))
     print(f"  same operators and tensor shapes: {same} of {len(models)}")
     if args.time_loads:
         from latency.devices.runner import load_model, time_loaded_stats

@@ -84,7 +84,9 @@ def chain_fastest(models: list, rounds: int) -> list[float]:
 
 
 def networks_to_time(arch, scales: list[float], metrics: str | None) -> list[tuple[str, dict[str, int]]]:
-    out = [(f"uniform-{s:g}", {g.name: max(1, round(g.full * s)) for g in arch.prunable_groups}) for s in scales]
+    from search.channels import scaled_widths
+
+    out = [(f"uniform-{s:g}", scaled_widths(arch, arch.full_widths(), s)) for s in scales]
     if metrics:
         try:
             data = json.loads(Path(metrics).read_text())
@@ -200,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         med["mix"] = [a if w else b for a, b, w in zip(med["chain"], med["recipe"], weighted)]
         net = statistics.median(whole)
         extra = (len(cells) - 1) * statistics.median(overheads)
+        weights = weight_bytes(arch, widths)
         row = "".join(f" {100 * ((sum(med[c]) - extra) / net - 1):+7.1f}%" for c in ("recipe", "chain", "mix"))
-        print(f"{label:>14} {weight_bytes(arch, widths) / 2**20:6.2f}MB {net * 1e6:7.0f}us{row}", flush=True)
-        results.append((label, cells, med, net, extra, weight_bytes(arch, widths)))
+        print(f"{label:>14} {weights / 2**20:6.2f}MB {net * 1e6:7.0f}us{row}", flush=True)
+        results.append((label, cells, med, net, extra, weights))
     stats = gate.take_stats().summary()
     if stats:
         print(stats)
