@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.families import get_arch
@@ -19,19 +20,22 @@ def test_runs_on_a_tiny_network_and_a_reports_networks(tmp_path: Path, capsys: p
     assert layer_chain.main(["--arch", "wrn-10-1", "--scale", "0.5", "--networks", str(metrics), "--rounds", "1",
                              "--carry-over"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^ +(\S+) +([\d.]+)MB +(\d+)us +([+-][\d.]+)% +([+-][\d.]+)% +([+-][\d.]+)%$", out, re.M)
+    rows = re.findall(r"^ +(\S+) +([\d.]+)MB +(\d+)us" + r" +([+-][\d.]+)%" * 5 + "$", out, re.M)
     assert [r[0] for r in rows] == ["uniform-0.5", "quarter"], out
     for _, mb, us, *pcts in rows:
         assert float(mb) > 0 and int(us) > 0
         assert all(-90 < float(p) < 500 for p in pcts)  # sums of real timings, not a stray unit
-    carried = re.search(r"^ +quarter +[\d.]+MB +([+-][\d.]+)%  \(outside the uniform range: nearest ratio\)$", out, re.M)
-    assert carried and -90 < float(carried.group(1)) < 500, out  # a quarter lies below the one uniform network
-    assert re.search(r"^carried over: MAPE [\d.]+ %, worst [\d.]+ %, mean [+-][\d.]+ % over 1 networks$", out, re.M)
-    types = re.findall(r"^  (\S+) +([\d.]+) us +([\d.]+) us  x([\d.]+)$", out, re.M)
+    carried = re.findall(r"^ +quarter +[\d.]+MB +([+-][\d.]+)%  \(outside the uniform range: nearest ratio\)$", out, re.M)
+    assert len(carried) == 2, out  # from the chain's ratios, then the warm chain's
+    assert all(-90 < float(c) < 500 for c in carried), out  # a quarter lies below the one uniform network
+    assert len(re.findall(r"^carried over: MAPE [\d.]+ %, worst [\d.]+ %, mean [+-][\d.]+ % over 1 networks$",
+                          out, re.M)) == 2, out
+    types = re.findall(r"^  (\S+) +([\d.]+) us +([\d.]+) us +([\d.]+) us  x([\d.]+) x([\d.]+)$", out, re.M)
     assert {t[0].split("-")[0] for t in types} >= {"conv", "add", "head"}, out
-    for _, recipe, chain, ratio in types:  # the ratio is the two sums', printed to 0.1 us
-        r, c = float(recipe), float(chain)
-        assert (c - 0.05) / (r + 0.05) - 0.0005 <= float(ratio) <= (c + 0.05) / (r - 0.05) + 0.0005
+    for _, recipe, chain, warm, ratio, warm_ratio in types:  # each ratio is the two sums', printed to 0.1 us
+        r = float(recipe)
+        for value, printed in ((float(chain), ratio), (float(warm), warm_ratio)):
+            assert (value - 0.05) / (r + 0.05) - 0.0005 <= float(printed) <= (value + 0.05) / (r - 0.05) + 0.0005
 
 
 def test_chain_times_every_model_in_order() -> None:
@@ -47,6 +51,35 @@ def test_chain_times_every_model_in_order() -> None:
     best = layer_chain.chain_fastest([Model(0), Model(1), Model(2)], 3)
     assert calls == [0, 1, 2] * 3
     assert len(best) == 3 and all(0 < b < 1 for b in best)
+
+
+def test_a_warm_chain_writes_each_models_input_right_before_it_runs() -> None:
+    events: list[tuple] = []
+
+    class Model:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def get_input_details(self) -> list[dict]:
+            return [{"index": 7, "shape": [1, 2, 2, self.i + 1], "dtype": np.float32}]
+
+        def set_tensor(self, index: int, value: np.ndarray) -> None:
+            events.append(("write", self.i, index, value.shape))
+
+        def invoke(self) -> None:
+            events.append(("invoke", self.i))
+
+    layer_chain.chain_fastest([Model(0), Model(1)], 2, write_inputs=True)
+    assert events == [("write", 0, 7, (1, 2, 2, 1)), ("invoke", 0), ("write", 1, 7, (1, 2, 2, 2)), ("invoke", 1)] * 2
+
+
+def test_the_sample_networks_are_the_reports() -> None:
+    from latency.networks import sample_networks
+
+    arch = get_arch("wrn-10-1")
+    nets = layer_chain.networks_to_time(arch, [0.5], None, 4)
+    assert [label for label, _ in nets] == ["uniform-0.5"] + [n.label for n in sample_networks(arch, 4)]
+    assert nets[1:] == [(n.label, n.widths) for n in sample_networks(arch, 4)]
 
 
 def test_another_architectures_report_is_refused(tmp_path: Path) -> None:
