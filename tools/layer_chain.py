@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     arch = get_arch(args.arch)
     nets = networks_to_time(arch, args.scale, args.networks, args.sample)
     if not nets:
-        p.error("nothing to time: give --scale values or --networks")
+        p.error("nothing to time: give --scale values, --networks or --sample")
     if args.carry_over and (len(args.scale) < 1 or len(nets) == len(args.scale)):
         p.error("--carry-over needs --scale values (where the ratios are measured) and --networks or --sample")
     renderer = CellModels(network_layer_types([arch]))
