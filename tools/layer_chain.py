@@ -76,8 +76,7 @@ def chain_fastest(models: list, rounds: int, write_inputs: bool = False) -> list
     models left them."""
     best = [math.inf] * len(models)
     invokes = [m.invoke for m in models]
-    writes = [[(m.set_tensor, d["index"], runner._random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
-               for d in m.get_input_details()] if write_inputs else [] for m in models]
+    writes = [[(m.set_tensor, *pair) for pair in runner.random_inputs(m)] if write_inputs else [] for m in models]
     clock = time.perf_counter
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -203,10 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for label, widths in nets:
         cells = network_cells(arch, widths)
+        # inputs set once, by the load: the plain chain leaves them as the network's other layers leave them
         models = [runner.load_model(renderer.render(*c)) for c in cells]
-        for m in models:  # each input set once: a chain leaves it as the network's other layers leave it
-            for d in m.get_input_details():
-                m.set_tensor(d["index"], runner._random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
         network = runner.load_model(to_tflite(arch, widths))
         whole, overheads = [], []
         per = {c: [[] for _ in cells] for c in ("recipe", "chain", "warm")}

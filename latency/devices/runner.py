@@ -98,6 +98,7 @@ __all__ = [
     "ModelSource",
     "encode_batch_stream",
     "interpreter_class",
+    "random_inputs",
     "main",
     "read_sensors",
     "read_temperature",
@@ -345,10 +346,16 @@ def _load(model: ModelSource, threads: int) -> Any:
     else:
         interpreter = cls(model_path=os.fspath(model), num_threads=threads)
     interpreter.allocate_tensors()
-    for detail in interpreter.get_input_details():
-        shape = tuple(int(d) for d in detail["shape"])
-        interpreter.set_tensor(detail["index"], _random_input(shape, detail["dtype"]))
+    for index, value in random_inputs(interpreter):
+        interpreter.set_tensor(index, value)
     return interpreter
+
+
+def random_inputs(interpreter: Any) -> List[Tuple[int, np.ndarray]]:
+    """(tensor index, random value) for every input of an interpreter: what a timing writes
+    before an invocation (the values cached by shape and dtype)."""
+    return [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
+            for d in interpreter.get_input_details()]
 
 
 #: a core that sat idle for 50 ms ran its next half millisecond of work 1.65x slower (power and
@@ -505,8 +512,7 @@ def time_rotation(interpreters: List[Any], min_time_s: float = 0.005, min_rounds
         raise ValueError("min_rounds must be >= 1 and min_time_s >= 0")
     feeds = []
     for interpreter in interpreters:
-        inputs = [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
-                  for d in interpreter.get_input_details()]
+        inputs = random_inputs(interpreter)
         feeds.append((interpreter.invoke, interpreter.set_tensor, inputs))
         interpreter.invoke()  # first invocations allocate and pack; not part of any round
     order = list(range(len(feeds)))
@@ -614,8 +620,7 @@ def time_in_context(interpreter: Any, partners: List[Any], runs: int = 50, warmu
         raise ValueError("time_in_context needs partner models (other layers) to run in between")
     seed = type_seed(interpreter) if seed is None else seed
     chosen = [p.invoke for p in random.Random(seed).sample(partners, min(n_partners, len(partners)))]
-    inputs = [(d["index"], _random_input(tuple(int(x) for x in d["shape"]), d["dtype"]))
-              for d in interpreter.get_input_details()]
+    inputs = random_inputs(interpreter)
     output = interpreter.tensor(interpreter.get_output_details()[0]["index"]) if evict_bytes else None
     buf = _evict_buffer(evict_bytes) if evict_bytes else None
     read = _read_buffer(read_bytes).sum if read_bytes else None
