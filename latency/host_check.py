@@ -4,9 +4,10 @@ A report compares cells timed during the build with networks timed now. Where th
 moved in between (a shared VM's neighbours, a Pi warmer or cooler than during its build), every
 error carries that move, and the networks' figures alone cannot tell it from an error of the
 table. So a report times again the measured cells its networks lean on most, at most one per
-layer type, exactly as the table's cells were timed (recipe, context, speed gate), and sets their
-values now against the table's own: the median ratio is how far the device moved
-(docs/measuring.md, "The device then and now").
+layer type, exactly as the table's cells were timed (recipe, context, speed gate), half their
+passes before the networks and half after, so that they meet the device in the same minutes as
+the networks; it sets their values now against the table's own: the median ratio is how far the
+device moved (docs/measuring.md, "The device then and now").
 """
 from __future__ import annotations
 

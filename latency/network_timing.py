@@ -126,6 +126,13 @@ async def measure_networks(store: TableStore, arch: Arch, networks: Sequence[Net
     return result
 
 
+def networks_lacking(store: TableStore, arch: Arch, networks: Sequence[Network], device: str, passes: int,
+                     table: str = "whole_networks") -> bool:
+    """Whether some of `networks` lacks one of its first `passes` passes on `device` in `table`."""
+    done = stored_passes(store, arch, device, table)
+    return any((n.key, p) not in done for n in networks for p in range(passes))
+
+
 async def retime_slow(store: TableStore, device: Device, info: DeviceInfo, slow: Callable[[], Mapping[K, int]],
                       passes: int, per_call: int, seed: int, prepare: Callable[[Iterable[K]], None],
                       render: Callable[[list[K]], list[ModelJob]],
@@ -162,10 +169,12 @@ async def measure_exact_cells(store: TableStore, arch: Arch, networks: Sequence[
 
 async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], device: Device, info: DeviceInfo,
                         passes: int = 3, seed: int = 0, remeasure: bool = False, models_per_call: int = 32,
-                        cooldown_s: float = 0.0, report: Report = None, table: str = "exact_cells") -> int:
+                        cooldown_s: float = 0.0, report: Report = None, table: str = "exact_cells",
+                        retime: bool = True) -> int:
     """Times the single-layer models of `cells` (rendered as the table builder renders cells),
     each once per pass it lacks in `table` (`store_networks.CELL_TABLES`), in shuffled order;
-    returns the passes stored now."""
+    returns the passes stored now. With `retime`, cells whose every pass ran slow are timed
+    again after them (off for the first part of passes that more will follow)."""
     from .generate import CellModels
     from .layer_types import network_layer_types
 
@@ -206,6 +215,8 @@ async def measure_cells(store: TableStore, arch: Arch, cells: Sequence[Cell], de
         return {k: p for k, p in ((json.dumps(list(c)), p) for c, p in slow_cells(store, device.name, table).items())
                 if k in keys}
 
+    if not retime:
+        return stored
     return stored + await retime_slow(store, device, info, slow, passes, models_per_call, seed, prepare, render,
                                       commit, what, cooldown_s, report)
 

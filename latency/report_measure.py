@@ -30,6 +30,11 @@ def default_span_s(cells_span_s: float, device_span_s: float) -> float:
     return device_span_s if cells_span_s >= device_span_s else 0.0
 
 
+def check_passes_before(passes: int) -> int:
+    """Passes of the check cells a report times before its networks (the rest come after)."""
+    return (passes + 1) // 2
+
+
 def cells_span_s(table: str) -> float:
     """Seconds between the table's first and last cell timing (read only)."""
     from latency.store import TableStore
@@ -60,20 +65,6 @@ async def measure(plan, store, args: argparse.Namespace, diag, report: Report = 
                                               report, estimator=recipe.estimator)
         keys = {n.key for n in networks}  # the build's check networks are timed with them
         timed = list(networks) + [n for n in plan.check_networks if n.key not in keys]
-        result = await nt.measure_networks(store, arch, timed, device, info, plan.passes, args.seed,
-                                           args.remeasure, args.models_per_call, pause, report, span_s=plan.span_s)
-        for attempt in range(args.retries if args.max_spread is not None else 0):
-            stored = measured_networks(store, arch, device.name)
-            disturbed = [n for n in networks if pass_spread_pct(stored[n.key].seconds) > args.max_spread]
-            if not disturbed:
-                break
-            if report:
-                report(f"measuring {len(disturbed)} networks again (passes more than {args.max_spread} % apart), "
-                       f"attempt {attempt + 1}/{args.retries}")
-            again = await nt.measure_networks(store, arch, disturbed, device, info, plan.passes,
-                                              args.seed + attempt + 1, True, args.models_per_call, pause, report,
-                                              span_s=plan.span_s)
-            result.measured_now += again.measured_now
         started = {id(device): (device, info)}
 
         async def start(d):  # a device per timing, started once
@@ -81,12 +72,35 @@ async def measure(plan, store, args: argparse.Namespace, diag, report: Report = 
                 started[id(d)] = (d, await d.start())
             return started[id(d)][1]
 
+        checks = plan.check_device
         try:
-            checks = plan.check_device
+            # the check cells' first passes before the networks, the rest after them: the check
+            # spans the minutes the networks were timed in (docs/measuring.md, "The device then and now")
+            before = check_passes_before(plan.passes) if plan.check_cells and (
+                args.remeasure or nt.networks_lacking(store, arch, timed, device.name, plan.passes)) else 0
+            if before:
+                await nt.measure_cells(store, arch, plan.check_cells, checks, await start(checks), before,
+                                       args.seed, args.remeasure, cooldown_s=pause, report=report,
+                                       table="check_cells", retime=False)
+            result = await nt.measure_networks(store, arch, timed, device, info, plan.passes, args.seed,
+                                               args.remeasure, args.models_per_call, pause, report,
+                                               span_s=plan.span_s)
+            for attempt in range(args.retries if args.max_spread is not None else 0):
+                stored = measured_networks(store, arch, device.name)
+                disturbed = [n for n in networks if pass_spread_pct(stored[n.key].seconds) > args.max_spread]
+                if not disturbed:
+                    break
+                if report:
+                    report(f"measuring {len(disturbed)} networks again (passes more than {args.max_spread} % "
+                           f"apart), attempt {attempt + 1}/{args.retries}")
+                again = await nt.measure_networks(store, arch, disturbed, device, info, plan.passes,
+                                                  args.seed + attempt + 1, True, args.models_per_call, pause, report,
+                                                  span_s=plan.span_s)
+                result.measured_now += again.measured_now
             # timed with the networks: by a report that measures them, or one finishing an interrupted check
             if plan.check_cells and (result.measured_now or exact_cell_passes(store, checks.name, "check_cells")):
                 await nt.measure_cells(store, arch, plan.check_cells, checks, await start(checks), plan.passes,
-                                       args.seed, args.remeasure, cooldown_s=pause, report=report,
+                                       args.seed, args.remeasure and not before, cooldown_s=pause, report=report,
                                        table="check_cells")
             if plan.cell_device is not None:
                 await nt.measure_exact_cells(store, arch, networks, plan.cell_device, await start(plan.cell_device),

@@ -121,6 +121,11 @@ def test_a_report_times_the_table_cells_again_and_sets_them_against_the_build(sm
         assert c["now_s"] == pytest.approx(np.mean(fast), rel=1e-12)
         assert c["move_pct"] == pytest.approx(100 * (c["now_s"] / c["then_s"] - 1))
     assert check["drift_pct"] == pytest.approx(np.median([c["move_pct"] for c in check["cells"]]))
+    # the check spans the networks' minutes: its first pass timed before them, its last after them
+    (net_first, net_last), = _rows(table, "select min(measured_at), max(measured_at) from whole_networks")
+    firsts = _rows(table, "select min(measured_at), max(measured_at) from check_cells where pass_index = 0")
+    lasts = _rows(table, "select min(measured_at) from check_cells where pass_index = 1")
+    assert firsts[0][1] < net_first and lasts[0][0] > net_last
     assert "host check: 4 of the table's cells" in (out / "report.md").read_text()
 
     # a second report reads what is stored: nothing is timed again, the check is the same
