@@ -65,9 +65,13 @@ def build_check_lines(checks: Sequence[BuildCheck]) -> list[str]:
     # a network timed only while the machine ran slow tells nothing of the table
     worst = max((c for c in checks if not c.all_slow), key=lambda c: abs(c.error_pct), default=None)
     if worst is not None and abs(worst.error_pct) > TARGETS["max_ape"]:
+        way = "slower" if worst.error_pct < 0 else "faster"
         lines.append(f"warning: the table misses whole networks on this device by more than {TARGETS['max_ape']:g} % "
-                     f"({worst.label}: {worst.error_pct:+.1f} %); its cells may be right while networks cost "
-                     "more than their sum here (docs/measuring.md, 'The device then and now')")
+                     f"({worst.label}: {worst.error_pct:+.1f} %, the network {way} than the table says): the "
+                     "device's speed may have moved during the build (a shared host's neighbours; build again "
+                     "in a steadier hour), or networks here cost other than the sum of their cells; a "
+                     "latency-report times the layers again with its networks and tells which "
+                     "(docs/measuring.md, 'The device then and now')")
     return lines
 
 

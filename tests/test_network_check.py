@@ -37,7 +37,10 @@ def test_the_build_says_how_the_table_predicts_them_and_warns_beyond_the_worst_t
     assert build_check_lines([close]) == ["check network full: predicted 0.990 ms, measured 1.000 ms (-1.0 %)"]
     off = BuildCheck("uniform-0.50", 0.0004, 0.0005)  # -20 %
     lines = build_check_lines([close, off])
-    assert len(lines) == 3 and "uniform-0.50: -20.0 %" in lines[2] and lines[2].startswith("warning")
+    assert len(lines) == 3 and lines[2].startswith("warning")
+    assert "uniform-0.50: -20.0 %, the network slower than the table says" in lines[2]
+    over = BuildCheck("full", 0.0006, 0.0005)  # the table over-predicts by 20 %
+    assert "full: +20.0 %, the network faster than the table says" in build_check_lines([over])[1]
     assert f"more than {TARGETS['max_ape']:g} %" in lines[2]
     assert build_check_lines([]) == []
     # timed only while the machine ran slow: said so, and no warning about the table
