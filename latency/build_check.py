@@ -20,10 +20,10 @@ async def time_check_networks(path: Path, arch: Arch, device: Device, k: int, pa
     lacks (and again, as `network_timing.retime_slow` says, one whose every pass was kept slow),
     stores them, and returns the table's prediction of each next to its timing. A rerun over a
     table that holds them measures nothing."""
-    from .network_timing import measure_networks
+    from .network_timing import measure_networks, networks_lacking
     from .store import TableStore
     from .retime import plan_retimes
-    from .store_networks import measured_networks, slow_networks, stored_passes
+    from .store_networks import measured_networks, slow_networks
 
     networks = check_networks(arch, k)
     if not networks:
@@ -31,10 +31,9 @@ async def time_check_networks(path: Path, arch: Arch, device: Device, k: int, pa
     store = TableStore.open(path, write=True)
     try:
         recipe = store.recipe()
-        have = stored_passes(store, arch, device.name, TABLE)
         keys = {n.key for n in networks}
         slow = {k: p for k, p in slow_networks(store, arch, device.name, TABLE).items() if k in keys}
-        lacking = any((n.key, p) not in have for n in networks for p in range(passes))
+        lacking = networks_lacking(store, arch, networks, device.name, passes, TABLE)
         again, _ = plan_retimes(slow, passes, 1, seed)
         if lacking or again:  # else the device stays idle
             info = await device.start()
